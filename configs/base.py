@@ -1,0 +1,128 @@
+"""Base config: every field the code reads, with defaults. Size configs override a few.
+
+Usage: `python -m skyreels_jax.train --config=configs/tiny.py --config.train.steps=100`.
+A size file calls `base.get_config()` and changes what differs; nothing else mutates it.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "base"
+  c.seed = 0
+  # Attention strategy for every attention of the model (see skyreels_jax/models/attention/).
+  c.attention = "dot_product"
+
+  # --- The dual-stream MMDiT (SPEC section 1). Both branches share width/heads/depth.
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 1536
+  c.model.num_heads = 12
+  c.model.mlp_ratio = 4.0
+  c.model.num_dual_blocks = 8
+  c.model.num_single_blocks = 16
+  c.model.patch_size = 2            # spatial patch on the video latent grid
+  c.model.patch_size_t = 1          # temporal patch on the video latent grid
+  c.model.audio_patch_size = 1      # audio latent frames per token
+  c.model.rope_theta = 256.0        # video 3D RoPE (HunyuanVideo value)
+  c.model.rope_axes_dim = (16, 56, 56)  # (t, h, w) split of the head dim; sums to head dim
+  c.model.audio_rope_theta = 10000.0  # audio 1D RoPE and the audio<->video cross-attention
+  c.model.use_audio = True          # False: video-only model (no audio branch, no A<->V attention)
+  c.model.text_cross_attention = True
+  c.model.guidance_embed = False    # distilled-guidance embedding (HunyuanVideo style)
+  c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"   # master params
+  c.model.remat = "none"            # none | full | save_dots | save_named | offload_named
+  c.model.scan_blocks = True
+
+  # --- Frozen / tiny encoders behind one interface each (SPEC section 2).
+  c.text = ml_collections.ConfigDict()
+  c.text.kind = "tiny"              # tiny: hashed-word embedding, trained with the model
+  c.text.vocab_size = 4096
+  c.text.max_length = 32
+  c.text.width = 256                # text embedding width fed to both branches
+
+  c.video_ae = ml_collections.ConfigDict()
+  c.video_ae.kind = "identity"      # identity: pixel space-to-depth (tiny only)
+  c.video_ae.spatial_factor = 4
+  c.video_ae.temporal_factor = 1
+
+  c.audio_ae = ml_collections.ConfigDict()
+  c.audio_ae.kind = "identity"      # identity: waveform framing (tiny only)
+  c.audio_ae.hop = 320
+
+  # --- Data. Clip geometry is in pixels/samples; latent shapes follow from the autoencoders.
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""                  # folder of ArrayRecord shards (data_pipelines.synthetic)
+  c.data.height = 32
+  c.data.width = 32
+  c.data.num_frames = 16
+  c.data.fps = 8.0
+  c.data.sample_rate = 16000
+  c.data.audio_channels = 1
+  c.data.batch_size = 8             # global batch
+  c.data.num_workers = 0            # grain worker processes (0: in-process)
+  c.data.shuffle = True
+  # Task mixture (SPEC section 3); weights are normalised. Keys are skyreels_jax.tasks names.
+  c.data.tasks = ml_collections.ConfigDict(
+      dict(t2av=1.0, i2v=0.0, extend=0.0, start_end=0.0, inpaint=0.0))
+  c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
+  c.data.num_video_refs = 0         # prepended reference frames per example (0: none)
+  c.data.num_audio_refs = 0         # prepended reference audio latent frames (0: none)
+
+  # --- Flow matching (SPEC section 4): z_t = t*z0 + (1-t)*eps, target z0 - eps.
+  c.flow = ml_collections.ConfigDict()
+  c.flow.timestep_sampling = "logit_normal"  # uniform | logit_normal
+  c.flow.logit_mean = 0.0
+  c.flow.logit_std = 1.0
+  c.flow.shift = 1.0                # resolution shift (SD3/Wan); 1.0 = none
+  c.flow.video_loss_weight = 1.0
+  c.flow.audio_loss_weight = 1.0
+
+  # --- Optimiser.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 1000
+  c.optim.min_lr_ratio = 0.1        # cosine decays to lr * min_lr_ratio at train.steps
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.999
+
+  # --- Loop.
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100_000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.max_to_keep = 3
+  c.train.async_checkpointing = True
+
+  # --- Sampling defaults (CLI flags override).
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_steps = 30
+  c.sample.solver = "euler"
+  c.sample.shift = 1.0
+  c.sample.video_guidance = 5.0
+  c.sample.audio_guidance = 4.0
+  c.sample.batch_size = 1
+
+  # --- Mesh (SPEC / STYLE: axes data, fsdp, sequence, tensor; -1 fills the rest).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))
+  # Logical axis -> mesh axis rules. Data, not code: nothing rewrites them.
+  c.logical_axis_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("mlp", "tensor"),
+      ("adaln", "tensor"),
+      ("vocab", None),
+      ("patch", None),
+      ("layers", None),
+      ("norm", None),
+      ("video_seq", "sequence"),
+      ("audio_seq", "sequence"),
+      ("text_seq", None),
+  )
+  return c

@@ -1,0 +1,185 @@
+"""Config validation and the values derived from a config, computed once, before tracing.
+
+`validate(config)` raises `ConfigError` naming the offending field; `derive(config)` returns
+the latent geometry and the model config. Nothing here mutates the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from skyreels_jax.diffusion.flow_matching import SAMPLERS
+from skyreels_jax.diffusion.solvers import SOLVERS
+from skyreels_jax.models import autoencoders
+from skyreels_jax.models.attention import STRATEGIES
+from skyreels_jax.models.mmdit import MMDiTConfig
+from skyreels_jax.models.remat import POLICIES
+from skyreels_jax.models.rope import audio_time_scale
+from skyreels_jax.tasks import VIDEO_TASKS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+
+
+class ConfigError(ValueError):
+  def __init__(self, field: str, message: str):
+    super().__init__(f"config.{field}: {message}")
+    self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """Shapes of one training example, in pixels/samples and in latents."""
+  num_frames: int
+  height: int
+  width: int
+  num_samples: int
+  video_grid: tuple[int, int, int]      # latent (T, h, w)
+  video_channels: int
+  audio_length: int                      # audio latent frames
+  audio_channels: int
+  video_tokens: int
+  audio_tokens: int
+
+
+def _check(cond: bool, field: str, message: str):
+  if not cond:
+    raise ConfigError(field, message)
+
+
+def _choice(value, field: str, allowed):
+  _check(value in allowed, field, f"{value!r} is not one of {sorted(allowed)}")
+
+
+def num_audio_samples(data) -> int:
+  return int(round(data.num_frames / data.fps * data.sample_rate))
+
+
+def validate(config) -> None:
+  m, d = config.model, config.data
+  _check(m.width > 0, "model.width", "must be positive")
+  _check(m.num_heads > 0 and m.width % m.num_heads == 0, "model.num_heads",
+         f"{m.num_heads} heads do not divide model.width={m.width}")
+  head_dim = m.width // m.num_heads
+  _check(head_dim % 2 == 0, "model.num_heads", f"head dim {head_dim} must be even (RoPE)")
+  _check(len(m.rope_axes_dim) == 3 and sum(m.rope_axes_dim) == head_dim
+         and all(a % 2 == 0 for a in m.rope_axes_dim), "model.rope_axes_dim",
+         f"{tuple(m.rope_axes_dim)} must be 3 even sizes summing to the head dim {head_dim}")
+  _check(m.num_dual_blocks >= 1, "model.num_dual_blocks", "need at least one dual block")
+  _check(m.num_single_blocks >= 0, "model.num_single_blocks", "must be >= 0")
+  _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+  for f in ("patch_size", "patch_size_t", "audio_patch_size"):
+    _check(m[f] >= 1, f"model.{f}", "must be >= 1")
+  _choice(m.dtype, "model.dtype", DTYPES)
+  _choice(m.param_dtype, "model.param_dtype", DTYPES)
+  _choice(m.remat, "model.remat", POLICIES)
+  _choice(config.attention, "attention", STRATEGIES)
+  _choice(config.flow.timestep_sampling, "flow.timestep_sampling", SAMPLERS)
+  _check(config.flow.shift > 0, "flow.shift", "must be positive")
+  _choice(config.sample.solver, "sample.solver", SOLVERS)
+  _check(config.sample.num_steps >= 1, "sample.num_steps", "must be >= 1")
+
+  for f in ("height", "width", "num_frames", "sample_rate", "audio_channels", "batch_size"):
+    _check(d[f] >= 1, f"data.{f}", "must be >= 1")
+  _check(d.fps > 0, "data.fps", "must be positive")
+  unknown = set(d.tasks.keys()) - set(VIDEO_TASKS)
+  _check(not unknown, "data.tasks", f"unknown tasks {sorted(unknown)}; known: {VIDEO_TASKS}")
+  weights = [float(v) for v in d.tasks.values()]
+  _check(all(w >= 0 for w in weights) and sum(weights) > 0, "data.tasks",
+         "weights must be >= 0 with a positive sum")
+  _check(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", "must be in [0, 1)")
+  _check(d.num_video_refs >= 0 and d.num_audio_refs >= 0, "data.num_video_refs",
+         "reference counts must be >= 0")
+
+  o, t = config.optim, config.train
+  _check(o.lr > 0, "optim.lr", "must be positive")
+  _check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", "must be in [0, 1)")
+  _check(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+  _check(t.steps >= 1, "train.steps", "must be >= 1")
+  _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+  _check(t.log_every >= 1, "train.log_every", "must be >= 1")
+
+  fills = [a for a in MESH_AXES if config.mesh[a] == -1]
+  _check(len(fills) <= 1, "mesh", f"at most one axis may be -1, got {fills}")
+  for a in MESH_AXES:
+    _check(config.mesh[a] == -1 or config.mesh[a] >= 1, f"mesh.{a}", "must be -1 or >= 1")
+  derive(config)  # shape checks that need the autoencoders
+
+
+def derive(config) -> tuple[Geometry, MMDiTConfig]:
+  """Latent geometry and the MMDiT config; raises ConfigError on incompatible shapes."""
+  m, d = config.model, config.data
+  try:
+    vae = autoencoders.build_video(config.video_ae)
+    aae = autoencoders.build_audio(config.audio_ae, d.audio_channels)
+  except ValueError as e:
+    raise ConfigError("video_ae.kind" if "video" in str(e) else "audio_ae.kind", str(e))
+  try:
+    t = vae.latent_frames(d.num_frames)
+  except ValueError as e:
+    raise ConfigError("data.num_frames", str(e))
+  _check(t % m.patch_size_t == 0, "data.num_frames",
+         f"{d.num_frames} frames give {t} latent frames, not divisible by "
+         f"model.patch_size_t={m.patch_size_t}")
+  try:
+    h, w = vae.latent_hw(d.height, d.width)
+  except ValueError as e:
+    raise ConfigError("data.height", str(e))
+  _check(h % m.patch_size == 0 and w % m.patch_size == 0, "data.height",
+         f"latent grid {h}x{w} not divisible by model.patch_size={m.patch_size}")
+  samples = num_audio_samples(d)
+  _check(abs(samples - d.num_frames / d.fps * d.sample_rate) < 1e-6, "data.sample_rate",
+         f"{d.num_frames} frames at {d.fps} fps is not a whole number of samples at "
+         f"{d.sample_rate} Hz")
+  audio_length = 0
+  if m.use_audio:
+    try:
+      audio_length = aae.latent_length(samples)
+    except ValueError as e:
+      raise ConfigError("audio_ae.hop", f"{samples} samples per clip: {e}")
+    _check(audio_length % m.audio_patch_size == 0, "model.audio_patch_size",
+           f"{audio_length} audio latents not divisible by {m.audio_patch_size}")
+  geom = Geometry(
+      num_frames=d.num_frames, height=d.height, width=d.width, num_samples=samples,
+      video_grid=(t, h, w), video_channels=vae.latent_channels, audio_length=audio_length,
+      audio_channels=aae.latent_channels,
+      video_tokens=(t // m.patch_size_t) * (h // m.patch_size) * (w // m.patch_size),
+      audio_tokens=audio_length // m.audio_patch_size)
+  scale = audio_time_scale(fps=d.fps, video_temporal_factor=vae.temporal_factor,
+                           patch_size_t=m.patch_size_t, sample_rate=d.sample_rate,
+                           audio_hop=aae.hop, audio_patch_size=m.audio_patch_size)
+  mcfg = MMDiTConfig(
+      width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+      num_dual_blocks=m.num_dual_blocks, num_single_blocks=m.num_single_blocks,
+      video_latent_channels=vae.latent_channels, audio_latent_channels=aae.latent_channels,
+      text_dim=config.text.width, patch_size=m.patch_size, patch_size_t=m.patch_size_t,
+      audio_patch_size=m.audio_patch_size, rope_theta=m.rope_theta,
+      rope_axes_dim=tuple(m.rope_axes_dim), audio_rope_theta=m.audio_rope_theta,
+      audio_time_scale=scale, use_audio=m.use_audio,
+      text_cross_attention=m.text_cross_attention, guidance_embed=m.guidance_embed,
+      attention=config.attention, remat=m.remat, scan_blocks=m.scan_blocks,
+      dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype])
+  return geom, mcfg
+
+
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+  """Resolves -1 to fill the devices; errors name the field."""
+  sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  fill = [a for a, s in sizes.items() if s == -1]
+  if fill:
+    _check(num_devices % fixed == 0, f"mesh.{fill[0]}",
+           f"{num_devices} devices do not divide by the other axes' product {fixed}")
+    sizes[fill[0]] = num_devices // fixed
+  _check(math.prod(sizes.values()) == num_devices, "mesh",
+         f"{sizes} uses {math.prod(sizes.values())} devices, have {num_devices}")
+  return sizes
+
+
+def count_params(tree: Any) -> int:
+  import jax
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

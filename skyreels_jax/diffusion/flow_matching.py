@@ -1,0 +1,85 @@
+"""Flow matching, the one place that fixes the convention (SPEC section 4).
+
+    z_t = t * z0 + (1 - t) * eps,    t in [0, 1],  t = 1 is data, t = 0 is noise
+    target velocity v = dz_t/dt = z0 - eps
+
+The network's timestep input is the noise level in diffusers/HunyuanVideo units,
+`model_timestep(t) = 1000 * (1 - t)`, so a pretrained HunyuanVideo branch sees what it saw
+in pretraining. Timesteps are drawn as a noise level sigma (uniform or logit-normal), then
+shifted (SD3/Wan): sigma' = shift * sigma / (1 + (shift - 1) * sigma); shift > 1 means noisier.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+SAMPLERS = ("uniform", "logit_normal")
+
+
+def model_timestep(t: jax.Array) -> jax.Array:
+  return 1000.0 * (1.0 - t)
+
+
+def shift_sigma(sigma: jax.Array, shift: float) -> jax.Array:
+  return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def sample_t(rng: jax.Array, batch: int, *, sampling: str, shift: float = 1.0,
+             logit_mean: float = 0.0, logit_std: float = 1.0) -> jax.Array:
+  """Training times t (B,) in (0, 1)."""
+  if sampling == "uniform":
+    sigma = jax.random.uniform(rng, (batch,), minval=1e-5, maxval=1.0 - 1e-5)
+  elif sampling == "logit_normal":
+    sigma = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,)))
+  else:
+    raise ValueError(f"flow.timestep_sampling={sampling!r}: choose one of {SAMPLERS}")
+  return 1.0 - shift_sigma(sigma, shift)
+
+
+def sampling_times(num_steps: int, shift: float = 1.0) -> jax.Array:
+  """t_0 = 0 (noise) < ... < t_N = 1 (data), with the same shift as training."""
+  sigma = jnp.linspace(1.0, 0.0, num_steps + 1)
+  return 1.0 - shift_sigma(sigma, shift)
+
+
+def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
+  return t.reshape(t.shape + (1,) * (x.ndim - t.ndim)).astype(x.dtype)
+
+
+def noisy(z0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
+  tb = _bcast(t, z0)
+  return tb * z0 + (1.0 - tb) * eps
+
+
+def velocity_target(z0: jax.Array, eps: jax.Array) -> jax.Array:
+  return z0 - eps
+
+
+def predict_data(z_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
+  """x0 estimate from a velocity: z0 = z_t + (1 - t) * v."""
+  return z_t + (1.0 - _bcast(t, z_t)) * v
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array:
+  """Mean squared error over the positions to generate (keep == 0), per example, then
+  averaged over the examples that have any; `keep` broadcasts against pred (1 = no loss)."""
+  w = jnp.broadcast_to(1.0 - keep.astype(jnp.float32), pred.shape)
+  err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)) * w
+  axes = tuple(range(1, pred.ndim))
+  per_example = err.sum(axes) / jnp.maximum(w.sum(axes), 1.0)
+  has = (w.sum(axes) > 0).astype(jnp.float32)
+  return (per_example * has).sum() / jnp.maximum(has.sum(), 1.0)
+
+
+def flow_matching_loss(*, video_pred, video_z0, video_eps, video_keep, audio_pred=None,
+                       audio_z0=None, audio_eps=None, audio_keep=None,
+                       video_weight: float = 1.0, audio_weight: float = 1.0):
+  """Weighted sum of the masked velocity losses of both streams. References never reach
+  here: the model returns predictions for the noisy tokens only."""
+  loss_v = masked_mse(video_pred, velocity_target(video_z0, video_eps), video_keep)
+  loss_a = jnp.zeros((), jnp.float32)
+  if audio_pred is not None:
+    loss_a = masked_mse(audio_pred, velocity_target(audio_z0, audio_eps), audio_keep)
+  total = video_weight * loss_v + audio_weight * loss_a
+  return total, {"loss_video": loss_v, "loss_audio": loss_a}

@@ -1,0 +1,59 @@
+"""Pixel-space "identity" autoencoders for the tiny config (SPEC section 6): exact, lossless
+rearrangements, no parameters. Video: space-to-depth (and time-to-depth); audio: the waveform
+cut into frames of `hop` samples."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from skyreels_jax.models.layers import patchify, unpatchify
+
+
+class SpaceToDepthVideo:
+
+  def __init__(self, spatial_factor: int, temporal_factor: int = 1):
+    self.s, self.t = spatial_factor, temporal_factor
+    self.latent_channels = 3 * spatial_factor * spatial_factor * temporal_factor
+    self.temporal_factor = temporal_factor
+    self.spatial_factor = spatial_factor
+
+  def latent_frames(self, num_frames: int) -> int:
+    if num_frames % self.t:
+      raise ValueError(f"{num_frames} frames do not divide by the temporal factor {self.t}")
+    return num_frames // self.t
+
+  def latent_hw(self, height: int, width: int) -> tuple[int, int]:
+    if height % self.s or width % self.s:
+      raise ValueError(f"{height}x{width} does not divide by the spatial factor {self.s}")
+    return height // self.s, width // self.s
+
+  def encode(self, video: jax.Array) -> jax.Array:
+    b, f, h, w, _ = video.shape
+    tokens = patchify(video, (self.t, self.s, self.s))
+    return tokens.reshape(b, f // self.t, h // self.s, w // self.s, self.latent_channels)
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    b, t, h, w, c = latents.shape
+    x = latents.reshape(b, t * h * w, c)
+    return jnp.clip(unpatchify(x, (t * self.t, h * self.s, w * self.s),
+                               (self.t, self.s, self.s), 3), -1.0, 1.0)
+
+
+class FramedAudio:
+
+  def __init__(self, hop: int, channels: int):
+    self.hop, self.channels = hop, channels
+    self.latent_channels = hop * channels
+
+  def latent_length(self, num_samples: int) -> int:
+    if num_samples % self.hop:
+      raise ValueError(f"{num_samples} samples do not divide by the audio hop {self.hop}")
+    return num_samples // self.hop
+
+  def encode(self, audio: jax.Array) -> jax.Array:
+    return patchify(audio, (self.hop,))
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    b, t, _ = latents.shape
+    return jnp.clip(unpatchify(latents, (t * self.hop,), (self.hop,), self.channels), -1.0, 1.0)

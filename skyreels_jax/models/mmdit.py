@@ -1,0 +1,235 @@
+"""The SkyReels-V4 dual-stream MMDiT: a video branch and an audio branch of equal width.
+
+Each branch = M dual-stream blocks then N single-stream blocks (SPEC section 1). Layer i of
+both branches runs as one scanned "joint layer": self-attention (+ video text
+cross-attention) in each branch, then  a' = a + X(Q=a, KV=v),  v'' = v' + X(Q=v', KV=a'),
+then the feed-forwards. Blocks are stacked along a `layers` axis and run with `lax.scan`
+(one compile per block type), rematerialised by the policy named in the config.
+
+Inputs are channel concatenations Concat(noisy, condition, mask) built by skyreels_jax.tasks;
+prepended in-context references use the same channel layout and get negative RoPE times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from skyreels_jax.models import remat as remat_lib
+from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock
+from skyreels_jax.models.layers import (AdaLNModulation, ConditionEmbedding, dense, layer_norm,
+                                        masked_mean, patchify, unpatchify)
+from skyreels_jax.models.rope import audio_positions, rope_cos_sin, video_positions
+
+
+@dataclasses.dataclass(frozen=True)
+class MMDiTConfig:
+  width: int
+  num_heads: int
+  mlp_ratio: float
+  num_dual_blocks: int
+  num_single_blocks: int
+  video_latent_channels: int
+  audio_latent_channels: int
+  text_dim: int
+  patch_size: int = 2
+  patch_size_t: int = 1
+  audio_patch_size: int = 1
+  rope_theta: float = 256.0
+  rope_axes_dim: tuple[int, ...] = (16, 56, 56)
+  audio_rope_theta: float = 10000.0
+  audio_time_scale: float = 1.0
+  use_audio: bool = True
+  text_cross_attention: bool = True
+  guidance_embed: bool = False
+  attention: str = "dot_product"
+  remat: str = "none"
+  scan_blocks: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @property
+  def video_patch(self) -> tuple[int, int, int]:
+    return (self.patch_size_t, self.patch_size, self.patch_size)
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+
+class BranchIO(nnx.Module):
+  """Per-branch embeddings and output head: patch embedding, text context projection,
+  timestep/pooled-text conditioning, AdaLN-continuous output norm and projection."""
+
+  def __init__(self, cfg: MMDiTConfig, in_features: int, out_features: int, rngs: nnx.Rngs):
+    kw = dict(rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    d = cfg.width
+    self.x_embedder = dense(in_features, d, ("patch", "embed"), **kw)
+    self.context_embedder = dense(cfg.text_dim, d, ("patch", "embed"), **kw)
+    self.time_text_embed = ConditionEmbedding(d, cfg.text_dim, guidance=cfg.guidance_embed, **kw)
+    self.norm_out = AdaLNModulation(d, 2, **kw)
+    self.proj_out = dense(d, out_features, ("embed", "patch"), zero_init=True, **kw)
+
+  def head(self, x, temb):
+    scale, shift = self.norm_out(temb)  # diffusers AdaLayerNormContinuous order: scale, shift
+    return self.proj_out(layer_norm(x) * (1 + scale) + shift)
+
+
+def _stack(n: int, make, rngs: nnx.Rngs):
+  @nnx.split_rngs(splits=n)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def create(r):
+    return make(r)
+  return create(rngs)
+
+
+class JointLayer(nnx.Module):
+  """Layer i of both branches and their audio<->video exchange."""
+
+  def __init__(self, cfg: MMDiTConfig, block_cls, rngs: nnx.Rngs):
+    spec = BlockSpec(dim=cfg.width, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                     attention=cfg.attention, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    self.video = block_cls(spec, rngs, text_cross=cfg.text_cross_attention,
+                           av_cross=cfg.use_audio)
+    self.audio = block_cls(spec, rngs, text_cross=False, av_cross=True) if cfg.use_audio else None
+
+  def __call__(self, carry, ctx):
+    v, v_txt, a, a_txt = carry
+    v, v_txt, v_mods = self.video.attend(
+        v, v_txt, ctx["v_temb"], rope=ctx["v_rope"], kv_mask=ctx["v_kv_mask"],
+        text_ctx=ctx["v_text"], text_mask=ctx["text_mask"])
+    if self.audio is not None:
+      a, a_txt, a_mods = self.audio.attend(
+          a, a_txt, ctx["a_temb"], rope=ctx["a_rope"], kv_mask=ctx["a_kv_mask"],
+          text_ctx=None, text_mask=None)
+      # The paper's order: audio attends to video first, then video to the updated audio.
+      a = self.audio.cross(a, v, other_mask=ctx["v_valid"], q_rope=ctx["a_time_rope"],
+                           k_rope=ctx["v_time_rope"])
+      v = self.video.cross(v, a, other_mask=ctx["a_valid"], q_rope=ctx["v_time_rope"],
+                           k_rope=ctx["a_time_rope"])
+      a, a_txt = self.audio.feed_forward(a, a_txt, a_mods)
+    v, v_txt = self.video.feed_forward(v, v_txt, v_mods)
+    return v, v_txt, a, a_txt
+
+
+def _run_layers(layers: nnx.Module, carry, ctx, *, remat: str, scan: bool, num: int):
+  """Runs stacked layers with lax.scan (or an unrolled loop) under the remat policy."""
+  graphdef, state = nnx.split(layers)
+
+  def body(c, layer_state):
+    return nnx.merge(graphdef, layer_state)(c, ctx), None
+
+  body = remat_lib.apply(body, remat)
+  if scan:
+    carry, _ = jax.lax.scan(body, carry, state)
+    return carry
+  for i in range(num):
+    carry, _ = body(carry, jax.tree.map(lambda x: x[i], state))
+  return carry
+
+
+class MMDiT(nnx.Module):
+  """The joint video+audio diffusion transformer."""
+
+  def __init__(self, cfg: MMDiTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    cv, ca = cfg.video_latent_channels, cfg.audio_latent_channels
+    pv = int(np.prod(cfg.video_patch))
+    # Input = Concat(noisy, condition, mask): 2C + 1 channels per latent position.
+    self.video_io = BranchIO(cfg, (2 * cv + 1) * pv, cv * pv, rngs)
+    self.audio_io = (BranchIO(cfg, (2 * ca + 1) * cfg.audio_patch_size,
+                              ca * cfg.audio_patch_size, rngs) if cfg.use_audio else None)
+    self.dual_layers = _stack(cfg.num_dual_blocks,
+                              lambda r: JointLayer(cfg, DualStreamBlock, r), rngs)
+    self.single_layers = _stack(cfg.num_single_blocks,
+                                lambda r: JointLayer(cfg, SingleStreamBlock, r), rngs)
+
+  def __call__(self, *, video: jax.Array, video_timestep: jax.Array, text: jax.Array,
+               text_mask: jax.Array, audio: jax.Array | None = None,
+               audio_timestep: jax.Array | None = None, video_refs: jax.Array | None = None,
+               video_ref_valid: jax.Array | None = None, audio_refs: jax.Array | None = None,
+               audio_ref_valid: jax.Array | None = None, guidance: jax.Array | None = None):
+    """Predicts the flow velocity of the noisy part of each stream.
+
+    video (B, T, H, W, 2C+1) latent-grid channel concat; video_refs (B, Tr, H, W, 2C+1);
+    audio (B, Ta, 2Ca+1); audio_refs (B, Tar, 2Ca+1); text (B, L, text_dim), text_mask (B, L);
+    *_ref_valid (B, Tr) booleans for padded reference slots; timesteps (B,) in model units
+    (skyreels_jax.diffusion.flow_matching.model_timestep). Returns (video (B, T, H, W, C),
+    audio (B, Ta, Ca) or None).
+    """
+    cfg = self.cfg
+    if cfg.use_audio != (audio is not None):
+      raise ValueError(f"model.use_audio={cfg.use_audio} but audio input is "
+                       f"{'missing' if audio is None else 'given'}")
+    b = video.shape[0]
+    text = text.astype(cfg.dtype)
+    pooled = masked_mean(text, text_mask)
+    ctx: dict[str, Any] = {"text_mask": text_mask}
+
+    # Video tokens: [references; target], positions on the latent patch grid.
+    pt, p, _ = cfg.video_patch
+    t, h, w = video.shape[1] // pt, video.shape[2] // p, video.shape[3] // p
+    v_in = patchify(video.astype(cfg.dtype), cfg.video_patch)
+    n_vref = 0
+    v_valid = jnp.ones((b, v_in.shape[1]), bool)
+    if video_refs is not None:
+      n_vref = video_refs.shape[1] // pt
+      r_in = patchify(video_refs.astype(cfg.dtype), cfg.video_patch)
+      ref_valid = jnp.repeat(video_ref_valid.astype(bool), video_refs.shape[2] // p *
+                             (video_refs.shape[3] // p), axis=1)
+      v_in = jnp.concatenate([r_in, v_in], axis=1)
+      v_valid = jnp.concatenate([ref_valid, v_valid], axis=1)
+    v_pos = video_positions((t, h, w), n_vref)
+    ctx["v_rope"] = rope_cos_sin(v_pos, cfg.rope_axes_dim, cfg.rope_theta)
+    ctx["v_valid"] = v_valid
+    ctx["v_kv_mask"] = jnp.concatenate([v_valid, text_mask], axis=1)
+    ctx["v_temb"] = self.video_io.time_text_embed(video_timestep, pooled, guidance)
+    v_text = self.video_io.context_embedder(text)
+    ctx["v_text"] = v_text
+    v = self.video_io.x_embedder(v_in)
+
+    a = a_text = None
+    if cfg.use_audio:
+      ap = cfg.audio_patch_size
+      a_in = patchify(audio.astype(cfg.dtype), (ap,))
+      a_valid = jnp.ones((b, a_in.shape[1]), bool)
+      n_aref = 0
+      if audio_refs is not None:
+        n_aref = audio_refs.shape[1] // ap
+        a_in = jnp.concatenate([patchify(audio_refs.astype(cfg.dtype), (ap,)), a_in], axis=1)
+        ref_valid = audio_ref_valid.astype(bool)[:, ::ap]
+        a_valid = jnp.concatenate([ref_valid, a_valid], axis=1)
+      a_pos = audio_positions(audio.shape[1] // ap, cfg.audio_time_scale, n_aref)
+      hd = cfg.head_dim
+      ctx["a_rope"] = rope_cos_sin(a_pos, (hd,), cfg.audio_rope_theta)
+      ctx["a_time_rope"] = ctx["a_rope"]
+      ctx["v_time_rope"] = rope_cos_sin(v_pos[:, :1], (hd,), cfg.audio_rope_theta)
+      ctx["a_valid"] = a_valid
+      ctx["a_kv_mask"] = jnp.concatenate([a_valid, text_mask], axis=1)
+      ctx["a_temb"] = self.audio_io.time_text_embed(audio_timestep, pooled, guidance)
+      a_text = self.audio_io.context_embedder(text)
+      a = self.audio_io.x_embedder(a_in)
+
+    carry = (v, v_text, a, a_text)
+    carry = _run_layers(self.dual_layers, carry, ctx, remat=cfg.remat, scan=cfg.scan_blocks,
+                        num=cfg.num_dual_blocks)
+    carry = _run_layers(self.single_layers, carry, ctx, remat=cfg.remat, scan=cfg.scan_blocks,
+                        num=cfg.num_single_blocks)
+    v, _, a, _ = carry
+
+    n_vref_tokens = v.shape[1] - t * h * w
+    v_out = self.video_io.head(v[:, n_vref_tokens:], ctx["v_temb"])
+    v_out = unpatchify(v_out.astype(jnp.float32), (t * pt, h * p, w * p), cfg.video_patch,
+                       cfg.video_latent_channels)
+    a_out = None
+    if cfg.use_audio:
+      n_a = audio.shape[1] // cfg.audio_patch_size
+      a_out = self.audio_io.head(a[:, a.shape[1] - n_a:], ctx["a_temb"])
+      a_out = unpatchify(a_out.astype(jnp.float32), (audio.shape[1],),
+                         (cfg.audio_patch_size,), cfg.audio_latent_channels)
+    return v_out, a_out

@@ -1,0 +1,67 @@
+"""The tiny text encoder: hashed word tokens -> embedding + one self-attention layer.
+
+No vocabulary file: words are hashed (crc32) into `vocab_size - 2` buckets; id 0 pads and
+id 1 marks the start, so even the empty prompt (the CFG "null" condition) has one valid token.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from skyreels_jax.models.attention import attention
+from skyreels_jax.models.layers import MLP, dense, layer_norm
+
+PAD, BOS = 0, 1
+_WORD = re.compile(r"<[^>]+>|[a-z0-9]+")
+
+
+class HashWordTokenizer:
+  """Lower-cased words and caption tags (<sfx>, </text>, ...) hashed to ids."""
+
+  def __init__(self, vocab_size: int, max_length: int):
+    self.vocab_size, self.max_length = vocab_size, max_length
+
+  def ids(self, text: str) -> list[int]:
+    words = _WORD.findall(text.lower())
+    return [BOS] + [2 + zlib.crc32(w.encode()) % (self.vocab_size - 2) for w in words]
+
+  def __call__(self, text: str) -> dict[str, np.ndarray]:
+    ids = self.ids(text)[: self.max_length]
+    out = np.full((self.max_length,), PAD, np.int32)
+    out[: len(ids)] = ids
+    return {"text_ids": out, "text_mask": out != PAD}
+
+  def batch(self, texts: list[str]) -> dict[str, np.ndarray]:
+    rows = [self(t) for t in texts]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+class TinyTextEncoder(nnx.Module):
+
+  def __init__(self, vocab_size: int, max_length: int, width: int, *, rngs: nnx.Rngs, dtype,
+               param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.heads = max(1, width // 32)
+    self.embed = nnx.Embed(vocab_size, width, dtype=dtype, param_dtype=param_dtype,
+                           embedding_init=nnx.with_partitioning(
+                               nnx.initializers.normal(0.02), ("vocab", "embed")), rngs=rngs)
+    self.pos = nnx.Param(jax.random.normal(rngs.params(), (max_length, width), param_dtype)
+                         * 0.02, out_sharding=(None, "embed"))
+    self.qkv = dense(width, 3 * width, ("embed", "heads"), **kw)
+    self.out = dense(width, width, ("heads", "embed"), **kw)
+    self.mlp = MLP(width, 2 * width, **kw)
+
+  def __call__(self, text_ids: jax.Array, text_mask: jax.Array):
+    x = self.embed(text_ids) + self.pos[...][: text_ids.shape[1]].astype(self.embed.dtype)
+    q, k, v = jnp.split(self.qkv(layer_norm(x)), 3, axis=-1)
+    split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
+    a = attention(split(q), split(k), split(v), kv_mask=text_mask)
+    x = x + self.out(a.reshape(x.shape))
+    x = x + self.mlp(layer_norm(x))
+    return layer_norm(x), text_mask

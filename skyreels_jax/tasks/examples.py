@@ -1,0 +1,111 @@
+"""From a batch of clips (pixels, waveforms, tokens) to model inputs and loss targets, inside
+jit. One function serves every task: the mixture in `config.data.tasks` picks the masks.
+
+References (SPEC section 3) are taken from the clip itself: `data.num_video_refs` latent
+frames (each slot valid with probability 1/2) and a window of `data.num_audio_refs` audio
+latents. They are prepended clean (Concat(ref, ref, 1)), never noised, carry no loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from skyreels_jax.diffusion import flow_matching as fm
+from skyreels_jax.tasks.masks import channel_concat, condition_latent, sample_task_masks
+
+
+@dataclasses.dataclass(frozen=True)
+class Codecs:
+  """The autoencoders and the null prompt, fixed for a run."""
+  video_ae: Any
+  audio_ae: Any
+  null_text_ids: jax.Array    # (L,) tokens of the empty prompt
+  null_text_mask: jax.Array   # (L,)
+
+  def empty_video_latent(self, num_frames: int, height: int, width: int) -> jax.Array:
+    return self.video_ae.encode(-jnp.ones((1, num_frames, height, width, 3), jnp.float32))
+
+  def empty_audio_latent(self, num_samples: int, channels: int) -> jax.Array:
+    return self.audio_ae.encode(jnp.zeros((1, num_samples, channels), jnp.float32))
+
+
+def drop_captions(rng, text_ids, text_mask, null_ids, null_mask, rate: float):
+  drop = jax.random.bernoulli(rng, rate, (text_ids.shape[0],))[:, None]
+  return (jnp.where(drop, null_ids[None], text_ids), jnp.where(drop, null_mask[None], text_mask))
+
+
+def _video_refs(rng, z0, n: int):
+  b, t = z0.shape[:2]
+  k1, k2 = jax.random.split(rng)
+  idx = jax.random.randint(k1, (b, n), 0, t)
+  refs = jnp.take_along_axis(z0, idx[:, :, None, None, None], axis=1)
+  valid = jax.random.bernoulli(k2, 0.5, (b, n))
+  refs = refs * valid[:, :, None, None, None]
+  return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
+
+
+def _audio_refs(rng, z0, n: int):
+  b, length = z0.shape[:2]
+  k1, k2 = jax.random.split(rng)
+  start = jax.random.randint(k1, (b,), 0, max(length - n, 0) + 1)
+  idx = start[:, None] + jnp.arange(n)[None]
+  refs = jnp.take_along_axis(z0, jnp.minimum(idx, length - 1)[:, :, None], axis=1)
+  valid = jnp.broadcast_to(jax.random.bernoulli(k2, 0.5, (b, 1)), (b, n))
+  refs = refs * valid[:, :, None]
+  return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
+
+
+def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
+  """Returns (model inputs, loss terms). batch: video (B, F, H, W, 3) in [-1, 1],
+  audio (B, S, channels), text_ids / text_mask (B, L)."""
+  d, f = config.data, config.flow
+  k_t, k_ev, k_ea, k_task, k_cap, k_vr, k_ar = jax.random.split(rng, 7)
+  video = batch["video"]
+  b, nf, hh, ww, _ = video.shape
+  z0_v = codecs.video_ae.encode(video)
+  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=f.shift,
+                  logit_mean=f.logit_mean, logit_std=f.logit_std)
+  eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
+  z0_a = eps_a = keep_a = None
+  if use_audio:
+    z0_a = codecs.audio_ae.encode(batch["audio"])
+    eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)
+  keep_v, keep_a, tasks = sample_task_masks(
+      k_task, b, video_grid=z0_v.shape[1:4], audio_length=z0_a.shape[1] if use_audio else None,
+      video_mixture=dict(d.tasks))
+  empty_v = codecs.empty_video_latent(nf, hh, ww)
+  inputs = {
+      "video": channel_concat(fm.noisy(z0_v, eps_v, t),
+                              condition_latent(z0_v, keep_v, empty_v), keep_v),
+      "video_timestep": fm.model_timestep(t),
+  }
+  inputs["text_ids"], inputs["text_mask"] = drop_captions(
+      k_cap, batch["text_ids"], batch["text_mask"], codecs.null_text_ids,
+      codecs.null_text_mask, d.caption_dropout)
+  if d.num_video_refs:
+    inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs)
+  if use_audio:
+    empty_a = codecs.empty_audio_latent(batch["audio"].shape[1], batch["audio"].shape[2])
+    inputs["audio"] = channel_concat(fm.noisy(z0_a, eps_a, t),
+                                     condition_latent(z0_a, keep_a, empty_a), keep_a)
+    inputs["audio_timestep"] = fm.model_timestep(t)
+    if d.num_audio_refs:
+      inputs["audio_refs"], inputs["audio_ref_valid"] = _audio_refs(k_ar, z0_a, d.num_audio_refs)
+  terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=keep_v, audio_z0=z0_a,
+               audio_eps=eps_a, audio_keep=keep_a, tasks=tasks, t=t)
+  return inputs, terms
+
+
+def make_codecs(config) -> tuple[Codecs, Any]:
+  """The run's autoencoders and null prompt, and the host-side tokenizer."""
+  from skyreels_jax.models import autoencoders, text
+  spec = text.build(config.text, dtype=jnp.float32, param_dtype=jnp.float32)
+  null = spec.tokenizer("")
+  codecs = Codecs(autoencoders.build_video(config.video_ae),
+                  autoencoders.build_audio(config.audio_ae, config.data.audio_channels),
+                  jnp.asarray(null["text_ids"]), jnp.asarray(null["text_mask"]))
+  return codecs, spec.tokenizer

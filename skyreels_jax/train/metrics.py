@@ -1,0 +1,58 @@
+"""Run metrics: WORKDIR/metrics.jsonl (one JSON object per logged step), TensorBoard events
+(tensorboardX, no TensorFlow) and a console line. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str, *, resume_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._truncate_after(resume_step)
+    from tensorboardX import SummaryWriter
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def _truncate_after(self, step: int) -> None:
+    """A run killed after its last checkpoint logged steps it will now redo: drop them."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line).get("step", 0) <= step:
+          keep.append(line)
+      except (json.JSONDecodeError, AttributeError):
+        continue
+    with open(self.path, "w") as f:
+      f.writelines(keep)
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()},
+           "time": time.time()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    for k, v in scalars.items():
+      self._tb.add_scalar(f"train/{k}", float(v), int(step))
+    self._tb.flush()
+    shown = " ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
+    print(f"step {step}: {shown}", file=sys.stdout, flush=True)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,108 @@
+"""Train state, optimiser and the jitted train step.
+
+The state is a plain dict pytree: {"step", "params", "opt_state", "ema"}; params and EMA are
+nnx.State trees of the SkyReelsV4 module (fp32 master weights; the compute dtype is the
+model config's). Per-step randomness is fold_in(seed key, step), so a resumed run draws the
+same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from skyreels_jax.diffusion.flow_matching import flow_matching_loss
+from skyreels_jax.models import abstract_model, build_model
+from skyreels_jax.parallel.mesh import state_shardings
+from skyreels_jax.tasks.examples import Codecs, training_inputs
+
+
+def lr_schedule(config) -> optax.Schedule:
+  o, steps = config.optim, config.train.steps
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
+      decay_steps=max(steps, o.warmup_steps + 1), end_value=o.lr * o.min_lr_ratio)
+
+
+def _decay_mask(params):
+  """Weight decay on matrices (kernels, embeddings) only, never on biases or norm scales."""
+  def is_matrix(path, _):
+    return str(getattr(path[-1], "key", path[-1])) in ("kernel", "embedding")
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip),
+      optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                  mask=_decay_mask))
+
+
+def abstract_state(config, tx) -> tuple[nnx.GraphDef, dict]:
+  """GraphDef and the abstract state (leaves keep their logical-axis metadata)."""
+  model = abstract_model(config)
+  graphdef, params = nnx.split(model, nnx.Param)
+  opt_state = jax.eval_shape(tx.init, params)
+  state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
+           "opt_state": opt_state, "ema": params}
+  return graphdef, state
+
+
+def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]:
+  """Initialises the state directly in its sharded layout (never whole on one device)."""
+  graphdef, abstract = abstract_state(config, tx)
+  shardings = state_shardings(abstract, mesh, axis_rules)
+
+  def init():
+    model = build_model(config, rngs=nnx.Rngs(config.seed))
+    params = nnx.state(model, nnx.Param)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "ema": jax.tree.map(jnp.copy, params)}
+
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Callable:
+  schedule = lr_schedule(config)
+  base_key = jax.random.key(config.seed)
+  ema_decay = config.optim.ema_decay
+  fcfg = config.flow
+
+  def loss_fn(params, batch, rng):
+    model = nnx.merge(graphdef, params)
+    inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs,
+                                    use_audio=use_audio)
+    v_pred, a_pred = model(**inputs)
+    loss, parts = flow_matching_loss(
+        video_pred=v_pred, video_z0=terms["video_z0"], video_eps=terms["video_eps"],
+        video_keep=terms["video_keep"], audio_pred=a_pred, audio_z0=terms["audio_z0"],
+        audio_eps=terms["audio_eps"], audio_keep=terms["audio_keep"],
+        video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight)
+    return loss, parts
+
+  def step(state, batch):
+    rng = jax.random.fold_in(base_key, state["step"])
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = jax.tree.map(lambda e, p: e * ema_decay + (1.0 - ema_decay) * p, state["ema"], params)
+    metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
+               "lr": schedule(state["step"])}
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                 "ema": ema}
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step: Callable, state_sharding, batch_sharding) -> Callable:
+  return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, None), donate_argnums=(0,))

@@ -1,0 +1,124 @@
+"""The training loop: config -> mesh -> sharded state -> jitted step over grain batches, with
+metrics and orbax checkpoints. Rerunning on the same workdir resumes from the latest
+checkpoint (state, EMA, optimizer, data position); per-step randomness is a function of the
+step, so a resumed run reaches the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from skyreels_jax.config import ConfigError, count_params, derive, validate
+from skyreels_jax.data.loader import iterator_stats, make_iterator
+from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
+                                        state_shardings)
+from skyreels_jax.tasks.examples import make_codecs
+from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
+from skyreels_jax.train.metrics import MetricsWriter
+from skyreels_jax.train.state import (abstract_state, create_state, jit_train_step,
+                                      make_optimizer, make_train_step)
+
+
+def describe(config, mesh, params) -> str:
+  """Start-up summary: mesh, parameter count, sharding of each parameter group."""
+  lines = [f"mesh: {dict(mesh.shape)} over {mesh.devices.size} devices "
+           f"({jax.process_count()} processes)",
+           f"params: {count_params(params) / 1e6:.2f}M"]
+  groups: dict[str, set] = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    key = "/".join(str(getattr(p, "key", p)) for p in path[:2])
+    groups.setdefault(key, set()).add(str(getattr(leaf, "sharding", None).spec
+                                          if hasattr(leaf, "sharding") else "?"))
+  for k in sorted(groups):
+    lines.append(f"  {k}: {', '.join(sorted(groups[k]))}")
+  return "\n".join(lines)
+
+
+def _global_batch(batch: dict, mesh, axis_rules) -> dict:
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim, axis_rules), v)
+          for k, v in batch.items()}
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+  """Trains until `config.train.steps`; returns the last logged metrics."""
+  validate(config)
+  _, mcfg = derive(config)
+  mesh = make_mesh(config.mesh)
+  axis_rules = rules(config)
+  dp = data_parallel_size(mesh, axis_rules)
+  if config.data.batch_size % dp:
+    raise ConfigError("data.batch_size", f"{config.data.batch_size} does not divide over "
+                      f"{dp} data-parallel shards of mesh {dict(mesh.shape)}")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  tx = make_optimizer(config)
+  codecs, tokenizer = make_codecs(config)
+  iterator = make_iterator(config.data, tokenizer=tokenizer,
+                           global_batch_size=config.data.batch_size, seed=config.seed,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  ckpt = Checkpointer(workdir, max_to_keep=config.train.max_to_keep,
+                      async_save=config.train.async_checkpointing)
+  start = ckpt.latest_step()
+  if start is None:
+    graphdef, state, shardings = create_state(config, tx, mesh, axis_rules)
+    start = 0
+  else:
+    graphdef, abstract = abstract_state(config, tx)
+    shardings = state_shardings(abstract, mesh, axis_rules)
+    state = ckpt.restore(start, with_shardings(abstract, shardings), iterator)
+    logging.info("resumed from step %d", start)
+    print(f"resuming from checkpoint step {start}", flush=True)
+  print(describe(config, mesh, state["params"]), flush=True)
+
+  step_fn = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
+  first = next(iterator)
+  batch_shardings = {k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in first.items()}
+  step_fn = jit_train_step(step_fn, shardings, batch_shardings)
+  writer = MetricsWriter(workdir, resume_step=start)
+  meta = {"config": json.loads(config.to_json_best_effort()), "model": mcfg.__class__.__name__}
+
+  last: dict[str, Any] = {}
+  total = config.train.steps
+  t_last, steps_since = time.time(), 0
+  batch = first
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(start, total):
+        if batch is None:
+          batch = next(iterator)
+        state, metrics = step_fn(state, _global_batch(batch, mesh, axis_rules))
+        batch = None
+        steps_since += 1
+        done = step + 1
+        if done % config.train.log_every == 0 or done == total:
+          metrics = jax.device_get(metrics)
+          now = time.time()
+          last = {**{k: float(np.asarray(v)) for k, v in metrics.items()},
+                  "steps_per_sec": steps_since / max(now - t_last, 1e-9),
+                  "bad_records": iterator_stats(iterator)["bad_records"]}
+          if not np.isfinite(last["loss"]):
+            raise FloatingPointError(f"loss is {last['loss']} at step {done}")
+          writer.write(done, last)
+          t_last, steps_since = now, 0
+        if done % config.train.checkpoint_every == 0 or done == total:
+          ckpt.save(done, state, iterator, {**meta, "step": done})
+    ckpt.wait()
+  finally:
+    ckpt.close()
+    writer.close()
+    close = getattr(iterator, "close", None)
+    if close:
+      close()
+  return {"step": total, **last}

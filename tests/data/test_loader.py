@@ -1,0 +1,256 @@
+"""grain loader: exact batches, bad-record skipping, resume, per-process shares, workers."""
+
+import zlib
+
+from array_record.python import array_record_module
+import grain
+from flax import serialization
+import numpy as np
+import pytest
+
+from configs import tiny
+from data_pipelines import synthetic
+from skyreels_jax.data import loader
+from skyreels_jax.data import records
+
+NUM_CLIPS = 40
+GEOMETRY = synthetic.geometry_from_config(tiny.get_config().data)
+
+
+class WordHashTokenizer:
+  """Test tokenizer: crc32 of each word mod 1024, padded to 24 (picklable, deterministic)."""
+
+  def __call__(self, caption):
+    words = caption.replace("<", " <").replace(">", "> ").split()[:24]
+    ids = np.zeros(24, np.int32)
+    ids[:len(words)] = [zlib.crc32(w.encode()) % 1024 for w in words]
+    return {"text_ids": ids, "text_mask": np.arange(24) < len(words)}
+
+
+def _read(path):
+  reader = array_record_module.ArrayRecordReader(str(path))
+  out = reader.read_all()
+  reader.close()
+  return out
+
+
+def _write(path, items):
+  writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+  for item in items:
+    writer.write(item)
+  writer.close()
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("clean")
+  synthetic.write_dataset(str(out), num_clips=NUM_CLIPS, seed=0, clips_per_shard=16, **GEOMETRY)
+  return out
+
+
+@pytest.fixture(scope="module")
+def clips(clean_dir):
+  """Decoded clips in source order (shards sorted by name)."""
+  return [records.decode_clip(r) for p in loader.find_shards(str(clean_dir)) for r in _read(p)]
+
+
+@pytest.fixture(scope="module")
+def corrupt_dir(tmp_path_factory, clean_dir):
+  """The clean shards plus one shard of 7 bad records: garbage, wrong version, wrong size."""
+  out = tmp_path_factory.mktemp("corrupt")
+  for p in loader.find_shards(str(clean_dir)):
+    _write(out / p.split("/")[-1], _read(p))
+  good = records.decode_clip(_read(loader.find_shards(str(clean_dir))[0])[0])
+  small = synthetic.make_clip(np.random.default_rng(0), **dict(GEOMETRY, height=16))
+  bad = [b"", b"\x00garbage", bytes(range(256)), records.encode_clip(good)[:100],
+         serialization.msgpack_serialize(dict(good, schema_version=99)),
+         records.encode_clip(small),  # 16x32: resizing is not supported yet
+         records.encode_clip(_cut(good, 4, 8000))]  # too few frames
+  _write(out / "zz-corrupt.array_record", bad)
+  return out
+
+
+def _cut(clip, num_frames, num_samples):
+  """The clip shortened to its first frames and samples (bounce times dropped)."""
+  clip = {k: v for k, v in clip.items() if k != "bounces"}
+  return dict(clip, video=clip["video"][:num_frames], audio=clip["audio"][:num_samples])
+
+
+def _config(path, **overrides):
+  c = tiny.get_config().data
+  c.path = str(path)
+  c.update(overrides)
+  return c
+
+
+def _iterator(path, *, batch=8, seed=0, **overrides):
+  return loader.make_iterator(_config(path, **overrides), tokenizer=WordHashTokenizer(),
+                              global_batch_size=batch, seed=seed)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _ids(batch):
+  """Video bytes of each example, mapped back to uint8 exactly."""
+  u8 = np.round((batch["video"] + 1.0) * 127.5).astype(np.uint8)
+  return [v.tobytes() for v in u8]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert sorted(x) == sorted(y)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_batches_are_exact(clean_dir, clips):
+  it = _iterator(clean_dir, shuffle=False)
+  batches = _take(it, 6)  # 48 examples: one epoch of 40 and the start of the next
+  batch = batches[0]
+  assert sorted(batch) == ["audio", "text_ids", "text_mask", "video"]
+  assert batch["video"].shape == (8, 16, 32, 32, 3) and batch["video"].dtype == np.float32
+  assert batch["audio"].shape == (8, 32000, 1) and batch["audio"].dtype == np.float32
+  assert batch["text_ids"].shape == (8, 24) and batch["text_ids"].dtype == np.int32
+  assert batch["text_mask"].shape == (8, 24) and batch["text_mask"].dtype == bool
+  assert batch["video"].min() == -1.0 and batch["video"].max() == 1.0  # background 0, shapes 255
+  assert np.abs(batch["audio"]).max() <= 1.0
+  for i in range(48):
+    clip, b, j = clips[i % NUM_CLIPS], batches[i // 8], i % 8
+    np.testing.assert_array_equal(b["video"][j], clip["video"].astype(np.float32) / 127.5 - 1)
+    np.testing.assert_array_equal(b["audio"][j], clip["audio"])
+    np.testing.assert_array_equal(b["text_ids"][j],
+                                  WordHashTokenizer()(clip["caption"])["text_ids"])
+  assert loader.iterator_stats(it) == {"bad_records": 0}
+  it.close()
+
+
+def test_preprocess_crops_time_and_maps_channels(clips):
+  clip = dict(clips[0], audio=np.stack([clips[0]["audio"][:, 0], -clips[0]["audio"][:, 0]], 1))
+  data = records.encode_clip(clip)
+  tok = WordHashTokenizer()
+  stereo = loader.ClipPreprocessor.from_config(_config("", audio_channels=2), tok)(data)
+  np.testing.assert_array_equal(stereo["audio"], clip["audio"])
+  short = loader.ClipPreprocessor.from_config(_config("", num_frames=8, audio_channels=1), tok)
+  ex = short(data)
+  assert ex["video"].shape == (8, 32, 32, 3) and ex["audio"].shape == (16000, 1)
+  np.testing.assert_array_equal(ex["audio"], 0.0)  # the mean of +x and -x
+  dup = loader.ClipPreprocessor.from_config(_config("", audio_channels=2), tok)(
+      records.encode_clip(clips[1]))
+  np.testing.assert_array_equal(dup["audio"], np.repeat(clips[1]["audio"], 2, axis=1))
+  # Audio short by less than a frame (2000 samples) is zero-padded; more is a bad record.
+  mono = loader.ClipPreprocessor.from_config(_config(""), tok)
+  padded = mono(records.encode_clip(_cut(clips[1], 16, 32000 - 1999)))
+  np.testing.assert_array_equal(padded["audio"][:-1999], clips[1]["audio"][:-1999])
+  np.testing.assert_array_equal(padded["audio"][-1999:], 0.0)
+  bad = mono(records.encode_clip(_cut(clips[1], 15, 30000)))
+  assert isinstance(bad, loader.BadRecord) and "15 frames" in bad.reason
+  other_rate = loader.ClipPreprocessor.from_config(_config("", fps=16.0), tok)(data)
+  assert isinstance(other_rate, loader.BadRecord) and "resampling" in other_rate.reason
+
+
+def test_bad_records_are_skipped_and_counted(corrupt_dir, clips):
+  it = _iterator(corrupt_dir, shuffle=False)
+  batches = _take(it, 6)  # 40 good, then the 7 bad records, then 8 good of epoch 2
+  assert loader.iterator_stats(it) == {"bad_records": 7}
+  ids = [i for b in batches for i in _ids(b)]
+  assert ids == [clips[i % NUM_CLIPS]["video"].tobytes() for i in range(48)]
+  it.close()
+
+  it = _iterator(corrupt_dir, shuffle=True)
+  _take(it, 12)  # 96 good examples: between 2 and 3 epochs of 47 records
+  assert 14 <= loader.iterator_stats(it)["bad_records"] <= 21
+  it.close()
+
+
+def test_get_state_set_state_resumes_exactly(corrupt_dir):
+  it = _iterator(corrupt_dir, seed=3)
+  _take(it, 4)
+  state = it.get_state()
+  expected = _take(it, 4)
+  expected_bad = loader.iterator_stats(it)["bad_records"]
+  assert expected_bad > 0
+  it.close()
+
+  resumed = _iterator(corrupt_dir, seed=3)
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 4), expected)
+  assert loader.iterator_stats(resumed)["bad_records"] == expected_bad
+  resumed.close()
+
+
+def test_orbax_checkpoint_round_trip(corrupt_dir, tmp_path):
+  import orbax.checkpoint as ocp
+  it = _iterator(corrupt_dir, seed=5)
+  _take(it, 3)
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True)
+  with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as mngr:
+    mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    expected = _take(it, 4)  # moving on while the save may still be in flight
+    mngr.wait_until_finished()
+  bad = loader.iterator_stats(it)["bad_records"]
+  it.close()
+
+  resumed = _iterator(corrupt_dir, seed=5)
+  with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as mngr:
+    mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  _assert_same(_take(resumed, 4), expected)
+  assert loader.iterator_stats(resumed)["bad_records"] == bad
+  resumed.close()
+
+
+def test_processes_read_disjoint_shares(clean_dir, clips):
+  index = {c["video"].tobytes(): i for i, c in enumerate(clips)}
+  seen = []
+  for p in range(2):
+    it = loader.make_iterator(_config(clean_dir), tokenizer=WordHashTokenizer(),
+                              global_batch_size=8, seed=0, process_index=p, process_count=2)
+    batches = _take(it, 5)  # 20 examples of batch 4: one epoch of this process's share
+    it.close()
+    assert batches[0]["video"].shape[0] == 4
+    seen.append([index[i] for b in batches for i in _ids(b)])
+  assert sorted(seen[0]) == list(range(0, NUM_CLIPS, 2))
+  assert sorted(seen[1]) == list(range(1, NUM_CLIPS, 2))
+
+
+def test_worker_processes(corrupt_dir, clips):
+  index = {c["video"].tobytes(): i for i, c in enumerate(clips)}
+  it = _iterator(corrupt_dir, batch=4, num_workers=2)
+  first = _take(it, 2)
+  state = it.get_state()
+  expected = _take(it, 12)  # 48 examples: every worker has passed its share of bad records
+  bad = loader.iterator_stats(it)["bad_records"]
+  it.close()
+  for b in first + expected:
+    assert b["video"].shape == (4, 16, 32, 32, 3)
+    assert all(i in index for i in _ids(b))
+  assert bad >= 7
+
+  resumed = _iterator(corrupt_dir, batch=4, num_workers=2)
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 12), expected)
+  assert loader.iterator_stats(resumed)["bad_records"] == bad
+  resumed.close()
+
+
+def test_all_bad_records_stop_with_an_error(tmp_path, monkeypatch):
+  _write(tmp_path / "bad.array_record", [b"junk"] * 3)
+  monkeypatch.setattr(loader, "MAX_CONSECUTIVE_BAD_RECORDS", 10)
+  it = _iterator(tmp_path)
+  with pytest.raises(RuntimeError, match="10 bad records in a row"):
+    next(it)
+  it.close()
+
+
+def test_config_errors(tmp_path, clean_dir):
+  with pytest.raises(ValueError, match="data.path is empty"):
+    _iterator("")
+  with pytest.raises(ValueError, match="data.path=.*no ArrayRecord shards"):
+    _iterator(tmp_path / "missing")
+  with pytest.raises(ValueError, match="data.batch_size 6 is not divisible"):
+    loader.make_iterator(_config(clean_dir), tokenizer=WordHashTokenizer(),
+                         global_batch_size=6, seed=0, process_index=0, process_count=4)
+  with pytest.raises(TypeError):
+    loader.iterator_stats(iter([1]))

@@ -1,0 +1,109 @@
+"""Record schema: exact round trip, and RecordError on anything wrong."""
+
+from flax import serialization
+import numpy as np
+import pytest
+
+from skyreels_jax.data import records
+
+
+def _clip(**overrides):
+  """4 frames of 6x5 at 8 fps with 500 stereo samples at 1000 Hz, then `overrides`."""
+  rng = np.random.default_rng(0)
+  clip = dict(
+      video=rng.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8),
+      audio=rng.uniform(-1, 1, (500, 2)).astype(np.float32),
+      fps=8.0,
+      sample_rate=1000,
+      caption="<text>a red circle</text><sfx>a low beep</sfx>",
+      bounces=np.array([0.1, 0.25], np.float32),
+  )
+  clip.update(overrides)
+  return clip
+
+
+def _raw(clip, **fields):
+  """Serialises without validation, to build records that encode_clip would refuse."""
+  return serialization.msgpack_serialize(
+      dict(clip, schema_version=records.SCHEMA_VERSION, **fields))
+
+
+def test_round_trip_is_exact():
+  clip = _clip()
+  out = records.decode_clip(records.encode_clip(clip))
+  assert sorted(out) == sorted(clip)
+  for key in ("video", "audio", "bounces"):
+    assert out[key].dtype == clip[key].dtype
+    np.testing.assert_array_equal(out[key], clip[key])
+  assert out["fps"] == 8.0 and isinstance(out["fps"], float)
+  assert out["sample_rate"] == 1000 and isinstance(out["sample_rate"], int)
+  assert out["caption"] == clip["caption"]
+
+
+def test_bounces_are_optional():
+  clip = _clip()
+  del clip["bounces"]
+  out = records.decode_clip(records.encode_clip(clip))
+  assert "bounces" not in out
+  assert out["audio"].shape == (500, 2)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00garbage", b"\xc1", bytes(range(256)),
+                                  b"\x93\x01\x02\x03"])
+def test_corrupt_bytes(data):
+  with pytest.raises(records.RecordError):
+    records.decode_clip(data)
+
+
+def test_truncated_record():
+  data = records.encode_clip(_clip())
+  with pytest.raises(records.RecordError, match="corrupt"):
+    records.decode_clip(data[:len(data) // 2])
+
+
+def test_wrong_schema_version():
+  with pytest.raises(records.RecordError, match="schema_version is 2"):
+    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=2)))
+  with pytest.raises(records.RecordError, match="schema_version is None"):
+    records.decode_clip(serialization.msgpack_serialize(_clip()))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(video=np.zeros((4, 6, 5, 3), np.float32)), "video must be uint8"),
+    (dict(video=np.zeros((4, 6, 5), np.uint8)), "video must have 4 dims"),
+    (dict(video=np.zeros((4, 6, 5, 4), np.uint8)), "3 colour channels"),
+    (dict(video=np.zeros((0, 6, 5, 3), np.uint8)), "video is empty"),
+    (dict(audio=np.zeros((500, 2), np.float64)), "audio must be float32"),
+    (dict(audio=np.zeros((500,), np.float32)), "audio must have 2 dims"),
+    (dict(audio=np.full((500, 2), 1.5, np.float32)), r"within \[-1, 1\]"),
+    (dict(audio=np.zeros((300, 2), np.float32)), "audio has 300 samples"),
+    (dict(fps="8"), "fps must be a number"),
+    (dict(fps=-1.0), "fps must be positive"),
+    (dict(sample_rate=1000.0), "sample_rate must be an int"),
+    (dict(caption=b"bytes"), "caption must be a str"),
+    (dict(bounces=np.array([9.0], np.float32)), "bounces must be times"),
+    (dict(bounces=np.array([0.1], np.float64)), "bounces must be float32"),
+    (dict(extra=1), "unknown fields"),
+])
+def test_invalid_fields(overrides, message):
+  with pytest.raises(records.RecordError, match=message):
+    records.decode_clip(_raw(_clip(**overrides)))
+  with pytest.raises(records.RecordError, match=message):
+    records.encode_clip(_clip(**overrides))
+
+
+def test_missing_field():
+  clip = _clip()
+  del clip["caption"]
+  with pytest.raises(records.RecordError, match="missing fields"):
+    records.decode_clip(_raw(clip))
+
+
+def test_audio_length_tolerance_is_one_frame():
+  # 4 frames at 8 fps and 1000 Hz: 500 samples expected, one frame is 125 samples.
+  for n in (375, 625):
+    out = records.decode_clip(_raw(_clip(audio=np.zeros((n, 1), np.float32))))
+    assert out["audio"].shape == (n, 1)
+  for n in (374, 626):
+    with pytest.raises(records.RecordError, match=f"audio has {n} samples"):
+      records.decode_clip(_raw(_clip(audio=np.zeros((n, 1), np.float32))))
