@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Task mixture (SPEC section 3); weights are normalised. Keys are skyreels_jax.tasks names.
   c.data.tasks = ml_collections.ConfigDict(
       dict(t2av=1.0, i2v=0.0, extend=0.0, start_end=0.0, inpaint=0.0))
+  # Audio condition masks (SPEC section 3, [ours]): none = regenerate the whole track,
+  # a_extend = keep a prefix (continuation), a_inpaint = regenerate one span.
+  c.data.audio_tasks = ml_collections.ConfigDict(dict(none=1.0, a_extend=0.0, a_inpaint=0.0))
   c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
   c.data.num_video_refs = 0         # prepended reference frames per example (0: none)
   c.data.num_audio_refs = 0         # prepended reference audio latent frames (0: none)
@@ -83,7 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
   c.optim.warmup_steps = 1000
-  c.optim.min_lr_ratio = 0.1        # cosine decays to lr * min_lr_ratio at train.steps
+  c.optim.min_lr_ratio = 0.1        # cosine decays to lr * min_lr_ratio ...
+  c.optim.decay_steps = 0           # ... at this step (0: train.steps)
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.0

@@ -19,7 +19,7 @@ from skyreels_jax.models.attention import STRATEGIES
 from skyreels_jax.models.mmdit import MMDiTConfig
 from skyreels_jax.models.remat import POLICIES
 from skyreels_jax.models.rope import audio_time_scale
-from skyreels_jax.tasks import VIDEO_TASKS
+from skyreels_jax.tasks import AUDIO_TASKS, VIDEO_TASKS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
@@ -91,9 +91,15 @@ def validate(config) -> None:
   weights = [float(v) for v in d.tasks.values()]
   _check(all(w >= 0 for w in weights) and sum(weights) > 0, "data.tasks",
          "weights must be >= 0 with a positive sum")
+  unknown = set(d.audio_tasks.keys()) - set(AUDIO_TASKS)
+  _check(not unknown, "data.audio_tasks", f"unknown audio tasks {sorted(unknown)}; known: "
+         f"{AUDIO_TASKS}")
+  weights = [float(v) for v in d.audio_tasks.values()]
+  _check(all(w >= 0 for w in weights) and sum(weights) > 0, "data.audio_tasks",
+         "weights must be >= 0 with a positive sum")
   _check(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", "must be in [0, 1)")
-  _check(d.num_video_refs >= 0 and d.num_audio_refs >= 0, "data.num_video_refs",
-         "reference counts must be >= 0")
+  for f in ("num_video_refs", "num_audio_refs"):
+    _check(d[f] >= 0, f"data.{f}", "reference counts must be >= 0")
 
   o, t = config.optim, config.train
   _check(o.lr > 0, "optim.lr", "must be positive")

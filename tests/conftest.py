@@ -2,7 +2,70 @@
 
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Test programs are tiny: XLA's slow backend optimisations cost 3-5x compile time for nothing.
+os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA cache per test session: identical programs (a resumed run, a CLI run in a
+# subprocess) compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="skyreels_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+
+def small_run_config(data_path: str = "", **overrides):
+  """The tiny config at test size: 8 frames of 16x16 at 8 fps, 1 s of 16 kHz mono audio,
+  one example per simulated device."""
+  from configs import tiny
+  c = tiny.get_config()
+  c.data.path = data_path
+  c.data.num_frames, c.data.height, c.data.width = 8, 16, 16
+  c.data.batch_size = 8
+  c.data.tasks.i2v = 0.5
+  c.data.num_video_refs, c.data.num_audio_refs = 1, 5
+  c.model.num_dual_blocks, c.model.num_single_blocks = 1, 1
+  c.train.steps, c.train.log_every, c.train.checkpoint_every = 4, 1, 2
+  c.optim.warmup_steps = 2
+  c.optim.decay_steps = 4           # the same schedule (and program) for 2- and 4-step runs
+  c.sample.num_steps = 3
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+  from data_pipelines.synthetic import geometry_from_config, write_dataset
+  out = str(tmp_path_factory.mktemp("synthetic"))
+  write_dataset(out, num_clips=24, seed=0, **geometry_from_config(small_run_config().data))
+  return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_data, tmp_path_factory):
+  """One uninterrupted 4-step run, shared by the trainer and sampler tests."""
+  from skyreels_jax.train.trainer import train
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = small_run_config(synthetic_data)
+  result = train(config, workdir)
+  return workdir, config, result
+
+
+def restore_train_state(workdir: str, config, step: int):
+  """The full train state of a checkpoint, on the config's mesh."""
+  from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings
+  from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
+  from skyreels_jax.train.state import abstract_state, make_optimizer
+  _, abstract = abstract_state(config, make_optimizer(config))
+  target = with_shardings(abstract, state_shardings(abstract, make_mesh(config.mesh),
+                                                    rules(config)))
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    return ckpt.restore(step, target)
+  finally:
+    ckpt.close()

@@ -180,7 +180,8 @@ class MMDiT(nnx.Module):
     if video_refs is not None:
       n_vref = video_refs.shape[1] // pt
       r_in = patchify(video_refs.astype(cfg.dtype), cfg.video_patch)
-      ref_valid = jnp.repeat(video_ref_valid.astype(bool), video_refs.shape[2] // p *
+      # One validity per reference token frame (pt latent frames), repeated over its h*w.
+      ref_valid = jnp.repeat(video_ref_valid.astype(bool)[:, ::pt], video_refs.shape[2] // p *
                              (video_refs.shape[3] // p), axis=1)
       v_in = jnp.concatenate([r_in, v_in], axis=1)
       v_valid = jnp.concatenate([ref_valid, v_valid], axis=1)

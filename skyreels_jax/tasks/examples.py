@@ -76,7 +76,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)
   keep_v, keep_a, tasks = sample_task_masks(
       k_task, b, video_grid=z0_v.shape[1:4], audio_length=z0_a.shape[1] if use_audio else None,
-      video_mixture=dict(d.tasks))
+      video_mixture=dict(d.tasks), audio_mixture=dict(d.audio_tasks))
   empty_v = codecs.empty_video_latent(nf, hh, ww)
   inputs = {
       "video": channel_concat(fm.noisy(z0_v, eps_v, t),

@@ -170,13 +170,21 @@ def load_into(module, tensors: Mapping[str, np.ndarray], entries: Iterable[Entry
 
   Strict: raises if a source tensor is neither used nor under `skip_sources`, if a param
   (or a layer of a stacked param) outside the `skip_targets` modules is left unfilled,
-  filled twice, or if a shape disagrees.
+  filled twice, or if a shape disagrees. `module` may be abstract (`nnx.eval_shape`: no
+  random init, e.g. a 13B model) when nothing in it is skipped.
   """
-  import jax.numpy as jnp
+  import jax
   from flax import nnx
 
   flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-  values = {tuple(map(str, p)): np.array(v[...]) for p, v in flat}
+  values, abstract = {}, set()
+  for p, v in flat:
+    p, v = tuple(map(str, p)), v.get_value()
+    if isinstance(v, jax.ShapeDtypeStruct):  # a module from nnx.eval_shape: no random init
+      abstract.add(p)
+      values[p] = np.zeros(v.shape, v.dtype)
+    else:
+      values[p] = np.array(v)
   filled: dict[Path, set] = {p: set() for p in values}
   used = set()
   for e in entries:
@@ -207,7 +215,11 @@ def load_into(module, tensors: Mapping[str, np.ndarray], entries: Iterable[Entry
     raise ValueError(f"source tensors not mapped: {unused}")
   missing = []
   for p, done in filled.items():
-    if skip_targets.intersection(p) or None in done:
+    if None in done:
+      continue
+    if skip_targets.intersection(p):
+      if p in abstract:
+        missing.append(f"{'.'.join(p)} (abstract, no value: build it concretely)")
       continue
     if not done:
       missing.append(".".join(p))
@@ -216,4 +228,4 @@ def load_into(module, tensors: Mapping[str, np.ndarray], entries: Iterable[Entry
   if missing:
     raise ValueError(f"params not filled: {missing}")
   nnx.update(module, nnx.from_flat_state(
-      [(p, jnp.asarray(values[tuple(map(str, p))])) for p, _ in flat]))
+      [(p, jax.device_put(values[tuple(map(str, p))])) for p, _ in flat]))

@@ -18,6 +18,16 @@ from flax import nnx
 from etils import epath
 
 
+def _array_registry():
+  """Default handlers, but replicated arrays are written from one replica: orbax's
+  replica-parallel path jit-compiles a slice per array shape (hundreds of compiles at the
+  first save of a replicated model) for a speed-up that only matters at pod scale."""
+  from orbax.checkpoint._src.serialization import type_handler_registry as registry
+  handlers = [(ty, ocp.type_handlers.ArrayHandler(use_replica_parallel=False))
+              if ty is jax.Array else (ty, h) for ty, h in registry._DEFAULT_TYPE_HANDLERS]
+  return registry.create_type_handler_registry(*handlers)
+
+
 def _restore_args(abstract: Any) -> Any:
   return jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
                                                      dtype=x.dtype), abstract)
@@ -38,7 +48,12 @@ class Checkpointer:
     self.directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_registry()),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

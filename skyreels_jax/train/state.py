@@ -22,10 +22,13 @@ from skyreels_jax.tasks.examples import Codecs, training_inputs
 
 
 def lr_schedule(config) -> optax.Schedule:
-  o, steps = config.optim, config.train.steps
+  """Linear warmup, cosine decay to lr * min_lr_ratio over optim.decay_steps (0: the run's
+  train.steps). Fix decay_steps to extend a run without changing its schedule."""
+  o = config.optim
+  horizon = o.decay_steps or config.train.steps
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
-      decay_steps=max(steps, o.warmup_steps + 1), end_value=o.lr * o.min_lr_ratio)
+      decay_steps=max(horizon, o.warmup_steps + 1), end_value=o.lr * o.min_lr_ratio)
 
 
 def _decay_mask(params):
@@ -94,7 +97,7 @@ def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Ca
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: e * ema_decay + (1.0 - ema_decay) * p, state["ema"], params)
-    metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads),
                "lr": schedule(state["step"])}
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                  "ema": ema}

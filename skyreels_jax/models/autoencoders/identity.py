@@ -47,11 +47,14 @@ class FramedAudio:
     self.latent_channels = hop * channels
 
   def latent_length(self, num_samples: int) -> int:
-    if num_samples % self.hop:
-      raise ValueError(f"{num_samples} samples do not divide by the audio hop {self.hop}")
-    return num_samples // self.hop
+    """Frames covering the clip; the last one is zero-padded (decode returns the padded
+    length; callers trim to their sample count)."""
+    return -(-num_samples // self.hop)
 
   def encode(self, audio: jax.Array) -> jax.Array:
+    pad = self.latent_length(audio.shape[1]) * self.hop - audio.shape[1]
+    if pad:
+      audio = jnp.pad(audio, ((0, 0), (0, pad), (0, 0)))
     return patchify(audio, (self.hop,))
 
   def decode(self, latents: jax.Array) -> jax.Array:

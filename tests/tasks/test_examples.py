@@ -1,0 +1,149 @@
+"""From a batch of clips to model inputs and loss terms (skyreels_jax/tasks/examples.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from skyreels_jax.config import derive, validate
+from skyreels_jax.tasks.examples import make_codecs, training_inputs
+
+B = 4
+
+
+def config_with(**data):
+  c = tiny.get_config()
+  c.data.batch_size = B
+  for k, v in data.items():
+    c.data[k] = v
+  validate(c)
+  return c
+
+
+def make_batch(config, tokenizer, seed=0):
+  geom, _ = derive(config)
+  rng = np.random.default_rng(seed)
+  d = config.data
+  texts = ["a red ball <sfx> bounce </sfx>", "rain", "<dialogue> hello there </dialogue>",
+           "waves at night"]
+  tok = tokenizer.batch(texts[:B])
+  return {
+      "video": rng.uniform(-1, 1, (B, d.num_frames, d.height, d.width, 3)).astype(np.float32),
+      "audio": rng.uniform(-1, 1, (B, geom.num_samples, d.audio_channels)).astype(np.float32),
+      "text_ids": tok["text_ids"], "text_mask": tok["text_mask"]}
+
+
+def run(config, seed=0):
+  codecs, tokenizer = make_codecs(config)
+  batch = make_batch(config, tokenizer)
+  fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs, use_audio=True))
+  inputs, terms = fn(batch, jax.random.key(seed))
+  to_np = lambda t: jax.tree.map(np.asarray, t)
+  return to_np(inputs), to_np(terms), batch, codecs, derive(config)[0]
+
+
+@pytest.fixture(scope="module")
+def i2v_with_refs():
+  return run(config_with(tasks={"i2v": 1.0, "t2av": 0.0}, caption_dropout=0.0,
+                         num_video_refs=2, num_audio_refs=3))
+
+
+def test_inputs_are_concat_of_noisy_condition_and_mask(i2v_with_refs):
+  inputs, terms, batch, codecs, geom = i2v_with_refs
+  c, ca = geom.video_channels, geom.audio_channels
+  assert (c, ca) == (48, 320)
+  assert inputs["video"].shape == (B, *geom.video_grid, 2 * c + 1)
+  assert inputs["audio"].shape == (B, geom.audio_length, 2 * ca + 1)
+  t = terms["t"]
+  assert t.shape == (B,) and np.all((t > 0) & (t < 1))
+  np.testing.assert_allclose(inputs["video_timestep"], 1000 * (1 - t), rtol=1e-6)
+  np.testing.assert_allclose(inputs["audio_timestep"], 1000 * (1 - t), rtol=1e-6)
+  # The identity autoencoders: latents are the pixels / samples rearranged.
+  z0 = terms["video_z0"]
+  np.testing.assert_array_equal(z0, np.asarray(codecs.video_ae.encode(batch["video"])))
+  np.testing.assert_array_equal(terms["audio_z0"], batch["audio"].reshape(B, -1, ca))
+  # V: the noisy latent.
+  tb = t[:, None, None, None, None]
+  np.testing.assert_allclose(inputs["video"][..., :c], tb * z0 + (1 - tb) * terms["video_eps"],
+                             rtol=1e-5, atol=1e-5)
+  ta = t[:, None, None]
+  np.testing.assert_allclose(inputs["audio"][..., :ca],
+                             ta * terms["audio_z0"] + (1 - ta) * terms["audio_eps"],
+                             rtol=1e-5, atol=1e-5)
+  assert abs(float(terms["video_eps"].std()) - 1.0) < 0.05
+
+
+def test_i2v_mixture_keeps_frame_zero(i2v_with_refs):
+  inputs, terms, _, _, geom = i2v_with_refs
+  c, ca = geom.video_channels, geom.audio_channels
+  np.testing.assert_array_equal(terms["tasks"], 1)
+  keep = terms["video_keep"]
+  np.testing.assert_array_equal(keep[:, 0], 1.0)
+  np.testing.assert_array_equal(keep[:, 1:], 0.0)
+  np.testing.assert_array_equal(inputs["video"][..., 2 * c:], keep)
+  # I: the clean first frame, the latent of black frames (-1 in pixel space) elsewhere.
+  cond = inputs["video"][..., c:2 * c]
+  np.testing.assert_array_equal(cond[:, 0], terms["video_z0"][:, 0])
+  np.testing.assert_array_equal(cond[:, 1:], -1.0)
+  # Audio is regenerated in full: M = 0, I = silence.
+  np.testing.assert_array_equal(terms["audio_keep"], 0.0)
+  np.testing.assert_array_equal(inputs["audio"][..., 2 * ca:], 0.0)
+  np.testing.assert_array_equal(inputs["audio"][..., ca:2 * ca], 0.0)
+
+
+def test_reference_slots(i2v_with_refs):
+  inputs, terms, _, _, geom = i2v_with_refs
+  c, ca = geom.video_channels, geom.audio_channels
+  refs, valid = inputs["video_refs"], inputs["video_ref_valid"]
+  assert refs.shape == (B, 2, *geom.video_grid[1:], 2 * c + 1) and valid.shape == (B, 2)
+  assert valid.any() and not valid.all()       # slots are valid with probability 1/2
+  z0 = terms["video_z0"]
+  np.testing.assert_array_equal(refs[..., 2 * c:], 1.0)              # M = 1: never generated
+  np.testing.assert_array_equal(refs[..., :c], refs[..., c:2 * c])    # Concat(ref, ref, 1)
+  for b in range(B):
+    for s in range(2):
+      if valid[b, s]:   # a clean frame of the same clip
+        assert any(np.array_equal(refs[b, s, ..., :c], z0[b, f]) for f in range(z0.shape[1]))
+      else:             # padded slot: zeros
+        np.testing.assert_array_equal(refs[b, s, ..., :2 * c], 0.0)
+  arefs, avalid = inputs["audio_refs"], inputs["audio_ref_valid"]
+  assert arefs.shape == (B, 3, 2 * ca + 1) and avalid.shape == (B, 3)
+  np.testing.assert_array_equal(avalid, avalid[:, :1].repeat(3, 1))   # one window per example
+  assert avalid.any()
+  za = terms["audio_z0"]
+  for b in range(B):
+    if avalid[b, 0]:    # a window of consecutive clean audio latents
+      starts = [s for s in range(za.shape[1] - 2)
+                if np.array_equal(arefs[b, :, :ca], za[b, s:s + 3])]
+      assert len(starts) == 1
+    else:
+      np.testing.assert_array_equal(arefs[b, :, :2 * ca], 0.0)
+
+
+def test_caption_dropout(i2v_with_refs):
+  inputs, _, batch, codecs, _ = i2v_with_refs
+  np.testing.assert_array_equal(inputs["text_ids"], batch["text_ids"])       # rate 0
+  np.testing.assert_array_equal(inputs["text_mask"], batch["text_mask"])
+  assert batch["text_mask"].sum(1).min() >= 2
+  dropped, _, _, _, _ = run(config_with(caption_dropout=0.999))
+  null_ids, null_mask = np.asarray(codecs.null_text_ids), np.asarray(codecs.null_text_mask)
+  assert null_mask.sum() == 1                                               # only BOS
+  np.testing.assert_array_equal(dropped["text_ids"], np.broadcast_to(null_ids, (B, len(null_ids))))
+  np.testing.assert_array_equal(dropped["text_mask"],
+                                np.broadcast_to(null_mask, (B, len(null_mask))))
+  # Default mixture (t2av only), no references.
+  assert "video_refs" not in dropped and "audio_refs" not in dropped
+  np.testing.assert_array_equal(dropped["video"][..., -1], 0.0)
+
+
+def test_audio_task_mixture_reaches_the_audio_masks():
+  config = config_with(audio_tasks={"none": 0.0, "a_extend": 1.0, "a_inpaint": 0.0})
+  inputs, terms, _, _, geom = run(config)
+  keep = terms["audio_keep"][..., 0]                      # (B, Ta)
+  assert keep.shape == (B, geom.audio_length)
+  for row in keep:
+    k = int(row.sum())
+    assert 1 <= k < geom.audio_length                      # a kept prefix, the rest generated
+    np.testing.assert_array_equal(row[:k], 1.0)
+    np.testing.assert_array_equal(row[k:], 0.0)
+  np.testing.assert_array_equal(inputs["audio"][..., -1], keep)   # M channel of Concat(V, I, M)

@@ -1,0 +1,161 @@
+"""Config validation (skyreels_jax/config.py) and the size configs (configs/*.py)."""
+
+import importlib
+import math
+
+import jax
+import pytest
+from flax import nnx
+
+from configs import tiny
+from skyreels_jax.config import ConfigError, count_params, derive, mesh_shape, validate
+from skyreels_jax.models import abstract_model
+
+
+def set_path(config, path, value):
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+# (overrides, field named by the error)
+BAD = {
+    "heads_do_not_divide_width": ({"model.num_heads": 5}, "model.num_heads"),
+    "odd_head_dim": ({"model.width": 20, "model.num_heads": 4,
+                      "model.rope_axes_dim": (2, 2, 1)}, "model.num_heads"),
+    "rope_axes_do_not_sum_to_head_dim": ({"model.rope_axes_dim": (8, 8, 6)},
+                                         "model.rope_axes_dim"),
+    "odd_rope_axis": ({"model.rope_axes_dim": (7, 9, 8)}, "model.rope_axes_dim"),
+    # 16 latent frames (identity VAE, temporal factor 1) do not split into patches of 3.
+    "frames_vs_temporal_patch": ({"model.patch_size_t": 3}, "data.num_frames"),
+    "frames_vs_vae_temporal_factor": ({"video_ae.temporal_factor": 3}, "data.num_frames"),
+    "height_vs_vae": ({"data.height": 30}, "data.height"),
+    "height_vs_patch": ({"data.height": 36}, "data.height"),   # 9 latent rows, patch 2
+    "fractional_samples": ({"data.fps": 7.0}, "data.sample_rate"),
+    "unknown_attention": ({"attention": "flash"}, "attention"),
+    "unknown_remat": ({"model.remat": "sometimes"}, "model.remat"),
+    "unknown_dtype": ({"model.dtype": "float8"}, "model.dtype"),
+    "unknown_task": ({"data.tasks.t2x": 1.0}, "data.tasks"),
+    "zero_task_weights": ({"data.tasks.t2av": 0.0}, "data.tasks"),
+    "two_filled_mesh_axes": ({"mesh.fsdp": -1}, "mesh"),
+    "bad_mesh_axis": ({"mesh.tensor": 0}, "mesh.tensor"),
+    "caption_dropout_one": ({"data.caption_dropout": 1.0}, "data.caption_dropout"),
+    "caption_dropout_negative": ({"data.caption_dropout": -0.1}, "data.caption_dropout"),
+    "no_dual_blocks": ({"model.num_dual_blocks": 0}, "model.num_dual_blocks"),
+    "negative_video_refs": ({"data.num_video_refs": -1}, "data.num_video_refs"),
+    "negative_audio_refs": ({"data.num_audio_refs": -1}, "data.num_audio_refs"),
+    "unknown_solver": ({"sample.solver": "rk4"}, "sample.solver"),
+    "unknown_timestep_sampling": ({"flow.timestep_sampling": "cosine"},
+                                  "flow.timestep_sampling"),
+    "unknown_video_ae": ({"video_ae.kind": "vqgan"}, "video_ae.kind"),
+    "unknown_audio_task": ({"data.audio_tasks.a_remix": 1.0}, "data.audio_tasks"),
+    "zero_audio_task_weights": ({"data.audio_tasks.none": 0.0}, "data.audio_tasks"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_configs_name_the_field(case):
+  overrides, field = BAD[case]
+  config = tiny.get_config()
+  for path, value in overrides.items():
+    set_path(config, path, value)
+  with pytest.raises(ConfigError) as info:
+    validate(config)
+  assert info.value.field == field
+  assert str(info.value).startswith(f"config.{field}: ")
+
+
+def test_tiny_is_valid_and_derives_its_geometry():
+  config = tiny.get_config()
+  validate(config)
+  geom, mcfg = derive(config)
+  # 16 frames of 32x32 at 8 fps, space-to-depth by 4: 16 x 8 x 8 latents of 48 channels;
+  # 2 s of 16 kHz mono framed by 320 samples: 100 audio latents of 320 channels.
+  assert geom.video_grid == (16, 8, 8) and geom.video_channels == 48
+  assert geom.num_samples == 32000 and geom.audio_length == 100 and geom.audio_channels == 320
+  assert geom.video_tokens == 16 * 4 * 4 and geom.audio_tokens == 100
+  assert mcfg.head_dim == 24 and sum(mcfg.rope_axes_dim) == 24
+  assert math.isclose(mcfg.audio_time_scale, 0.16, rel_tol=1e-9)
+
+
+def test_audio_latents_cover_the_clip():
+  config = tiny.get_config()
+  config.audio_ae.hop = 300        # 32000 samples: 106 whole frames and a padded 107th
+  validate(config)
+  geom, _ = derive(config)
+  assert geom.audio_length == 107 and geom.audio_tokens == 107
+  config.model.audio_patch_size = 2
+  with pytest.raises(ConfigError) as info:
+    validate(config)
+  assert info.value.field == "model.audio_patch_size"
+
+
+def test_video_only_config_has_no_audio_latents():
+  config = tiny.get_config()
+  config.model.use_audio = False
+  config.model.audio_patch_size = 3   # would not divide the 100 audio latents
+  validate(config)
+  assert derive(config)[0].audio_length == 0
+
+
+def test_mesh_shape_fills_one_axis():
+  config = tiny.get_config()
+  assert mesh_shape(config.mesh, 8) == {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}
+  config.mesh.tensor = 2
+  assert mesh_shape(config.mesh, 8) == {"data": 4, "fsdp": 1, "sequence": 1, "tensor": 2}
+  config.mesh.tensor = 3
+  with pytest.raises(ConfigError, match=r"config\.mesh\.data"):
+    mesh_shape(config.mesh, 8)
+
+
+# --- Size configs, built abstractly (nnx.eval_shape: no memory).
+
+def branch_params(state, branch):
+  """Parameters of one branch: its embeddings/head and its half of every joint layer, split
+  into the HunyuanVideo-compatible part and the V4 additions (text / A-V cross-attention)."""
+  base = added = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+    in_branch = keys[0] == f"{branch}_io" or (keys[0].endswith("_layers") and keys[1] == branch)
+    if not in_branch:
+      continue
+    n = math.prod(leaf.shape)
+    if "text_cross" in keys or "av_cross" in keys:
+      added += n
+    else:
+      base += n
+  return base, added
+
+
+# name -> plausible ranges of: all parameters, the video branch (with the V4 additions), and
+# the video branch's HunyuanVideo-compatible part (without them). SPEC section 6.
+SIZES = {
+    "tiny": dict(total=(1e6, 2e7), video=(3e5, 1e7), video_hunyuan=(2e5, 1e7)),
+    "small": dict(total=(2.2e9, 3.2e9), video=(1.1e9, 1.5e9), video_hunyuan=(0.8e9, 1.3e9)),
+    "hv13b": dict(total=(2.5e10, 4.0e10), video=(1.5e10, 1.9e10),
+                  video_hunyuan=(1.2e10, 1.3e10)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_size_configs_build_abstractly(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  validate(config)
+  model = abstract_model(config)
+  total = count_params(nnx.state(model))
+  video_base, video_added = branch_params(nnx.state(model.mmdit), "video")
+  audio_base, audio_added = branch_params(nnx.state(model.mmdit), "audio")
+  m = lambda n: f"{n / 1e6:,.1f}M"
+  print(f"{name}: total {m(total)}; video branch {m(video_base)} + {m(video_added)} (V4 "
+        f"cross-attention); audio branch {m(audio_base)} + {m(audio_added)}")
+  counts = dict(total=total, video=video_base + video_added, video_hunyuan=video_base)
+  for what, (lo, hi) in SIZES[name].items():
+    assert lo <= counts[what] <= hi, (what, counts[what])
+  # Both branches share width and depth: the audio branch mirrors the video one, without the
+  # text cross-attention (so exactly half the video branch's additions) and with its own
+  # (smaller) patch embedding and head.
+  if config.model.use_audio:
+    assert audio_added * 2 == video_added
+    assert abs(audio_base - video_base) / video_base < 0.1
