@@ -130,3 +130,28 @@ def get_config() -> ml_collections.ConfigDict:
       ("text_seq", None),
   )
   return c
+
+
+def large_scale_media(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Encoders and media of the small / hv13b configs: 16 fps video, 44.1 kHz stereo audio,
+  8x8 spatial + 4x temporal video compression, a 1024-sample audio hop (~43 latents/s, the
+  paper's rate) and a 3584-wide text embedding (Qwen2.5-VL-7B's hidden size).
+
+  Until the Wan-2.1 VAE, the Oobleck VAE and the Qwen2.5-VL encoder land (issue 5), these are
+  the interface-compatible stand-ins with the same compression, so shapes and token counts
+  are the real ones; only the patch embedding's input width differs.
+  """
+  c.text.kind = "tiny"
+  c.text.width = 3584
+  c.text.vocab_size = 32768
+  c.text.max_length = 256
+  c.video_ae.spatial_factor = 8
+  c.video_ae.temporal_factor = 4
+  c.audio_ae.hop = 1024
+  c.data.fps = 16.0
+  c.data.sample_rate = 44100
+  c.data.audio_channels = 2
+  c.model.rope_axes_dim = (16, 56, 56)
+  c.model.dtype = "bfloat16"
+  c.mesh.data, c.mesh.fsdp = 1, -1
+  return c

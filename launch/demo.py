@@ -4,7 +4,7 @@ Runs the same commands a user would (printed as they run), then prints the paths
 MP4s, the contact sheet and the loss curve, and the audio-video sync score of the samples
 next to the ceiling (real clips) and the floor (random video/audio pairs).
 
-  python -m launch.demo [--out=demo_out] [--steps=700] [--num_clips=512]
+  python -m launch.demo [--out=demo_out] [--steps=500] [--num_clips=512]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 _OUT = flags.DEFINE_string("out", "demo_out", "Folder for data, run and samples.")
-_STEPS = flags.DEFINE_integer("steps", 700, "Training steps (about 10 min on 2 CPU cores).")
+_STEPS = flags.DEFINE_integer("steps", 500, "Training steps (about 10 min on 2 CPU cores).")
 _CLIPS = flags.DEFINE_integer("num_clips", 512, "Synthetic clips to generate.")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 30, "Solver steps when sampling.")
 

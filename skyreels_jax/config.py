@@ -10,12 +10,13 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from skyreels_jax.diffusion.flow_matching import SAMPLERS
 from skyreels_jax.diffusion.solvers import SOLVERS
 from skyreels_jax.models import autoencoders
-from skyreels_jax.models.attention import STRATEGIES
+from skyreels_jax.models.attention import STRATEGY_NAMES, AttentionSpec
 from skyreels_jax.models.mmdit import MMDiTConfig
 from skyreels_jax.models.remat import POLICIES
 from skyreels_jax.models.rope import audio_time_scale
@@ -77,7 +78,13 @@ def validate(config) -> None:
   _choice(m.dtype, "model.dtype", DTYPES)
   _choice(m.param_dtype, "model.param_dtype", DTYPES)
   _choice(m.remat, "model.remat", POLICIES)
-  _choice(config.attention, "attention", STRATEGIES)
+  _choice(config.attention, "attention", STRATEGY_NAMES)
+  if config.attention == "ulysses":
+    tensor, seq = config.mesh.tensor, config.mesh.sequence
+    if tensor > 0 and seq > 0:
+      _check(m.num_heads % (tensor * seq) == 0, "model.num_heads",
+             f"attention=ulysses splits {m.num_heads} heads over mesh.tensor={tensor} x "
+             f"mesh.sequence={seq}")
   _choice(config.flow.timestep_sampling, "flow.timestep_sampling", SAMPLERS)
   _check(config.flow.shift > 0, "flow.shift", "must be positive")
   _choice(config.sample.solver, "sample.solver", SOLVERS)
@@ -167,9 +174,23 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
       rope_axes_dim=tuple(m.rope_axes_dim), audio_rope_theta=m.audio_rope_theta,
       audio_time_scale=scale, use_audio=m.use_audio,
       text_cross_attention=m.text_cross_attention, guidance_embed=m.guidance_embed,
-      attention=config.attention, remat=m.remat, scan_blocks=m.scan_blocks,
+      attention=attention_spec(config), remat=m.remat, scan_blocks=m.scan_blocks,
       dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype])
   return geom, mcfg
+
+
+def attention_spec(config) -> AttentionSpec:
+  """The attention strategy with the mesh axes the logical rules give batch, the modality
+  sequences and heads (a rule may name several mesh axes, e.g. batch -> (data, fsdp))."""
+  table = {k: v for k, v in config.logical_axis_rules}
+  as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else ((v,) if v else ())
+  seq = as_tuple(table.get("video_seq"))
+  heads = as_tuple(table.get("heads"))
+  if len(seq) > 1 or len(heads) > 1:
+    raise ConfigError("logical_axis_rules", "video_seq and heads map to at most one mesh axis")
+  return AttentionSpec(impl=config.attention, batch_axes=as_tuple(table.get("batch")),
+                       sequence_axis=seq[0] if seq else None,
+                       head_axis=heads[0] if heads else None)
 
 
 def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
@@ -187,5 +208,4 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
 
 
 def count_params(tree: Any) -> int:
-  import jax
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

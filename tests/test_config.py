@@ -72,17 +72,17 @@ def test_tiny_is_valid_and_derives_its_geometry():
   validate(config)
   geom, mcfg = derive(config)
   # 16 frames of 32x32 at 8 fps, space-to-depth by 4: 16 x 8 x 8 latents of 48 channels;
-  # 2 s of 16 kHz mono framed by 320 samples: 100 audio latents of 320 channels.
+  # 2 s of 8 kHz mono framed by 160 samples: 100 audio latents of 160 channels.
   assert geom.video_grid == (16, 8, 8) and geom.video_channels == 48
-  assert geom.num_samples == 32000 and geom.audio_length == 100 and geom.audio_channels == 320
+  assert geom.num_samples == 16000 and geom.audio_length == 100 and geom.audio_channels == 160
   assert geom.video_tokens == 16 * 4 * 4 and geom.audio_tokens == 100
-  assert mcfg.head_dim == 24 and sum(mcfg.rope_axes_dim) == 24
+  assert mcfg.head_dim == 48 and sum(mcfg.rope_axes_dim) == 48
   assert math.isclose(mcfg.audio_time_scale, 0.16, rel_tol=1e-9)
 
 
 def test_audio_latents_cover_the_clip():
   config = tiny.get_config()
-  config.audio_ae.hop = 300        # 32000 samples: 106 whole frames and a padded 107th
+  config.audio_ae.hop = 150        # 16000 samples: 106 whole frames and a padded 107th
   validate(config)
   geom, _ = derive(config)
   assert geom.audio_length == 107 and geom.audio_tokens == 107

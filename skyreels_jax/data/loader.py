@@ -1,15 +1,22 @@
 """grain input pipeline: ArrayRecord clips -> per-process batches, resumable from a checkpoint.
 
   source (ArrayRecord shards under data.path)
-  -> records[process_index::process_count]     each process reads only its share
-  -> seed + shuffle (data.shuffle)              reshuffled every epoch
+  -> seed + shuffle (data.shuffle)              one global order, the same on every process,
+                                                reshuffled every epoch
   -> repeat forever
+  -> this process's block of each global batch  local i -> global (i // b) * B + p * b + i % b
   -> decode + preprocess (in read threads)      bad record -> BadRecord marker, not an error
   -> to_iter_dataset
   -> skip BadRecords                            each kept example carries how many it skipped
-  -> batch (global_batch_size // process_count, drop_remainder)
+  -> batch (b = global_batch_size // process_count, drop_remainder)
   -> mp_prefetch (data.num_workers > 0)
   -> count bad records                          pops the per-example count, keeps a total
+
+Process p of P reads (and decodes) only rows [p * b, (p + 1) * b) of every global batch of
+B = P * b, so P processes together see exactly the batches one process would: a run's data
+does not depend on how many hosts feed it. A bad record is replaced by the next example of
+the same process's stream, which shifts that process's later examples by one (its share
+stays disjoint from the others'; only the exact equality with a one-process run is lost).
 
 Batches are dicts of numpy arrays with a leading batch dim: `video` float32 (B, T, H, W, 3) in
 [-1, 1], `audio` float32 (B, S, C) in [-1, 1], plus the tokenizer's fields (`text_ids` int32
@@ -59,8 +66,9 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     data_config: the config's `data` section (path, geometry, shuffle, num_workers).
     tokenizer: picklable `caption -> dict of numpy arrays` (merged into each example).
     global_batch_size: batch over all processes; each process yields `global // count`.
-    seed: shuffle seed (same on every process: the shares are disjoint anyway).
-    process_index, process_count: this process's share of the records (jax.process_*()).
+    seed: shuffle seed (the same on every process: all share one global order).
+    process_index, process_count: which block of each global batch this process reads
+      (`multihost.data_shard`; usually jax.process_index(), jax.process_count()).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -72,13 +80,16 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     raise ValueError(f"data.batch_size must be positive, got {global_batch_size}")
 
   source = grain.sources.ArrayRecordDataSource(find_shards(data_config.path))
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = grain.MapDataset.source(source)
   if len(ds) == 0:
-    raise ValueError(f"data.path={data_config.path!r}: process {process_index} of "
-                     f"{process_count} gets no records ({len(source)} in total)")
+    raise ValueError(f"data.path={data_config.path!r} holds no records")
   if data_config.shuffle:
     ds = ds.seed(seed).shuffle()
-  ds = ds.repeat(None).map(ClipPreprocessor.from_config(data_config, tokenizer))
+  ds = ds.repeat(None)
+  if process_count > 1:
+    ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
+                                 count=process_count)
+  ds = ds.map(ClipPreprocessor.from_config(data_config, tokenizer))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
   it_ds = _SkipBadRecordsIterDataset(it_ds).batch(batch_size, drop_remainder=True)
   if data_config.num_workers > 0:
@@ -178,6 +189,36 @@ class ClipPreprocessor:
         raise records.RecordError(
             f"cannot map {channels} audio channels to {self.audio_channels}")
     return {"video": video, "audio": np.ascontiguousarray(audio, np.float32)}
+
+
+class ProcessBlocksMapDataset(grain.MapDataset):
+  """Block `index` of every group of `count` consecutive blocks of `block` elements:
+  local i -> parent[(i // block) * block * count + index * block + i % block]."""
+
+  def __init__(self, parent: grain.MapDataset, *, block: int, index: int, count: int):
+    super().__init__(parent)
+    if not 0 <= index < count or block <= 0:
+      raise ValueError(f"block {index} of {count} (size {block}) is not a valid share")
+    self._block, self._index, self._count = block, index, count
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._count
+
+  def _parent_index(self, i: int) -> int:
+    group, offset = divmod(i, self._block)
+    return (group * self._count + self._index) * self._block + offset
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices):
+    parent_indices = [self._parent_index(i) for i in indices]
+    return self._parent._getitems(parent_indices)  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f"ProcessBlocksMapDataset(block={self._block}, index={self._index}/{self._count})"
 
 
 class _SkipBadRecordsIterDataset(grain.IterDataset):

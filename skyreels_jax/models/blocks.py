@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from skyreels_jax.models.attention import attention
+from skyreels_jax.models.attention import AttentionSpec, attention
 from skyreels_jax.models.layers import MLP, AdaLNModulation, RMSNorm, dense, layer_norm, modulate
 from skyreels_jax.models.rope import apply_rope
 
@@ -29,8 +29,8 @@ Rope = tuple[jax.Array, jax.Array]
 class BlockSpec:
   """Static settings shared by every block of a model."""
 
-  def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float, attention: str,
-               dtype, param_dtype):
+  def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float,
+               attention: AttentionSpec, dtype, param_dtype):
     self.dim, self.num_heads = dim, num_heads
     self.head_dim = dim // num_heads
     self.mlp_dim = int(dim * mlp_ratio)
@@ -82,7 +82,8 @@ class CrossAttention(nnx.Module):
     self.to_out = spec.dense(d, d, ("heads", "embed"), rngs, zero_init=True)
 
   def __call__(self, x, ctx, *, kv_mask=None, q_rope: Rope | None = None,
-               k_rope: Rope | None = None):
+               k_rope: Rope | None = None, ctx_is_text: bool = False):
+    """ctx_is_text: K/V are the short replicated text tokens (not sequence-sharded)."""
     n = self.spec.num_heads
     q = self.norm_q(_heads(self.to_q(layer_norm(x)), n))
     k = self.norm_k(_heads(self.to_k(layer_norm(ctx)), n))
@@ -91,7 +92,10 @@ class CrossAttention(nnx.Module):
       q = apply_rope(q, *q_rope)
     if k_rope is not None:
       k = apply_rope(k, *k_rope)
-    out = attention(q, k, v, kv_mask=kv_mask, impl=self.spec.attention)
+    if ctx_is_text:
+      out = attention(q, None, None, k_ctx=k, v_ctx=v, ctx_mask=kv_mask, spec=self.spec.attention)
+    else:
+      out = attention(q, k, v, kv_mask, spec=self.spec.attention)
     return self.to_out(checkpoint_name(_merge_heads(out), "cross_attn_out"))
 
 
@@ -110,16 +114,14 @@ class JointAttention(nnx.Module):
     self.to_out = spec.dense(d, d, ("heads", "embed"), rngs)
     self.to_add_out = spec.dense(d, d, ("heads", "embed"), rngs)
 
-  def __call__(self, x, ctx, *, rope: Rope, kv_mask):
+  def __call__(self, x, ctx, *, rope: Rope, x_mask, ctx_mask):
     q, k, v = self.x_qkv(x, self.norm_q, self.norm_k)
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     cq, ck, cv = self.ctx_qkv(ctx, self.norm_added_q, self.norm_added_k)
-    cat = lambda a, b: jnp.concatenate([a, b], axis=1)
-    out = attention(cat(q, cq), cat(k, ck), cat(v, cv), kv_mask=kv_mask,
-                    impl=self.spec.attention)
+    out, out_ctx = attention(q, k, v, x_mask, q_ctx=cq, k_ctx=ck, v_ctx=cv, ctx_mask=ctx_mask,
+                             spec=self.spec.attention)
     out = checkpoint_name(_merge_heads(out), "attn_out")
-    s = x.shape[1]
-    return self.to_out(out[:, :s]), self.to_add_out(out[:, s:])
+    return self.to_out(out), self.to_add_out(_merge_heads(out_ctx))
 
 
 class _V4Additions(nnx.Module):
@@ -132,7 +134,7 @@ class _V4Additions(nnx.Module):
   def _text_cross(self, x, text_ctx, text_mask):
     if self.text_cross is None:
       return x
-    return x + self.text_cross(x, text_ctx, kv_mask=text_mask)
+    return x + self.text_cross(x, text_ctx, kv_mask=text_mask, ctx_is_text=True)
 
   def cross(self, x, other, *, other_mask, q_rope: Rope, k_rope: Rope):
     """x + CrossAttn(Q = x, K/V = other), on the shared audio-video timeline."""
@@ -151,12 +153,12 @@ class DualStreamBlock(_V4Additions):
     self.ff_context = MLP(spec.dim, spec.mlp_dim, **kw)
     self._init_additions(spec, rngs, text_cross, av_cross)
 
-  def attend(self, x, ctx, temb, *, rope: Rope, kv_mask, text_ctx, text_mask):
+  def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask):
     shift, scale, gate, *mlp_mod = self.norm1(temb)
     c_shift, c_scale, c_gate, *c_mlp_mod = self.norm1_context(temb)
     attn_x, attn_ctx = self.attn(modulate(layer_norm(x), shift, scale),
                                  modulate(layer_norm(ctx), c_shift, c_scale),
-                                 rope=rope, kv_mask=kv_mask)
+                                 rope=rope, x_mask=x_mask, ctx_mask=text_mask)
     x = x + gate * attn_x
     ctx = ctx + c_gate * attn_ctx
     x = self._text_cross(x, text_ctx, text_mask)
@@ -184,19 +186,22 @@ class SingleStreamBlock(_V4Additions):
     self.proj_out = spec.dense(spec.dim + spec.mlp_dim, spec.dim, ("mlp", "embed"), rngs)
     self._init_additions(spec, rngs, text_cross, av_cross)
 
-  def attend(self, x, ctx, temb, *, rope: Rope, kv_mask, text_ctx, text_mask):
-    s = x.shape[1]
-    h = jnp.concatenate([x, ctx], axis=1)
+  def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask):
+    # The same weights on both segments; kept as two arrays so the modality tokens can stay
+    # sequence-sharded while the (short) text stays replicated.
     shift, scale, gate = self.norm(temb)
-    hn = modulate(layer_norm(h), shift, scale)
-    mlp = checkpoint_name(jax.nn.gelu(self.proj_mlp(hn), approximate=True), "mlp_out")
-    q, k, v = self.qkv(hn, self.norm_q, self.norm_k)
-    q = jnp.concatenate([apply_rope(q[:, :s], *rope), q[:, s:]], axis=1)
-    k = jnp.concatenate([apply_rope(k[:, :s], *rope), k[:, s:]], axis=1)
-    attn = attention(q, k, v, kv_mask=kv_mask, impl=self.spec.attention)
+    xn, cn = (modulate(layer_norm(h), shift, scale) for h in (x, ctx))
+    q, k, v = self.qkv(xn, self.norm_q, self.norm_k)
+    cq, ck, cv = self.qkv(cn, self.norm_q, self.norm_k)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    attn, attn_ctx = attention(q, k, v, x_mask, q_ctx=cq, k_ctx=ck, v_ctx=cv, ctx_mask=text_mask,
+                               spec=self.spec.attention)
     attn = checkpoint_name(_merge_heads(attn), "attn_out")
-    h = h + gate * self.proj_out(jnp.concatenate([attn, mlp], axis=-1))
-    x, ctx = h[:, :s], h[:, s:]
+
+    def out(h, hn, a):
+      mlp = checkpoint_name(jax.nn.gelu(self.proj_mlp(hn), approximate=True), "mlp_out")
+      return h + gate * self.proj_out(jnp.concatenate([a, mlp], axis=-1))
+    x, ctx = out(x, xn, attn), out(ctx, cn, _merge_heads(attn_ctx))
     x = self._text_cross(x, text_ctx, text_mask)
     return x, ctx, None
 

@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from skyreels_jax.models import remat as remat_lib
+from skyreels_jax.models.attention import AttentionSpec
 from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock
 from skyreels_jax.models.layers import (AdaLNModulation, ConditionEmbedding, dense, layer_norm,
                                         masked_mean, patchify, unpatchify)
@@ -47,7 +49,7 @@ class MMDiTConfig:
   use_audio: bool = True
   text_cross_attention: bool = True
   guidance_embed: bool = False
-  attention: str = "dot_product"
+  attention: AttentionSpec = AttentionSpec()
   remat: str = "none"
   scan_blocks: bool = True
   dtype: Any = jnp.float32
@@ -99,14 +101,15 @@ class JointLayer(nnx.Module):
     self.audio = block_cls(spec, rngs, text_cross=False, av_cross=True) if cfg.use_audio else None
 
   def __call__(self, carry, ctx):
-    v, v_txt, a, a_txt = carry
+    v, v_txt, a, a_txt = (constrain(x, ctx["attention"], seq) for x, seq in
+                          zip(carry, (True, False, True, False)))
     v, v_txt, v_mods = self.video.attend(
-        v, v_txt, ctx["v_temb"], rope=ctx["v_rope"], kv_mask=ctx["v_kv_mask"],
+        v, v_txt, ctx["v_temb"], rope=ctx["v_rope"], x_mask=ctx["v_valid"],
         text_ctx=ctx["v_text"], text_mask=ctx["text_mask"])
     if self.audio is not None:
       a, a_txt, a_mods = self.audio.attend(
-          a, a_txt, ctx["a_temb"], rope=ctx["a_rope"], kv_mask=ctx["a_kv_mask"],
-          text_ctx=None, text_mask=None)
+          a, a_txt, ctx["a_temb"], rope=ctx["a_rope"], x_mask=ctx["a_valid"],
+          text_ctx=None, text_mask=ctx["text_mask"])
       # The paper's order: audio attends to video first, then video to the updated audio.
       a = self.audio.cross(a, v, other_mask=ctx["v_valid"], q_rope=ctx["a_time_rope"],
                            k_rope=ctx["v_time_rope"])
@@ -115,6 +118,35 @@ class JointLayer(nnx.Module):
       a, a_txt = self.audio.feed_forward(a, a_txt, a_mods)
     v, v_txt = self.video.feed_forward(v, v_txt, v_mods)
     return v, v_txt, a, a_txt
+
+
+def constrain(x, spec: AttentionSpec, sequence_sharded: bool):
+  """Keeps activations (B, S, D) batch-sharded and, for modality tokens under a sequence-
+  parallel strategy, sequence-sharded between attentions. A no-op without a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if x is None or mesh.empty or not spec.batch_axes:
+    return x
+  seq = spec.sequence_axis if sequence_sharded and spec.impl in ("ulysses", "ring") else None
+  return jax.lax.with_sharding_constraint(x, P(tuple(spec.batch_axes), seq, None))
+
+
+def token_multiple(spec: AttentionSpec) -> int:
+  """Token streams are padded to a multiple of the sequence axis under sequence parallelism,
+  so activations stay evenly sharded from the first layer to the last."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if spec.impl not in ("ulysses", "ring") or mesh.empty or spec.sequence_axis not in mesh.shape:
+    return 1
+  return mesh.shape[spec.sequence_axis]
+
+
+def pad_tokens(x: jax.Array, valid: jax.Array, positions: np.ndarray, multiple: int):
+  """Pads (B, S, C) tokens, their validity (B, S) and positions (S, n) to a multiple of
+  `multiple`; padded tokens are invalid (masked as keys, dropped at the output)."""
+  pad = -x.shape[1] % multiple
+  if not pad:
+    return x, valid, positions
+  return (jnp.pad(x, ((0, 0), (0, pad), (0, 0))), jnp.pad(valid, ((0, 0), (0, pad))),
+          np.pad(positions, ((0, pad), (0, 0)), mode="edge"))
 
 
 def _run_layers(layers: nnx.Module, carry, ctx, *, remat: str, scan: bool, num: int):
@@ -169,7 +201,7 @@ class MMDiT(nnx.Module):
     b = video.shape[0]
     text = text.astype(cfg.dtype)
     pooled = masked_mean(text, text_mask)
-    ctx: dict[str, Any] = {"text_mask": text_mask}
+    ctx: dict[str, Any] = {"text_mask": text_mask, "attention": cfg.attention}
 
     # Video tokens: [references; target], positions on the latent patch grid.
     pt, p, _ = cfg.video_patch
@@ -185,10 +217,12 @@ class MMDiT(nnx.Module):
                              (video_refs.shape[3] // p), axis=1)
       v_in = jnp.concatenate([r_in, v_in], axis=1)
       v_valid = jnp.concatenate([ref_valid, v_valid], axis=1)
+    multiple = token_multiple(cfg.attention)
     v_pos = video_positions((t, h, w), n_vref)
+    n_v = v_in.shape[1]
+    v_in, v_valid, v_pos = pad_tokens(v_in, v_valid, v_pos, multiple)
     ctx["v_rope"] = rope_cos_sin(v_pos, cfg.rope_axes_dim, cfg.rope_theta)
     ctx["v_valid"] = v_valid
-    ctx["v_kv_mask"] = jnp.concatenate([v_valid, text_mask], axis=1)
     ctx["v_temb"] = self.video_io.time_text_embed(video_timestep, pooled, guidance)
     v_text = self.video_io.context_embedder(text)
     ctx["v_text"] = v_text
@@ -206,12 +240,13 @@ class MMDiT(nnx.Module):
         ref_valid = audio_ref_valid.astype(bool)[:, ::ap]
         a_valid = jnp.concatenate([ref_valid, a_valid], axis=1)
       a_pos = audio_positions(audio.shape[1] // ap, cfg.audio_time_scale, n_aref)
+      n_a_all = a_in.shape[1]
+      a_in, a_valid, a_pos = pad_tokens(a_in, a_valid, a_pos, multiple)
       hd = cfg.head_dim
       ctx["a_rope"] = rope_cos_sin(a_pos, (hd,), cfg.audio_rope_theta)
       ctx["a_time_rope"] = ctx["a_rope"]
       ctx["v_time_rope"] = rope_cos_sin(v_pos[:, :1], (hd,), cfg.audio_rope_theta)
       ctx["a_valid"] = a_valid
-      ctx["a_kv_mask"] = jnp.concatenate([a_valid, text_mask], axis=1)
       ctx["a_temb"] = self.audio_io.time_text_embed(audio_timestep, pooled, guidance)
       a_text = self.audio_io.context_embedder(text)
       a = self.audio_io.x_embedder(a_in)
@@ -223,14 +258,13 @@ class MMDiT(nnx.Module):
                         num=cfg.num_single_blocks)
     v, _, a, _ = carry
 
-    n_vref_tokens = v.shape[1] - t * h * w
-    v_out = self.video_io.head(v[:, n_vref_tokens:], ctx["v_temb"])
+    v_out = self.video_io.head(v[:, n_v - t * h * w:n_v], ctx["v_temb"])
     v_out = unpatchify(v_out.astype(jnp.float32), (t * pt, h * p, w * p), cfg.video_patch,
                        cfg.video_latent_channels)
     a_out = None
     if cfg.use_audio:
       n_a = audio.shape[1] // cfg.audio_patch_size
-      a_out = self.audio_io.head(a[:, a.shape[1] - n_a:], ctx["a_temb"])
+      a_out = self.audio_io.head(a[:, n_a_all - n_a:n_a_all], ctx["a_temb"])
       a_out = unpatchify(a_out.astype(jnp.float32), (audio.shape[1],),
                          (cfg.audio_patch_size,), cfg.audio_latent_channels)
     return v_out, a_out

@@ -2,12 +2,15 @@
 
 Writes, per prompt, OUT/sample_<i>.mp4 (H.264 + AAC at the config's fps and sample rate),
 OUT/sample_<i>.wav and OUT/sample_<i>.json (the settings), plus OUT/contact_sheet.png.
+On several hosts every process runs the sampler and process 0 writes the files.
 """
 
 import json
 import os
 
 from absl import app, flags
+
+from skyreels_jax.parallel import multihost
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt(s); repeat for several.",
@@ -20,12 +23,15 @@ _SOLVER = flags.DEFINE_enum("solver", None, ["euler", "heun"], "ODE solver.")
 _VG = flags.DEFINE_float("video_guidance", None, "CFG scale for video.")
 _AG = flags.DEFINE_float("audio_guidance", None, "CFG scale for audio.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_CLUSTER = multihost.define_flags()
 
 
 def main(argv):
   del argv
+  multihost.initialize_from_flags(_CLUSTER)  # before any other JAX call
   import dataclasses
 
+  import jax
   import numpy as np
   from PIL import Image
 
@@ -44,6 +50,8 @@ def main(argv):
   settings = sampler.settings(seed=_SEED.value, num_steps=_STEPS.value, solver=_SOLVER.value,
                               video_guidance=_VG.value, audio_guidance=_AG.value)
   out = sampler.generate(list(_PROMPT.value), image=image, settings=settings)
+  if jax.process_index() != 0:
+    return
   os.makedirs(_OUT.value, exist_ok=True)
   for i, prompt in enumerate(_PROMPT.value):
     stem = os.path.join(_OUT.value, f"sample_{i}")

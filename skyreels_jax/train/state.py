@@ -72,10 +72,8 @@ def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]
   return graphdef, state, shardings
 
 
-def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Callable:
-  schedule = lr_schedule(config)
-  base_key = jax.random.key(config.seed)
-  ema_decay = config.optim.ema_decay
+def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
+  """loss_fn(params, batch, rng) -> (loss, {"loss_video", "loss_audio"})."""
   fcfg = config.flow
 
   def loss_fn(params, batch, rng):
@@ -83,15 +81,27 @@ def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Ca
     inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs,
                                     use_audio=use_audio)
     v_pred, a_pred = model(**inputs)
-    loss, parts = flow_matching_loss(
+    return flow_matching_loss(
         video_pred=v_pred, video_z0=terms["video_z0"], video_eps=terms["video_eps"],
         video_keep=terms["video_keep"], audio_pred=a_pred, audio_z0=terms["audio_z0"],
         audio_eps=terms["audio_eps"], audio_keep=terms["audio_keep"],
         video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight)
-    return loss, parts
+
+  return loss_fn
+
+
+def step_key(config, step) -> jax.Array:
+  """The randomness of one train step: a function of the seed and the step only."""
+  return jax.random.fold_in(jax.random.key(config.seed), step)
+
+
+def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Callable:
+  schedule = lr_schedule(config)
+  ema_decay = config.optim.ema_decay
+  loss_fn = make_loss_fn(config, graphdef, codecs, use_audio)
 
   def step(state, batch):
-    rng = jax.random.fold_in(base_key, state["step"])
+    rng = step_key(config, state["step"])
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], batch, rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

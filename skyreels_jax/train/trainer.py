@@ -18,6 +18,7 @@ from flax import nnx
 
 from skyreels_jax.config import ConfigError, count_params, derive, validate
 from skyreels_jax.data.loader import iterator_stats, make_iterator
+from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
 from skyreels_jax.tasks.examples import make_codecs
@@ -47,6 +48,22 @@ def _global_batch(batch: dict, mesh, axis_rules) -> dict:
           for k, v in batch.items()}
 
 
+def _print(text: str) -> None:
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
+def _total_bad_records(iterator, shares: int) -> int:
+  """Bad records skipped so far by all processes (a collective: every process calls it).
+  Processes that read the same share (`shares` < process count) count it once."""
+  count = iterator_stats(iterator)["bad_records"]
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  counts = multihost_utils.process_allgather(np.int32(count))
+  return int(np.sum(counts)) * shares // jax.process_count()
+
+
 def train(config, workdir: str) -> dict[str, Any]:
   """Trains until `config.train.steps`; returns the last logged metrics."""
   validate(config)
@@ -64,10 +81,12 @@ def train(config, workdir: str) -> dict[str, Any]:
 
   tx = make_optimizer(config)
   codecs, tokenizer = make_codecs(config)
+  # Each process reads only the rows of the global batch its devices hold.
+  share, shares = multihost.data_shard(batch_sharding(mesh, 1, axis_rules),
+                                       config.data.batch_size)
   iterator = make_iterator(config.data, tokenizer=tokenizer,
                            global_batch_size=config.data.batch_size, seed=config.seed,
-                           process_index=jax.process_index(),
-                           process_count=jax.process_count())
+                           process_index=share, process_count=shares)
   ckpt = Checkpointer(workdir, max_to_keep=config.train.max_to_keep,
                       async_save=config.train.async_checkpointing)
   start = ckpt.latest_step()
@@ -79,8 +98,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     shardings = state_shardings(abstract, mesh, axis_rules)
     state = ckpt.restore(start, with_shardings(abstract, shardings), iterator)
     logging.info("resumed from step %d", start)
-    print(f"resuming from checkpoint step {start}", flush=True)
-  print(describe(config, mesh, state["params"]), flush=True)
+    _print(f"resuming from checkpoint step {start}")
+  _print(describe(config, mesh, state["params"]))
 
   step_fn = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
   first = next(iterator)
@@ -107,7 +126,7 @@ def train(config, workdir: str) -> dict[str, Any]:
           now = time.time()
           last = {**{k: float(np.asarray(v)) for k, v in metrics.items()},
                   "steps_per_sec": steps_since / max(now - t_last, 1e-9),
-                  "bad_records": iterator_stats(iterator)["bad_records"]}
+                  "bad_records": _total_bad_records(iterator, shares)}
           if not np.isfinite(last["loss"]):
             raise FloatingPointError(f"loss is {last['loss']} at step {done}")
           writer.write(done, last)

@@ -1,5 +1,6 @@
 """grain loader: exact batches, bad-record skipping, resume, per-process shares, workers."""
 
+import collections
 import zlib
 
 from array_record.python import array_record_module
@@ -15,6 +16,9 @@ from skyreels_jax.data import records
 
 NUM_CLIPS = 40
 GEOMETRY = synthetic.geometry_from_config(tiny.get_config().data)
+SR = GEOMETRY["sample_rate"]
+CLIP_SAMPLES = int(GEOMETRY["num_frames"] / GEOMETRY["fps"] * SR)   # 2 s
+FRAME_SAMPLES = int(SR / GEOMETRY["fps"])
 
 
 class WordHashTokenizer:
@@ -65,7 +69,7 @@ def corrupt_dir(tmp_path_factory, clean_dir):
   bad = [b"", b"\x00garbage", bytes(range(256)), records.encode_clip(good)[:100],
          serialization.msgpack_serialize(dict(good, schema_version=99)),
          records.encode_clip(small),  # 16x32: resizing is not supported yet
-         records.encode_clip(_cut(good, 4, 8000))]  # too few frames
+         records.encode_clip(_cut(good, 4, 4 * FRAME_SAMPLES))]  # too few frames
   _write(out / "zz-corrupt.array_record", bad)
   return out
 
@@ -112,7 +116,7 @@ def test_batches_are_exact(clean_dir, clips):
   batch = batches[0]
   assert sorted(batch) == ["audio", "text_ids", "text_mask", "video"]
   assert batch["video"].shape == (8, 16, 32, 32, 3) and batch["video"].dtype == np.float32
-  assert batch["audio"].shape == (8, 32000, 1) and batch["audio"].dtype == np.float32
+  assert batch["audio"].shape == (8, CLIP_SAMPLES, 1) and batch["audio"].dtype == np.float32
   assert batch["text_ids"].shape == (8, 24) and batch["text_ids"].dtype == np.int32
   assert batch["text_mask"].shape == (8, 24) and batch["text_mask"].dtype == bool
   assert batch["video"].min() == -1.0 and batch["video"].max() == 1.0  # background 0, shapes 255
@@ -135,17 +139,18 @@ def test_preprocess_crops_time_and_maps_channels(clips):
   np.testing.assert_array_equal(stereo["audio"], clip["audio"])
   short = loader.ClipPreprocessor.from_config(_config("", num_frames=8, audio_channels=1), tok)
   ex = short(data)
-  assert ex["video"].shape == (8, 32, 32, 3) and ex["audio"].shape == (16000, 1)
+  assert ex["video"].shape == (8, 32, 32, 3) and ex["audio"].shape == (CLIP_SAMPLES // 2, 1)
   np.testing.assert_array_equal(ex["audio"], 0.0)  # the mean of +x and -x
   dup = loader.ClipPreprocessor.from_config(_config("", audio_channels=2), tok)(
       records.encode_clip(clips[1]))
   np.testing.assert_array_equal(dup["audio"], np.repeat(clips[1]["audio"], 2, axis=1))
-  # Audio short by less than a frame (2000 samples) is zero-padded; more is a bad record.
+  # Audio short by less than a frame is zero-padded; more is a bad record.
+  short_by = FRAME_SAMPLES - 1
   mono = loader.ClipPreprocessor.from_config(_config(""), tok)
-  padded = mono(records.encode_clip(_cut(clips[1], 16, 32000 - 1999)))
-  np.testing.assert_array_equal(padded["audio"][:-1999], clips[1]["audio"][:-1999])
-  np.testing.assert_array_equal(padded["audio"][-1999:], 0.0)
-  bad = mono(records.encode_clip(_cut(clips[1], 15, 30000)))
+  padded = mono(records.encode_clip(_cut(clips[1], 16, CLIP_SAMPLES - short_by)))
+  np.testing.assert_array_equal(padded["audio"][:-short_by], clips[1]["audio"][:-short_by])
+  np.testing.assert_array_equal(padded["audio"][-short_by:], 0.0)
+  bad = mono(records.encode_clip(_cut(clips[1], 15, CLIP_SAMPLES - FRAME_SAMPLES)))
   assert isinstance(bad, loader.BadRecord) and "15 frames" in bad.reason
   other_rate = loader.ClipPreprocessor.from_config(_config("", fps=16.0), tok)(data)
   assert isinstance(other_rate, loader.BadRecord) and "resampling" in other_rate.reason
@@ -201,18 +206,43 @@ def test_orbax_checkpoint_round_trip(corrupt_dir, tmp_path):
   resumed.close()
 
 
-def test_processes_read_disjoint_shares(clean_dir, clips):
+def test_process_blocks_map_dataset():
+  ds = grain.MapDataset.range(24)
+  blocks = [loader.ProcessBlocksMapDataset(ds, block=2, index=p, count=3) for p in range(3)]
+  assert [list(b) for b in blocks] == [[0, 1, 6, 7, 12, 13, 18, 19], [2, 3, 8, 9, 14, 15, 20, 21],
+                                       [4, 5, 10, 11, 16, 17, 22, 23]]
+  assert list(blocks[1][2:5]) == [8, 9, 14]
+  with pytest.raises(ValueError, match="block 3 of 3"):
+    loader.ProcessBlocksMapDataset(ds, block=2, index=3, count=3)
+
+
+def test_processes_read_blocks_of_the_global_batch(clean_dir, clips, monkeypatch):
+  """Two processes share one shuffled order: process p reads rows [4p, 4p + 4) of every global
+  batch of 8, decodes only those, and together they see exactly the one-process batches."""
   index = {c["video"].tobytes(): i for i, c in enumerate(clips)}
-  seen = []
+  it = _iterator(clean_dir)
+  single = [[index[i] for i in _ids(b)] for b in _take(it, 7)]  # 56 examples: 1.4 epochs
+  it.close()
+  order = grain.MapDataset.range(NUM_CLIPS).seed(0).shuffle().repeat(None)
+  assert [order[i] for i in range(56)] == sum(single, [])
+  raw = [r for path in loader.find_shards(str(clean_dir)) for r in _read(path)]
+  raw = {r: i for i, r in enumerate(raw)}
+  decode = records.decode_clip
   for p in range(2):
+    decoded = []
+    monkeypatch.setattr(records, "decode_clip", lambda data: decoded.append(raw[data]) or
+                        decode(data))
     it = loader.make_iterator(_config(clean_dir), tokenizer=WordHashTokenizer(),
                               global_batch_size=8, seed=0, process_index=p, process_count=2)
-    batches = _take(it, 5)  # 20 examples of batch 4: one epoch of this process's share
+    batches = _take(it, 7)
     it.close()
     assert batches[0]["video"].shape[0] == 4
-    seen.append([index[i] for b in batches for i in _ids(b)])
-  assert sorted(seen[0]) == list(range(0, NUM_CLIPS, 2))
-  assert sorted(seen[1]) == list(range(1, NUM_CLIPS, 2))
+    assert [[index[i] for i in _ids(b)] for b in batches] == [g[4 * p:4 * p + 4] for g in single]
+    # Read-ahead decodes more than 28, but only this process's stream (each record appears in
+    # it at most once per epoch of the global order: a foreign record would be one too many).
+    own = [order[(i // 4) * 8 + 4 * p + i % 4] for i in range(len(decoded) + 8)]
+    assert len(decoded) >= 28
+    assert not collections.Counter(decoded) - collections.Counter(own)
 
 
 def test_worker_processes(corrupt_dir, clips):

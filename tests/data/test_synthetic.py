@@ -8,6 +8,8 @@ import sys
 
 from array_record.python import array_record_module
 import numpy as np
+
+from configs import tiny
 import pytest
 
 from data_pipelines import synthetic
@@ -200,6 +202,7 @@ def test_cli(tmp_path):
       cwd=repo, capture_output=True, text=True, check=True, timeout=60)
   assert out.stdout.startswith("wrote 3 clips") and len(out.stdout.strip().splitlines()) == 1
   index = json.loads((tmp_path / "index.json").read_text())
+  tiny_data = tiny.get_config().data
   assert index["geometry"] == dict(height=24, width=32, num_frames=16, fps=8.0,
-                                   sample_rate=16000, channels=2)
+                                   sample_rate=tiny_data.sample_rate, channels=2)
   assert index["seed"] == 1

@@ -17,6 +17,7 @@ hv = pytest.importorskip("diffusers.models.transformers.transformer_hunyuan_vide
 from diffusers.models.embeddings import Timesteps  # noqa: E402
 from diffusers.models.normalization import AdaLayerNormContinuous  # noqa: E402
 
+from skyreels_jax.models.attention import AttentionSpec
 from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock  # noqa: E402
 from skyreels_jax.models.layers import (ConditionEmbedding, masked_mean, patchify,  # noqa: E402
                                         timestep_sinusoid, unpatchify)
@@ -77,7 +78,7 @@ def assert_close(ours, theirs, atol=ATOL, rtol=RTOL):
 
 
 def spec(mlp_ratio: float) -> BlockSpec:
-  return BlockSpec(dim=DIM, num_heads=HEADS, mlp_ratio=mlp_ratio, attention="dot_product",
+  return BlockSpec(dim=DIM, num_heads=HEADS, mlp_ratio=mlp_ratio, attention=AttentionSpec(),
                    dtype=jnp.float32, param_dtype=jnp.float32)
 
 
@@ -116,7 +117,7 @@ def diffusers_mask(kv_mask) -> "torch.Tensor":
 def run_block(block, inp, with_v4: bool):
   """Our block as the joint layer runs it: attend [, A<->V cross], feed-forward."""
   x, ctx, mods = block.attend(inp["x"], inp["ctx"], inp["temb"], rope=inp["rope"],
-                              kv_mask=inp["kv_mask"],
+                              x_mask=np.ones(inp["x"].shape[:2], bool),
                               text_ctx=inp["text_ctx"] if with_v4 else None,
                               text_mask=inp["text_mask"])
   if with_v4:
@@ -140,31 +141,24 @@ BLOCK_CASES = pytest.mark.parametrize("mlp_ratio,with_v4", [(2.0, False), (4.0, 
                                       ids=["mlp2", "mlp4", "mlp4_v4_layers_zero"])
 
 
-@BLOCK_CASES
-def test_dual_block_matches_diffusers(inputs, mlp_ratio, with_v4):
-  theirs = hv.HunyuanVideoTransformerBlock(HEADS, HEAD_DIM, mlp_ratio=mlp_ratio)
-  tensors = randomise(theirs, seed=1)
-  ours = build(lambda: DualStreamBlock(spec(mlp_ratio), nnx.Rngs(0), text_cross=with_v4,
-                                       av_cross=with_v4), abstract=not with_v4)
-  entries = hm.dual_block_entries()
-  assert {e.source for e in entries} == set(tensors)
-  hm.load_into(ours, tensors, entries)
-
-  with torch.no_grad():
-    ref_x, ref_ctx = theirs(tt(inputs["x"]), tt(inputs["ctx"]), tt(inputs["temb"]),
-                            diffusers_mask(inputs["kv_mask"]), diffusers_rope())
-  x, ctx = run_block(ours, inputs, with_v4)
-  assert_close(x, ref_x)
-  assert_close(ctx, ref_ctx)
+# (diffusers block, our block, mapping table, seed)
+BLOCK_KINDS = {
+    "dual": (lambda r: hv.HunyuanVideoTransformerBlock(HEADS, HEAD_DIM, mlp_ratio=r),
+             DualStreamBlock, hm.dual_block_entries, 1),
+    "single": (lambda r: hv.HunyuanVideoSingleTransformerBlock(HEADS, HEAD_DIM, mlp_ratio=r),
+               SingleStreamBlock, hm.single_block_entries, 2),
+}
 
 
 @BLOCK_CASES
-def test_single_block_matches_diffusers(inputs, mlp_ratio, with_v4):
-  theirs = hv.HunyuanVideoSingleTransformerBlock(HEADS, HEAD_DIM, mlp_ratio=mlp_ratio)
-  tensors = randomise(theirs, seed=2)
-  ours = build(lambda: SingleStreamBlock(spec(mlp_ratio), nnx.Rngs(0), text_cross=with_v4,
-                                         av_cross=with_v4), abstract=not with_v4)
-  entries = hm.single_block_entries()
+@pytest.mark.parametrize("kind", sorted(BLOCK_KINDS))
+def test_block_matches_diffusers(inputs, kind, mlp_ratio, with_v4):
+  make_theirs, our_cls, entries_fn, seed = BLOCK_KINDS[kind]
+  theirs = make_theirs(mlp_ratio)
+  tensors = randomise(theirs, seed=seed)
+  ours = build(lambda: our_cls(spec(mlp_ratio), nnx.Rngs(0), text_cross=with_v4,
+                               av_cross=with_v4), abstract=not with_v4)
+  entries = entries_fn()
   assert {e.source for e in entries} == set(tensors)
   hm.load_into(ours, tensors, entries)
 

@@ -109,7 +109,7 @@ def test_paper_rates_put_audio_and_video_on_one_timeline():
 def test_tiny_config_timeline_and_rotations_coincide():
   config = tiny.get_config()
   geom, mcfg = derive(config)
-  # 8 fps video, 16 kHz audio framed by 320 samples: 50 audio tokens/s -> scale 8/50.
+  # 8 fps video, 8 kHz audio framed by 160 samples: 50 audio tokens/s -> scale 8/50.
   np.testing.assert_allclose(mcfg.audio_time_scale, 8.0 / 50.0, rtol=1e-6)
   a = audio_positions(geom.audio_tokens, mcfg.audio_time_scale)
   v = video_positions(geom.video_grid[:1] + (1, 1))   # one token per frame

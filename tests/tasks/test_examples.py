@@ -51,7 +51,7 @@ def i2v_with_refs():
 def test_inputs_are_concat_of_noisy_condition_and_mask(i2v_with_refs):
   inputs, terms, batch, codecs, geom = i2v_with_refs
   c, ca = geom.video_channels, geom.audio_channels
-  assert (c, ca) == (48, 320)
+  assert (c, ca) == (48, 160)
   assert inputs["video"].shape == (B, *geom.video_grid, 2 * c + 1)
   assert inputs["audio"].shape == (B, geom.audio_length, 2 * ca + 1)
   t = terms["t"]

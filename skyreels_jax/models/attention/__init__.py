@@ -1,28 +1,92 @@
 """One attention entry point; each strategy is a small module registered here.
 
-Every strategy takes q (B, Sq, H, D), k/v (B, Sk, H, D) and an optional key mask (B, Sk)
-(True = attend) and returns (B, Sq, H, D). Strategies that need a mesh (Ulysses, ring)
-receive it from the config through `attention(..., mesh=...)`.
+Every attention of the model has up to two kinds of tokens:
+  main     the modality tokens (video or audio), which may be sharded along the `sequence`
+           mesh axis (sequence parallelism);
+  context  a short, replicated segment appended after main (the text tokens of the joint
+           attention, or the whole K/V of the text cross-attention).
+Shapes: q/k/v (B, S, H, D); masks (B, S) booleans, True = attend. `attention` returns the main
+output, and the context output too when context queries are given. Strategies:
+
+  dot_product  plain XLA (materialises scores; the reference for every strategy)
+  cudnn        fused cuDNN kernel (NVIDIA GPUs)
+  ulysses      all-to-all sequence <-> heads over `sequence`, local attention, all-to-all back
+  ring         K/V blocks rotate around `sequence` (ppermute), online softmax
+  splash       TPU Pallas flash kernel (no S x S scores; interpret mode off TPU)
+
+Main lengths that do not divide the `sequence` axis are padded and masked, never truncated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
-from skyreels_jax.models.attention import cudnn, dot_product
-
-STRATEGIES: dict[str, Callable[..., jax.Array]] = {
-    "dot_product": dot_product.attend,
-    "cudnn": cudnn.attend,
-}
+STRATEGY_NAMES = ("dot_product", "cudnn", "splash", "ulysses", "ring")
+SEQUENCE_PARALLEL = ("ulysses", "ring")
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None,
-              impl: str = "dot_product") -> jax.Array:
-  try:
-    fn = STRATEGIES[impl]
-  except KeyError:
-    raise ValueError(f"attention={impl!r}: choose one of {sorted(STRATEGIES)}") from None
-  return fn(q, k, v, kv_mask=kv_mask)
+@dataclasses.dataclass(frozen=True)
+class AttentionSpec:
+  """The strategy and the mesh axes it may use (from the config's logical-axis rules)."""
+  impl: str = "dot_product"
+  batch_axes: tuple[str, ...] = ()
+  sequence_axis: str | None = None
+  head_axis: str | None = None
+
+
+def _ones_mask(x: jax.Array) -> jax.Array:
+  return jnp.ones(x.shape[:2], bool)
+
+
+def attention(q, k, v, kv_mask=None, *, q_ctx=None, k_ctx=None, v_ctx=None, ctx_mask=None,
+              spec: AttentionSpec | str = "dot_product"):
+  """Attention of [q; q_ctx] over [k; k_ctx]. k/v may be None (context-only keys)."""
+  if isinstance(spec, str):
+    spec = AttentionSpec(impl=spec)
+  if spec.impl not in STRATEGY_NAMES:
+    raise ValueError(f"attention={spec.impl!r}: choose one of {list(STRATEGY_NAMES)}")
+  if k is not None and kv_mask is None:
+    kv_mask = _ones_mask(k)
+  if k_ctx is not None and ctx_mask is None:
+    ctx_mask = _ones_mask(k_ctx)
+  fn = _strategy(spec)
+  out, out_ctx = fn(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask)
+  return out if q_ctx is None else (out, out_ctx)
+
+
+def _strategy(spec: AttentionSpec) -> Callable:
+  from skyreels_jax.models.attention import cudnn, dot_product, ring, splash, ulysses
+  if spec.impl in SEQUENCE_PARALLEL:
+    mesh = jax.sharding.get_abstract_mesh()
+    axis = spec.sequence_axis
+    if mesh.empty or axis is None or axis not in mesh.shape:
+      raise ValueError(f"attention={spec.impl!r} needs a mesh with a {axis!r} axis: run "
+                       "under jax.set_mesh(mesh) (the trainer and sampler do)")
+    if mesh.shape[axis] == 1:
+      return dot_product.local_attend   # nothing to parallelise
+    module = ulysses if spec.impl == "ulysses" else ring
+    return lambda *a: module.attend(*a, spec=spec, mesh=mesh)
+  if spec.impl == "cudnn":
+    return cudnn.attend
+  if spec.impl == "splash":
+    return lambda *a: splash.attend(*a, spec=spec)
+  return dot_product.local_attend
+
+
+def join(main, ctx, axis: int = 1):
+  """[main; ctx] along the sequence axis, either may be None."""
+  parts = [x for x in (main, ctx) if x is not None]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
+def split(x, n_main: int | None, has_ctx: bool):
+  """Inverse of `join` for the query side: (main, ctx)."""
+  if not has_ctx:
+    return x, None
+  if not n_main:
+    return None, x
+  return x[:, :n_main], x[:, n_main:]

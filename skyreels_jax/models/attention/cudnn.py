@@ -8,15 +8,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from skyreels_jax.models.attention import join, split
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None
-           ) -> jax.Array:
-  dtype = q.dtype
+
+def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask):
+  qq, kk, vv, mask = join(q, q_ctx), join(k, k_ctx), join(v, v_ctx), join(kv_mask, ctx_mask)
+  dtype = qq.dtype
   if dtype not in (jnp.bfloat16, jnp.float16):
-    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-  bias = None
-  if kv_mask is not None:
-    neg = jnp.asarray(jnp.finfo(q.dtype).min, q.dtype)
-    bias = jnp.where(kv_mask[:, None, None, :], jnp.zeros((), q.dtype), neg)
-  out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
-  return out.astype(dtype)
+    qq, kk, vv = (x.astype(jnp.bfloat16) for x in (qq, kk, vv))
+  neg = jnp.asarray(jnp.finfo(qq.dtype).min, qq.dtype)
+  bias = jnp.where(mask[:, None, None, :], jnp.zeros((), qq.dtype), neg)
+  out = jax.nn.dot_product_attention(qq, kk, vv, bias=bias, implementation="cudnn")
+  return split(out.astype(dtype), None if q is None else q.shape[1], q_ctx is not None)

@@ -61,7 +61,7 @@ class TinyTextEncoder(nnx.Module):
     x = self.embed(text_ids) + self.pos[...][: text_ids.shape[1]].astype(self.embed.dtype)
     q, k, v = jnp.split(self.qkv(layer_norm(x)), 3, axis=-1)
     split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
-    a = attention(split(q), split(k), split(v), kv_mask=text_mask)
+    a = attention(split(q), split(k), split(v), text_mask)
     x = x + self.out(a.reshape(x.shape))
     x = x + self.mlp(layer_norm(x))
     return layer_norm(x), text_mask

@@ -1,0 +1,51 @@
+"""Ulysses sequence parallelism: each device holds S/n tokens of all (local) heads; an
+all-to-all over `sequence` gives it all S tokens of H/n heads, attention runs locally, and a
+second all-to-all restores the sequence sharding. The replicated context (text) needs no
+communication going in (each device slices its heads) and one all-gather of heads coming out.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+
+from skyreels_jax.models.attention import join
+from skyreels_jax.models.attention._sharded import check_heads, padded_main, specs
+from skyreels_jax.models.attention.dot_product import attend_joined
+
+
+def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
+  axis = spec.sequence_axis
+  n = mesh.shape[axis]
+  heads = q.shape[2] // (mesh.shape[spec.head_axis] if spec.head_axis else 1)
+  check_heads(heads, n, "ulysses")
+  q, k, v, kv_mask, sq = padded_main(q, k, v, kv_mask, n)
+  tok, rep, tok_mask, rep_mask = specs(spec)
+  args = {"q": q, "k": k, "v": v, "m": kv_mask, "qc": q_ctx, "kc": k_ctx, "vc": v_ctx,
+          "cm": ctx_mask}
+  args = {key: x for key, x in args.items() if x is not None}
+  in_specs = {key: {"q": tok, "k": tok, "v": tok, "m": tok_mask, "qc": rep, "kc": rep,
+                    "vc": rep, "cm": rep_mask}[key] for key in args}
+
+  def local(a):
+    to_heads = lambda x: lax.all_to_all(x, axis, split_axis=2, concat_axis=1, tiled=True)
+    hs = a["q"].shape[2] // n
+    first = lax.axis_index(axis) * hs
+    my_heads = lambda x: None if x is None else lax.dynamic_slice_in_dim(x, first, hs, axis=2)
+    qq = join(to_heads(a["q"]), my_heads(a.get("qc")))
+    kk, vv, mm = None, None, None
+    if "k" in a:
+      kk, vv = to_heads(a["k"]), to_heads(a["v"])
+      mm = lax.all_gather(a["m"], axis, axis=1, tiled=True)
+    kk, vv = join(kk, my_heads(a.get("kc"))), join(vv, my_heads(a.get("vc")))
+    mm = join(mm, a.get("cm"))
+    out = attend_joined(qq, kk, vv, mm)
+    s_full = a["q"].shape[1] * n
+    main = lax.all_to_all(out[:, :s_full], axis, split_axis=1, concat_axis=2, tiled=True)
+    ctx = lax.all_gather(out[:, s_full:], axis, axis=2, tiled=True) if "qc" in a else None
+    return main, ctx
+
+  out_specs = (tok, rep if q_ctx is not None else None)
+  main, ctx = jax.shard_map(local, mesh=mesh, in_specs=(in_specs,), out_specs=out_specs,
+                            check_vma=False)(args)
+  return main[:, :sq], ctx
