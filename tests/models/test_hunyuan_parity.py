@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-hv = pytest.importorskip("diffusers.models.transformers.transformer_hunyuan_video")
+import torch
+from diffusers.models.transformers import transformer_hunyuan_video as hv
 from diffusers.models.embeddings import Timesteps  # noqa: E402
 from diffusers.models.normalization import AdaLayerNormContinuous  # noqa: E402
 

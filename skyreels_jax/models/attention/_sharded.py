@@ -37,3 +37,16 @@ def padded_main(q, k, v, kv_mask, n):
   if k is not None:
     k, v, kv_mask = pad_to(k, n), pad_to(v, n), pad_to(kv_mask, n, False)
   return q, k, v, kv_mask, sq
+
+
+def shard_map_args(spec, q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask):
+  """The present inputs as a dict, with their shard_map in_specs: main tokens sharded on
+  `sequence`, the context replicated."""
+  tok, rep, tok_mask, rep_mask = specs(spec)
+  args = {"q": q, "k": k, "v": v, "m": kv_mask, "qc": q_ctx, "kc": k_ctx, "vc": v_ctx,
+          "cm": ctx_mask}
+  args = {key: x for key, x in args.items() if x is not None}
+  table = {"q": tok, "k": tok, "v": tok, "m": tok_mask, "qc": rep, "kc": rep, "vc": rep,
+           "cm": rep_mask}
+  out_specs = (tok, rep if q_ctx is not None else None)
+  return args, {key: table[key] for key in args}, out_specs

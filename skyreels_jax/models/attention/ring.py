@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from skyreels_jax.models.attention import join
-from skyreels_jax.models.attention._sharded import padded_main, specs
+from skyreels_jax.models.attention._sharded import padded_main, shard_map_args
 
 _NEG = -1e30
 
@@ -34,12 +34,8 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
   axis = spec.sequence_axis
   n = mesh.shape[axis]
   q, k, v, kv_mask, sq = padded_main(q, k, v, kv_mask, n)
-  tok, rep, tok_mask, rep_mask = specs(spec)
-  args = {"q": q, "k": k, "v": v, "m": kv_mask, "qc": q_ctx, "kc": k_ctx, "vc": v_ctx,
-          "cm": ctx_mask}
-  args = {key: x for key, x in args.items() if x is not None}
-  in_specs = {key: {"q": tok, "k": tok, "v": tok, "m": tok_mask, "qc": rep, "kc": rep,
-                    "vc": rep, "cm": rep_mask}[key] for key in args}
+  args, in_specs, out_specs = shard_map_args(spec, q, k, v, kv_mask, q_ctx, k_ctx, v_ctx,
+                                             ctx_mask)
   scale = q.shape[-1] ** -0.5
 
   def local(a):
@@ -65,7 +61,6 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
     ctx = lax.pmean(out[:, s_main:], axis) if "qc" in a else None
     return out[:, :s_main], ctx
 
-  out_specs = (tok, rep if q_ctx is not None else None)
   main, ctx = jax.shard_map(local, mesh=mesh, in_specs=(in_specs,), out_specs=out_specs,
                             check_vma=False)(args)
   return main[:, :sq], ctx

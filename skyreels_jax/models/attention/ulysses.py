@@ -10,7 +10,7 @@ import jax
 from jax import lax
 
 from skyreels_jax.models.attention import join
-from skyreels_jax.models.attention._sharded import check_heads, padded_main, specs
+from skyreels_jax.models.attention._sharded import check_heads, padded_main, shard_map_args
 from skyreels_jax.models.attention.dot_product import attend_joined
 
 
@@ -20,12 +20,8 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
   heads = q.shape[2] // (mesh.shape[spec.head_axis] if spec.head_axis else 1)
   check_heads(heads, n, "ulysses")
   q, k, v, kv_mask, sq = padded_main(q, k, v, kv_mask, n)
-  tok, rep, tok_mask, rep_mask = specs(spec)
-  args = {"q": q, "k": k, "v": v, "m": kv_mask, "qc": q_ctx, "kc": k_ctx, "vc": v_ctx,
-          "cm": ctx_mask}
-  args = {key: x for key, x in args.items() if x is not None}
-  in_specs = {key: {"q": tok, "k": tok, "v": tok, "m": tok_mask, "qc": rep, "kc": rep,
-                    "vc": rep, "cm": rep_mask}[key] for key in args}
+  args, in_specs, out_specs = shard_map_args(spec, q, k, v, kv_mask, q_ctx, k_ctx, v_ctx,
+                                             ctx_mask)
 
   def local(a):
     to_heads = lambda x: lax.all_to_all(x, axis, split_axis=2, concat_axis=1, tiled=True)
@@ -45,7 +41,6 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
     ctx = lax.all_gather(out[:, s_full:], axis, axis=2, tiled=True) if "qc" in a else None
     return main, ctx
 
-  out_specs = (tok, rep if q_ctx is not None else None)
   main, ctx = jax.shard_map(local, mesh=mesh, in_specs=(in_specs,), out_specs=out_specs,
                             check_vma=False)(args)
   return main[:, :sq], ctx
