@@ -1,0 +1,92 @@
+"""Analytic per-device memory of one training step, for machines XLA cannot compile for here
+(GPU nodes). The AOT tool (tools/aot.py) gives XLA's own figure for TPU topologies; this model
+is checked against it (README, "Memory").
+
+Assumes the intended FSDP layout: the train state sharded over `fsdp` x `tensor`, the batch
+over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device:
+  state        params + Adam mu, nu + EMA in `model.param_dtype`, and the gradients
+  layer        one layer's weights gathered in the compute dtype (twice: prefetch) and its
+               gradients before the reduce-scatter
+  saved        what the remat policy keeps for the backward pass, per layer, times the layers
+  working      one layer's recomputed activations in its backward pass (f32 at worst)
+  attention    dot_product materialises the scores: logits f32, probabilities, their
+               gradients (ATTN_BYTES per score) of the largest attention of a layer
+  inputs       pixels, waveforms and the latents / noise made from them in the step
+"""
+
+from __future__ import annotations
+
+import math
+
+from skyreels_jax.config import DTYPES, derive, mesh_shape, num_audio_samples
+
+# d-wide activations per token that each remat policy keeps per layer, beyond the layer's
+# input (the scan carry). save_dots keeps the weight matmul outputs: q, k, v, out, the MLP's
+# two (mlp_ratio + 1), the cross-attentions' q and out; save_named the three tagged outputs.
+SAVED_PER_TOKEN = {"full": 0.0, "offload_named": 0.0, "save_named": 3.0}
+# Activations of one layer being differentiated, in d-wide f32 vectors per token.
+WORKING_PER_TOKEN = 24.0
+ATTN_BYTES = 4 + 2 + 4 + 4     # logits f32, probabilities bf16, d-probabilities, d-logits f32
+
+
+def _saved_per_token(remat: str, mlp_ratio: float) -> float:
+  if remat == "save_dots":
+    return 3 + 1 + (mlp_ratio + 1) + 2
+  if remat == "none":
+    return WORKING_PER_TOKEN / 2 + 2 * mlp_ratio
+  return SAVED_PER_TOKEN[remat]
+
+
+def _param_counts(config) -> tuple[int, int]:
+  """(all parameters, parameters of the largest joint layer)."""
+  from flax import nnx
+  from skyreels_jax.models import abstract_model
+  params = nnx.state(abstract_model(config), nnx.Param)
+  total, layer = 0, {"dual_layers": 0, "single_layers": 0}
+  for path, leaf in nnx.to_flat_state(params):
+    n = math.prod(leaf.shape)
+    total += n
+    for stack in layer:
+      if stack in [str(p) for p in path]:
+        layer[stack] += n // leaf.shape[0]
+  return total, max(layer.values())
+
+
+def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
+  """Per-device bytes of one train step by component, and their `total`."""
+  geom, mcfg = derive(config)
+  m, d = config.model, config.data
+  sizes = mesh_shape(config.mesh, num_devices)
+  dp = sizes["data"] * sizes["fsdp"]
+  shard = sizes["fsdp"] * sizes["tensor"]
+  seq = sizes["sequence"]
+  b = d.batch_size / dp                          # examples per device
+  pb = DTYPES[m.param_dtype].dtype.itemsize
+  cb = DTYPES[m.dtype].dtype.itemsize
+  total_params, layer_params = _param_counts(config)
+
+  frames_per_token = geom.video_tokens // max(geom.video_grid[0] // m.patch_size_t, 1)
+  sv = geom.video_tokens + d.num_video_refs * frames_per_token // m.patch_size_t
+  sa = geom.audio_tokens + d.num_audio_refs // m.audio_patch_size if mcfg.use_audio else 0
+  length = config.text.max_length
+  tokens = sv + length + ((sa + length) if mcfg.use_audio else 0)  # both branches' carries
+  width, heads, layers = m.width, m.num_heads, m.num_dual_blocks + m.num_single_blocks
+
+  out = {}
+  out["state"] = total_params * pb * 5 / shard     # params, mu, nu, EMA, gradients
+  out["layer"] = layer_params * (2 * cb + pb) / sizes["tensor"]
+  per_layer = (1 + _saved_per_token(m.remat, m.mlp_ratio)) * tokens * width * cb
+  out["saved"] = b * layers * per_layer / seq
+  out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq
+  if config.attention == "dot_product":
+    largest = max((sv + length) ** 2, 2 * sa * sv, (sa + length) ** 2)
+    out["attention"] = b * heads * largest * ATTN_BYTES / sizes["tensor"]
+    if m.remat == "none":                         # every layer keeps its probabilities
+      out["attention"] += b * layers * heads * (
+          (sv + length) ** 2 + (sa + length) ** 2 + 2 * sa * sv) * cb / sizes["tensor"]
+  else:                                           # flash-style kernels: O(S) memory
+    out["attention"] = 0.0
+  pixels = d.num_frames * d.height * d.width * 3 + num_audio_samples(d) * d.audio_channels
+  out["inputs"] = b * pixels * 4 * 4              # input, latent, noise, noisy (f32)
+  out["total"] = sum(out.values())
+  return out
