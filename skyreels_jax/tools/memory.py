@@ -9,8 +9,10 @@ over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device
                gradients before the reduce-scatter
   saved        what the remat policy keeps for the backward pass, per layer, times the layers
   working      one layer's recomputed activations in its backward pass (f32 at worst)
-  attention    dot_product materialises the scores: logits f32, probabilities, their
-               gradients (ATTN_BYTES per score) of the largest attention of a layer
+  attention    the scores of the largest attention of a layer (logits f32, probabilities,
+               their gradients: ATTN_BYTES per score). dot_product materialises all S x S of
+               them per head; ulysses splits heads and ring splits K/V blocks over `sequence`;
+               cudnn / splash (flash kernels) hold O(S) and count 0
   inputs       pixels, waveforms and the latents / noise made from them in the step
 """
 
@@ -35,6 +37,20 @@ def _saved_per_token(remat: str, mlp_ratio: float) -> float:
   if remat == "none":
     return WORKING_PER_TOKEN / 2 + 2 * mlp_ratio
   return SAVED_PER_TOKEN[remat]
+
+
+def _attention_scores(impl: str, heads: int, sizes: dict, lengths) -> float:
+  """Scores held at once by the largest attention of a layer (per example): joint video
+  [tokens; text], joint audio, or audio<->video cross-attention."""
+  video, audio, v, a = lengths
+  heads = heads / sizes["tensor"]
+  if impl == "dot_product":        # all of them
+    return heads * max(video ** 2, audio ** 2, 2 * v * a)
+  if impl == "ulysses":            # full sequences, heads split over `sequence`
+    return heads / sizes["sequence"] * max(video ** 2, audio ** 2, 2 * v * a)
+  if impl == "ring":               # one K/V block per step
+    return heads * max(video ** 2, audio ** 2, 2 * v * a) / sizes["sequence"] ** 2
+  return 0.0                       # cudnn / splash: flash kernels, O(S) memory
 
 
 def _param_counts(config) -> tuple[int, int]:
@@ -65,8 +81,8 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   cb = DTYPES[m.dtype].dtype.itemsize
   total_params, layer_params = _param_counts(config)
 
-  frames_per_token = geom.video_tokens // max(geom.video_grid[0] // m.patch_size_t, 1)
-  sv = geom.video_tokens + d.num_video_refs * frames_per_token // m.patch_size_t
+  tokens_per_frame = geom.video_tokens // max(geom.video_grid[0] // m.patch_size_t, 1)
+  sv = geom.video_tokens + d.num_video_refs * tokens_per_frame // m.patch_size_t
   sa = geom.audio_tokens + d.num_audio_refs // m.audio_patch_size if mcfg.use_audio else 0
   length = config.text.max_length
   tokens = sv + length + ((sa + length) if mcfg.use_audio else 0)  # both branches' carries
@@ -78,14 +94,10 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   per_layer = (1 + _saved_per_token(m.remat, m.mlp_ratio)) * tokens * width * cb
   out["saved"] = b * layers * per_layer / seq
   out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq
-  if config.attention == "dot_product":
-    largest = max((sv + length) ** 2, 2 * sa * sv, (sa + length) ** 2)
-    out["attention"] = b * heads * largest * ATTN_BYTES / sizes["tensor"]
-    if m.remat == "none":                         # every layer keeps its probabilities
-      out["attention"] += b * layers * heads * (
-          (sv + length) ** 2 + (sa + length) ** 2 + 2 * sa * sv) * cb / sizes["tensor"]
-  else:                                           # flash-style kernels: O(S) memory
-    out["attention"] = 0.0
+  out["attention"] = b * _attention_scores(config.attention, heads, sizes,
+                                           (sv + length, sa + length, sv, sa)) * ATTN_BYTES
+  if m.remat == "none":                           # every layer keeps its probabilities
+    out["attention"] *= 1 + layers * cb / ATTN_BYTES
   pixels = d.num_frames * d.height * d.width * 3 + num_audio_samples(d) * d.audio_channels
   out["inputs"] = b * pixels * 4 * 4              # input, latent, noise, noisy (f32)
   out["total"] = sum(out.values())

@@ -1,8 +1,10 @@
 """AOT compile of the real train step for TPU topologies (libtpu compiles on this CPU machine).
 
-Two compiles (the slow part, ~15-30 s each on 2 cores): a joint video+audio step that fits a
-v5p:2x2x1 slice, in-process, and, through the command line, one too wide for v5e:2x2's 16 GB.
-The rest checks the pieces without compiling.
+Two compiles, the slow part (~25 s and ~15 s of one core): a step that fits a v5p:2x2x1 slice,
+in-process, and, through the command line, one too wide for v5e:2x2's 16 GB. Both are
+video-only with dual blocks only: the TPU compiler's time grows with the program (the joint
+audio-video step with single blocks and cross-attentions takes ~3x longer); the full model is
+covered by the README's pod-scale measurements. The rest checks the pieces without compiling.
 """
 
 import json
@@ -21,11 +23,12 @@ from skyreels_jax.tools import aot
 from skyreels_jax.train.state import abstract_state, make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Small geometry, 2 scanned dual + 1 single block(s), FSDP over every device (as the pod
-# configs do): the scan correction of the FLOP estimate is exercised (dual stack 2 deep).
+# Small geometry, video only, 2 scanned dual blocks (so the scan correction of the FLOP
+# estimate is exercised), FSDP over every device as the pod configs do.
 OVERRIDES = {"data.num_frames": 8, "data.height": 16, "data.width": 16, "data.batch_size": 8,
-             "model.num_dual_blocks": 2, "model.num_single_blocks": 1, "mesh.data": 1,
-             "mesh.fsdp": -1}
+             "model.num_dual_blocks": 2, "model.num_single_blocks": 0,
+             "model.use_audio": False, "model.text_cross_attention": False,
+             "mesh.data": 1, "mesh.fsdp": -1}
 REQUIRED = ("fits", "bytes_per_device", "argument_bytes", "output_bytes", "temp_bytes",
             "alias_bytes", "hbm_bytes", "flops_compiled", "flops_compiled_per_step_estimate",
             "flops_analytic", "flops_analytic_per_device", "mesh", "topology", "config",
@@ -65,7 +68,7 @@ def test_fitting_step_reports_memory_and_flops():
   # step. It exceeds the matmul-only analytic count by the elementwise work (norms, softmax,
   # RoPE, GELU, AdamW, EMA, noise): large at width 192, a few % at real widths.
   ratio = report["flops_compiled_per_step_estimate"] / report["flops_analytic_per_device"]
-  assert 1.0 <= ratio < 1.5, ratio
+  assert 1.0 <= ratio < 1.3, ratio   # 1.09 measured
   assert report["flops_compiled"] < report["flops_compiled_per_step_estimate"]
 
 
