@@ -188,14 +188,17 @@ def compile_report(config, topology: str) -> dict[str, Any]:
 
 
 def main(argv):
-  from absl import flags
+  from absl import app, flags
   del argv
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")
   config = flags.FLAGS.config
   if flags.FLAGS.batch_size:
     config.data.batch_size = flags.FLAGS.batch_size
-  report = compile_report(config, flags.FLAGS.topology)
+  try:
+    report = compile_report(config, flags.FLAGS.topology)
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from None
   print(json.dumps(report), flush=True)
   sys.exit(0 if report["fits"] else 1)
 

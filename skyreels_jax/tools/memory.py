@@ -5,8 +5,8 @@ is checked against it (README, "Memory").
 Assumes the intended FSDP layout: the train state sharded over `fsdp` x `tensor`, the batch
 over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device:
   state        params + Adam mu, nu + EMA in `model.param_dtype`, and the gradients
-  layer        one layer's weights gathered in the compute dtype (twice: prefetch) and its
-               gradients before the reduce-scatter
+  layer        one layer's weights gathered in the compute dtype and their gradients before
+               the reduce-scatter
   saved        what the remat policy keeps for the backward pass, per layer, times the layers
   working      one layer's recomputed activations in its backward pass (f32 at worst)
   attention    the scores of the largest attention of a layer (logits f32, probabilities,
@@ -22,21 +22,17 @@ import math
 
 from skyreels_jax.config import DTYPES, derive, mesh_shape, num_audio_samples
 
-# d-wide activations per token that each remat policy keeps per layer, beyond the layer's
-# input (the scan carry). save_dots keeps the weight matmul outputs: q, k, v, out, the MLP's
-# two (mlp_ratio + 1), the cross-attentions' q and out; save_named the three tagged outputs.
-SAVED_PER_TOKEN = {"full": 0.0, "offload_named": 0.0, "save_named": 3.0}
+# Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
+# the layer's input (the scan carry, 1) plus what the policy saves. save_dots: fitted to the
+# TPU compiler (28; the weight matmul outputs are ~14 d-wide per token, kept in f32);
+# save_named keeps the three tagged outputs; none (not fitted) everything of the layer.
+SAVED_PER_TOKEN = {"full": 1.0, "offload_named": 1.0, "save_named": 4.0, "save_dots": 29.0,
+                   "none": 60.0}
 # Activations of one layer being differentiated, in d-wide f32 vectors per token.
 WORKING_PER_TOKEN = 24.0
-ATTN_BYTES = 4 + 2 + 4 + 4     # logits f32, probabilities bf16, d-probabilities, d-logits f32
-
-
-def _saved_per_token(remat: str, mlp_ratio: float) -> float:
-  if remat == "save_dots":
-    return 3 + 1 + (mlp_ratio + 1) + 2
-  if remat == "none":
-    return WORKING_PER_TOKEN / 2 + 2 * mlp_ratio
-  return SAVED_PER_TOKEN[remat]
+# Bytes per attention score live at the peak: f32 logits and their f32 gradients (XLA fuses
+# the probabilities away); fitted to the TPU compiler (7.4 measured).
+ATTN_BYTES = 8
 
 
 def _attention_scores(impl: str, heads: int, sizes: dict, lengths) -> float:
@@ -90,9 +86,8 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
 
   out = {}
   out["state"] = total_params * pb * 5 / shard     # params, mu, nu, EMA, gradients
-  out["layer"] = layer_params * (2 * cb + pb) / sizes["tensor"]
-  per_layer = (1 + _saved_per_token(m.remat, m.mlp_ratio)) * tokens * width * cb
-  out["saved"] = b * layers * per_layer / seq
+  out["layer"] = layer_params * (cb + pb) / sizes["tensor"]
+  out["saved"] = b * layers * SAVED_PER_TOKEN[m.remat] * tokens * width * 2 / seq
   out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq
   out["attention"] = b * _attention_scores(config.attention, heads, sizes,
                                            (sv + length, sa + length, sv, sa)) * ATTN_BYTES

@@ -43,11 +43,14 @@ def test_remat_and_attention_order():
   assert train_memory_bytes(c, 64)["attention"] == 0
 
 
-def test_matches_the_tpu_compiler_on_a_measured_point():
-  """small at 480x832, 2 s, one example per chip of v5p:4x4x4: XLA's figure (AOT tool,
-  libtpu 0.0.42.1) was 38.06 GiB per device."""
-  mem = train_memory_bytes(_small(batch_size=64, height=480, width=832, num_frames=32), 64)
-  assert mem["total"] / (38.06 * G) == pytest.approx(1.0, abs=0.25)
+@pytest.mark.parametrize("module,measured_gib", [(small, 38.06), (hv13b, 48.22)])
+def test_matches_the_tpu_compiler(module, measured_gib):
+  """480x832, 2 s, one example per chip of v5p:4x4x4 (64 chips): XLA's per-device bytes
+  (tools/aot.py, libtpu 0.0.42.1). The model errs on the large side, by < 10% here."""
+  c = module.get_config()
+  c.data.batch_size, c.data.height, c.data.width, c.data.num_frames = 64, 480, 832, 32
+  ratio = train_memory_bytes(c, 64)["total"] / (measured_gib * G)
+  assert 0.97 < ratio < 1.1, ratio
 
 
 def test_hv13b_state_per_chip():
