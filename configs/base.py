@@ -112,7 +112,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.batch_size = 1
 
   # --- Mesh (SPEC / STYLE: axes data, fsdp, sequence, tensor; -1 fills the rest).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))
+  # Multi-slice (hybrid ICI/DCN): data..tensor are sizes within a slice, dcn_* the number of
+  # slices along each axis; e.g. dcn_data=2 is data parallelism across two pod slices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1,
+                                          dcn_data=1, dcn_fsdp=1, dcn_sequence=1,
+                                          dcn_tensor=1))
   # Logical axis -> mesh axis rules. Data, not code: nothing rewrites them.
   c.logical_axis_rules = (
       ("batch", ("data", "fsdp")),

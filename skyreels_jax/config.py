@@ -120,6 +120,9 @@ def validate(config) -> None:
   _check(len(fills) <= 1, "mesh", f"at most one axis may be -1, got {fills}")
   for a in MESH_AXES:
     _check(config.mesh[a] == -1 or config.mesh[a] >= 1, f"mesh.{a}", "must be -1 or >= 1")
+    dcn = config.mesh.get(f"dcn_{a}", 1)
+    _check(isinstance(dcn, int) and dcn >= 1, f"mesh.dcn_{a}",
+           f"must be an int >= 1 (slices along {a}), got {dcn!r}")
   derive(config)  # shape checks that need the autoencoders
 
 
@@ -193,18 +196,35 @@ def attention_spec(config) -> AttentionSpec:
                        head_axis=heads[0] if heads else None)
 
 
-def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
-  """Resolves -1 to fill the devices; errors name the field."""
-  sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
-  fixed = math.prod(s for s in sizes.values() if s != -1)
-  fill = [a for a, s in sizes.items() if s == -1]
+def hybrid_mesh_shape(mesh_config, num_devices: int) -> tuple[dict[str, int], dict[str, int]]:
+  """(ici, dcn) sizes per mesh axis. `mesh.<axis>` is the size within one slice (ICI; -1 fills
+  the slice), `mesh.dcn_<axis>` the number of slices along it (DCN); the mesh axis spans
+  both: size = ici * dcn, slice-major. With every dcn_* = 1 this is the single-slice mesh.
+  Errors name the field."""
+  dcn = {a: int(mesh_config.get(f"dcn_{a}", 1)) for a in MESH_AXES}
+  for a, n in dcn.items():
+    _check(n >= 1, f"mesh.dcn_{a}", f"must be >= 1 (a number of slices), got {n}")
+  slices = math.prod(dcn.values())
+  _check(num_devices % slices == 0, "mesh.dcn_*",
+         f"{num_devices} devices do not split into {slices} slices ({dcn})")
+  per_slice = num_devices // slices
+  ici = {a: int(mesh_config[a]) for a in MESH_AXES}
+  fixed = math.prod(s for s in ici.values() if s != -1)
+  fill = [a for a, s in ici.items() if s == -1]
+  where = f" per slice ({slices} slices)" if slices > 1 else ""
   if fill:
-    _check(num_devices % fixed == 0, f"mesh.{fill[0]}",
-           f"{num_devices} devices do not divide by the other axes' product {fixed}")
-    sizes[fill[0]] = num_devices // fixed
-  _check(math.prod(sizes.values()) == num_devices, "mesh",
-         f"{sizes} uses {math.prod(sizes.values())} devices, have {num_devices}")
-  return sizes
+    _check(per_slice % fixed == 0, f"mesh.{fill[0]}",
+           f"{per_slice} devices{where} do not divide by the other axes' product {fixed}")
+    ici[fill[0]] = per_slice // fixed
+  _check(math.prod(ici.values()) == per_slice, "mesh",
+         f"{ici} uses {math.prod(ici.values())} devices{where}, have {per_slice}")
+  return ici, dcn
+
+
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+  """The mesh axis sizes (ICI x DCN), with -1 resolved to fill the devices."""
+  ici, dcn = hybrid_mesh_shape(mesh_config, num_devices)
+  return {a: ici[a] * dcn[a] for a in MESH_AXES}
 
 
 def count_params(tree: Any) -> int:

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from skyreels_jax.config import ConfigError, count_params, derive, mesh_shape, validate
+from skyreels_jax.config import (ConfigError, count_params, derive, hybrid_mesh_shape,
+                                 mesh_shape, validate)
 from skyreels_jax.models import abstract_model
 
 
@@ -109,6 +110,30 @@ def test_mesh_shape_fills_one_axis():
   with pytest.raises(ConfigError, match=r"config\.mesh\.data"):
     mesh_shape(config.mesh, 8)
 
+
+
+def test_hybrid_mesh_multiplies_slice_sizes_by_dcn_sizes():
+  config = tiny.get_config()
+  config.mesh.update(dict(data=-1, fsdp=2, dcn_data=2))
+  # 16 devices in 2 slices: -1 fills one slice of 8 (data 4 x fsdp 2); data spans both slices.
+  ici, dcn = hybrid_mesh_shape(config.mesh, 16)
+  assert ici == {"data": 4, "fsdp": 2, "sequence": 1, "tensor": 1}
+  assert dcn == {"data": 2, "fsdp": 1, "sequence": 1, "tensor": 1}
+  assert mesh_shape(config.mesh, 16) == {"data": 8, "fsdp": 2, "sequence": 1, "tensor": 1}
+  config.mesh.update(dict(data=1, fsdp=-1, dcn_data=3))
+  with pytest.raises(ConfigError, match=r"config\.mesh\.dcn_\*.*16 devices.*3 slices"):
+    mesh_shape(config.mesh, 16)
+  config.mesh.update(dict(data=3, fsdp=1, dcn_data=2))
+  with pytest.raises(ConfigError, match=r"config\.mesh: .*per slice \(2 slices\)"):
+    mesh_shape(config.mesh, 16)
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_bad_dcn_size_is_named(value):
+  config = tiny.get_config()
+  config.mesh.dcn_fsdp = value
+  with pytest.raises(ConfigError, match=r"config\.mesh\.dcn_fsdp"):
+    validate(config)
 
 # --- Size configs, built abstractly (nnx.eval_shape: no memory).
 

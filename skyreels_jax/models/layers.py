@@ -17,14 +17,43 @@ from flax import nnx
 _ZEROS = nnx.initializers.zeros_init()
 
 
+class Dense(nnx.Linear):
+  """nnx.Linear that pins the model width of the activations it reads or writes (logical
+  axis "embed") to be unsharded, the Megatron layout: a column-parallel layer (embed -> heads
+  / mlp) pins its input, a row-parallel one (heads / mlp -> embed) its output; the batch and
+  sequence dimensions are left to the propagator. The backward pass inherits the pins.
+
+  Why: left free, the sharding propagator can put the width of such an activation on
+  `tensor`, and XLA's SPMD partitioner (jax 0.10.2) then computes `x (B on data x fsdp, K on
+  tensor) @ w (K on tensor, N on fsdp) -> (B, N on tensor)` wrongly on meshes with data,
+  fsdp and tensor all > 1 (README "Known issues"; tests/parallel/test_sharding.py)."""
+
+  def __init__(self, *args, axes: tuple[str | None, str | None], **kwargs):
+    super().__init__(*args, **kwargs)
+    self.pin_input, self.pin_output = axes[0] == "embed", axes[1] == "embed"
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = super().__call__(pin_width(x) if self.pin_input else x)
+    return pin_width(y) if self.pin_output else y
+
+
+def pin_width(x: jax.Array) -> jax.Array:
+  """Constrains the last dimension to be unsharded, the others free. No-op without a mesh."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  free = jax.sharding.PartitionSpec.UNCONSTRAINED
+  return jax.lax.with_sharding_constraint(
+      x, jax.sharding.PartitionSpec(*([free] * (x.ndim - 1)), None))
+
+
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
           rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, use_bias: bool = True,
-          zero_init: bool = False) -> nnx.Linear:
+          zero_init: bool = False) -> Dense:
   """A Linear whose kernel carries logical axes `axes` (in, out) and bias `axes[1]`."""
   kernel_init = _ZEROS if zero_init else nnx.initializers.xavier_uniform()
-  return nnx.Linear(
-      in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.with_partitioning(kernel_init, axes),
+  return Dense(
+      in_features, out_features, axes=axes, use_bias=use_bias, dtype=dtype,
+      param_dtype=param_dtype, kernel_init=nnx.with_partitioning(kernel_init, axes),
       bias_init=nnx.with_partitioning(_ZEROS, (axes[1],)), rngs=rngs)
 
 

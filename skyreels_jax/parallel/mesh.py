@@ -6,22 +6,59 @@ Mesh axes are fixed: (data, fsdp, sequence, tensor). Parameters carry logical ax
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from skyreels_jax.config import MESH_AXES, mesh_shape
+from skyreels_jax.config import MESH_AXES, ConfigError, hybrid_mesh_shape
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
-  sizes = mesh_shape(mesh_config, len(devices))
-  shape = tuple(sizes[a] for a in MESH_AXES)
-  arr = np.asarray(devices).reshape(shape)
-  return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  """The (data, fsdp, sequence, tensor) mesh. With `mesh.dcn_*` > 1 it is a hybrid mesh: the
+  devices are grouped into slices (granules), each slice laid out with the ICI sizes, the
+  slices along the DCN sizes; every mesh axis is slice-major (index = slice * ici + local)."""
+  devices = jax.devices() if devices is None else list(devices)
+  ici, dcn = hybrid_mesh_shape(mesh_config, len(devices))
+  granules = slice_groups(devices, math.prod(dcn.values()))
+  local = [_slice_mesh([ici[a] for a in MESH_AXES], g) for g in granules]
+  dcn_shape = [dcn[a] for a in MESH_AXES]
+  arr = np.empty(dcn_shape + [ici[a] for a in MESH_AXES], dtype=object)
+  for idx, g in zip(np.ndindex(*dcn_shape), local):
+    arr[idx] = g
+  n = len(MESH_AXES)     # (dcn..., ici...) -> (dcn0, ici0, dcn1, ici1, ...) -> global axes
+  arr = arr.transpose([i for a in range(n) for i in (a, n + a)])
+  arr = arr.reshape([dcn[a] * ici[a] for a in MESH_AXES])
+  return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * n)
+
+
+def slice_groups(devices: list, num_slices: int) -> list[list]:
+  """Devices grouped into `num_slices` granules joined by DCN: TPU slices (`slice_index`),
+  else processes (hosts; GPU nodes), else equal consecutive blocks (one host simulating
+  slices). Raises ConfigError when the hardware has another number of slices or hosts."""
+  if num_slices == 1:
+    return [devices]
+  for key in ("slice_index", "process_index"):
+    ids = sorted({getattr(d, key, 0) for d in devices})
+    if len(ids) > 1:
+      if len(ids) != num_slices:
+        raise ConfigError("mesh.dcn_*", f"the product of the dcn sizes is {num_slices}, but "
+                          f"the devices form {len(ids)} granules by {key}")
+      return [[d for d in devices if getattr(d, key, 0) == i] for i in ids]
+  per = len(devices) // num_slices
+  return [devices[i * per:(i + 1) * per] for i in range(num_slices)]
+
+
+def _slice_mesh(shape: list[int], devices: list) -> np.ndarray:
+  """One slice's devices in `shape`: TPU devices by their physical torus (mesh_utils), others
+  in order."""
+  if devices[0].platform == "tpu":
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  return np.asarray(devices).reshape(shape)
 
 
 def rules(config) -> tuple:

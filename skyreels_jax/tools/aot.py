@@ -2,6 +2,9 @@
 
   python -m skyreels_jax.tools.aot --config=configs/hv13b.py --topology=v5p:8x8x8 \
       [--batch_size=N] [--config.data.height=720 ...]
+  # two slices joined by DCN, data parallel across them:
+  python -m skyreels_jax.tools.aot --config=configs/hv13b.py --topology=v5p:4x4x4 \
+      --num_slices=2 --config.mesh.dcn_data=2
 
 libtpu (requirements-test.txt) compiles for abstract TPU devices
 (`jax.experimental.topologies`). The program is the trainer's: `make_train_step` +
@@ -23,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.config import ConfigError, derive, validate
+from skyreels_jax.config import ConfigError, derive, hybrid_mesh_shape, validate
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
 from skyreels_jax.tasks.examples import make_codecs
@@ -44,13 +47,15 @@ _OOM = (re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMG
         re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"))
 
 
-def topology_devices(topology: str) -> list:
-  """Abstract (compile-only) devices of a TPU topology such as `v5p:4x4x4` or `v5e:2x2`.
-  v5p/v4 name chips (v5p:4x4x4 = 64 chips = v5p-128, which counts TensorCores)."""
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """Abstract (compile-only) devices of a TPU topology such as `v5p:4x4x4` or `v5e:2x2`, on
+  `num_slices` slices joined by DCN (each device has a `slice_index`). v5p/v4 name chips
+  (v5p:4x4x4 = 64 chips = v5p-128, which counts TensorCores)."""
   from jax.experimental import topologies
   # libtpu takes a machine-wide lock file by default; compiling needs no exclusive TPU.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+  return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                           num_slices=num_slices).devices)
 
 
 def hbm_bytes(device) -> int | None:
@@ -146,15 +151,16 @@ def flops_report(compiled, config, flops: dict[str, int]) -> dict[str, Any]:
                                  f"multiplies by analytic whole-step / bodies-once = {scale:.3g}"}
 
 
-def compile_report(config, topology: str) -> dict[str, Any]:
-  """Compiles the train step for `topology`; returns the report that `main` prints."""
-  devices = topology_devices(topology)
+def compile_report(config, topology: str, num_slices: int = 1) -> dict[str, Any]:
+  """Compiles the train step for `num_slices` x `topology`; returns the report that `main`
+  prints. Several slices need `mesh.dcn_*` sizes whose product is `num_slices`."""
+  devices = topology_devices(topology, num_slices)
   geom, _ = derive(config)
   n, d = len(devices), config.data
   flops = analytic_flops(config)
   report: dict[str, Any] = {
-      "config": config.name, "topology": topology, "device_kind": devices[0].device_kind,
-      "num_devices": n, "batch_size": d.batch_size, "resolution": [d.height, d.width],
+      "config": config.name, "topology": topology, "num_slices": num_slices,
+      "device_kind": devices[0].device_kind, "num_devices": n, "batch_size": d.batch_size, "resolution": [d.height, d.width],
       "num_frames": d.num_frames, "seconds": d.num_frames / d.fps,
       "tokens": {"video": geom.video_tokens, "audio": geom.audio_tokens,
                  "text": config.text.max_length},
@@ -164,6 +170,7 @@ def compile_report(config, topology: str) -> dict[str, Any]:
   t0 = time.time()
   lowered, mesh = lower_train_step(config, devices)
   report["mesh"] = dict(mesh.shape)
+  report["mesh_dcn"] = hybrid_mesh_shape(config.mesh, n)[1]
   report["lower_seconds"] = round(time.time() - t0, 2)
   t0 = time.time()
   try:
@@ -196,7 +203,7 @@ def main(argv):
   if flags.FLAGS.batch_size:
     config.data.batch_size = flags.FLAGS.batch_size
   try:
-    report = compile_report(config, flags.FLAGS.topology)
+    report = compile_report(config, flags.FLAGS.topology, flags.FLAGS.num_slices)
   except ConfigError as e:
     raise app.UsageError(str(e)) from None
   print(json.dumps(report), flush=True)
@@ -208,6 +215,8 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
   flags.DEFINE_string("topology", "v5p:2x2x1", "TPU topology, e.g. v5p:4x4x4 (64 chips)")
+  flags.DEFINE_integer("num_slices", 1, "slices of `topology` joined by DCN (multi-slice); "
+                       "set --config.mesh.dcn_* to match")
   flags.DEFINE_integer("batch_size", 0, "overrides config.data.batch_size (global)")
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from skyreels_jax.config import ConfigError, count_params, derive, validate
+from skyreels_jax.config import ConfigError, count_params, derive, hybrid_mesh_shape, validate
 from skyreels_jax.data.loader import iterator_stats, make_iterator
 from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
@@ -30,8 +30,11 @@ from skyreels_jax.train.state import (abstract_state, create_state, jit_train_st
 
 def describe(config, mesh, params) -> str:
   """Start-up summary: mesh, parameter count, sharding of each parameter group."""
+  _, dcn = hybrid_mesh_shape(config.mesh, mesh.devices.size)
+  slices = {a: n for a, n in dcn.items() if n > 1}
   lines = [f"mesh: {dict(mesh.shape)} over {mesh.devices.size} devices "
-           f"({jax.process_count()} processes)",
+           f"({jax.process_count()} processes)"
+           + (f", slices over DCN {slices}" if slices else ""),
            f"params: {count_params(params) / 1e6:.2f}M"]
   groups: dict[str, set] = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):

@@ -16,7 +16,7 @@ from skyreels_jax.tasks.examples import make_codecs
 from skyreels_jax.train.state import (abstract_state, create_state, make_loss_fn,
                                       make_optimizer, step_key)
 
-# name -> (mesh sizes data, fsdp, sequence, tensor; attention)
+# name -> (mesh sizes data, fsdp, sequence, tensor; attention[; dcn sizes])
 MESHES = {
     "data": ((8, 1, 1, 1), "dot_product"),
     "fsdp": ((1, 8, 1, 1), "dot_product"),
@@ -24,13 +24,19 @@ MESHES = {
     "ulysses": ((2, 1, 4, 1), "ulysses"),
     "ring": ((2, 1, 4, 1), "ring"),
     "mixed_2x2x2_ulysses": ((1, 2, 2, 2), "ulysses"),
+    # Two simulated slices of four devices: FSDP x tensor inside a slice, data across DCN.
+    # The global mesh is (2, 2, 1, 2): data, fsdp and tensor all > 1, the layout in which
+    # XLA mis-partitioned a row-parallel matmul until activations were constrained at every
+    # residual add (README "Known issues").
+    "hybrid_dcn_data": ((1, 2, 1, 2), "dot_product", {"dcn_data": 2}),
 }
 
 
-def _config(mesh=(1, 1, 1, 1), attention="dot_product"):
+def _config(mesh=(1, 1, 1, 1), attention="dot_product", dcn=None):
   c = small_run_config()
   c.attention = attention
   c.mesh.data, c.mesh.fsdp, c.mesh.sequence, c.mesh.tensor = mesh
+  c.mesh.update(dcn or {})
   return c
 
 
@@ -81,8 +87,8 @@ def reference():
 @pytest.mark.parametrize("name", list(MESHES))
 def test_sharded_step_matches_one_device(reference, name):
   params, batch, loss, parts, grads = reference
-  mesh, attention = MESHES[name]
-  config = _config(mesh, attention)
+  config = _config(*MESHES[name])
+  attention = config.attention
   s_loss, s_parts, s_grads, lowered = _loss_and_grads(config, jax.devices(), params, batch)
   assert s_loss == pytest.approx(loss, rel=2e-5)
   assert float(s_parts["loss_audio"]) == pytest.approx(float(parts["loss_audio"]), rel=2e-5)
@@ -117,3 +123,18 @@ def test_state_shardings_follow_the_rules():
   assert tuple(mlp.spec) == (None, "tensor", "fsdp")        # (layers, mlp, embed)
   adam_mu = shardings["opt_state"][1][0].mu["mmdit"]["dual_layers"]["video"]["ff"]["fc2"]
   assert tuple(adam_mu["kernel"].spec) == (None, "tensor", "fsdp")
+
+
+def test_hybrid_mesh_is_slice_major():
+  """dcn_data=2 on one host: two slices of 4 consecutive devices; each slice holds a whole
+  (fsdp, tensor) group, so only the data axis crosses slices."""
+  config = _config((1, 2, 1, 2), "dot_product", {"dcn_data": 2})
+  mesh = make_mesh(config.mesh)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)
+  assert sorted(ids[0].ravel()) == [0, 1, 2, 3] and sorted(ids[1].ravel()) == [4, 5, 6, 7]
+  config.mesh.update(dict(data=-1, fsdp=2, tensor=1, dcn_data=1, dcn_fsdp=2))
+  mesh = make_mesh(config.mesh)   # fsdp = 2 slices x 2: the slice is the outer index
+  assert dict(mesh.shape)["fsdp"] == 4
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)[:, :, 0, 0]
+  assert set(ids[:, :2].ravel()) == {0, 1, 2, 3} and set(ids[:, 2:].ravel()) == {4, 5, 6, 7}
