@@ -23,9 +23,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def two_process_run(synthetic_data, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("two_processes"))
+  # data=-1 with dcn_data=2: each process is one DCN granule (a host of a GPU cluster), the
+  # data axis spans both, which is the 1 x 8 run's data axis (8) device for device.
   proc = subprocess.run(
       [sys.executable, "-m", "launch.local", "--num_processes=2", "--devices_per_process=4",
-       "--", *small_run_args(synthetic_data, workdir)],
+       "--", *small_run_args(synthetic_data, workdir), "--config.mesh.dcn_data=2"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-5000:]
   return workdir, proc.stdout
@@ -39,11 +41,14 @@ def test_two_processes_train_like_one(trained_run, two_process_run, synthetic_da
   one, config, _ = trained_run
   two, out = two_process_run
   # The command line rebuilt the in-process config exactly.
+  want = small_run_config(synthetic_data)
+  want.mesh.dcn_data = 2
   with open(os.path.join(two, "config.json")) as f:
-    assert json.load(f) == json.loads(small_run_config(synthetic_data).to_json_best_effort())
+    assert json.load(f) == json.loads(want.to_json_best_effort())
   lines = out.splitlines()
   # Console output from process 0 only; both processes' logs are streamed.
-  assert any(l.startswith("[p0] mesh:") and "over 8 devices (2 processes)" in l for l in lines)
+  assert any(l.startswith("[p0] mesh:") and "over 8 devices (2 processes), slices over DCN "
+             "{'data': 2}" in l for l in lines), out[-3000:]
   assert "[p0] done: step 4 loss" in out and "[p0] step 4: " in out
   assert not any(l.startswith(("[p1] mesh:", "[p1] step ", "[p1] done")) for l in lines)
   assert any(l.startswith("[p1] ") for l in lines)
