@@ -41,6 +41,10 @@ def slice_groups(devices: list, num_slices: int) -> list[list]:
   else processes (hosts; GPU nodes), else equal consecutive blocks (one host simulating
   slices). Raises ConfigError when the hardware has another number of slices or hosts."""
   if num_slices == 1:
+    tpu_slices = {getattr(d, "slice_index", 0) for d in devices}
+    if len(tpu_slices) > 1:
+      raise ConfigError("mesh.dcn_*", f"the devices form {len(tpu_slices)} TPU slices joined "
+                        f"by DCN; say how the mesh spans them, e.g. dcn_data={len(tpu_slices)}")
     return [devices]
   for key in ("slice_index", "process_index"):
     ids = sorted({getattr(d, key, 0) for d in devices})

@@ -87,6 +87,8 @@ def test_two_slices_over_dcn():
   assert 0.9 <= ratio < 1.1, ratio   # 0.96 measured
   with pytest.raises(ConfigError, match=r"mesh\.dcn_\*.*2 granules by slice_index"):
     aot.compile_report(_config(**{"mesh.dcn_data": 4}), "v5p:2x2x1", num_slices=2)
+  with pytest.raises(ConfigError, match=r"mesh\.dcn_\*.*2 TPU slices.*dcn_data=2"):
+    aot.compile_report(_config(), "v5p:2x2x1", num_slices=2)
 
 
 def test_cli_too_wide_for_hbm_exits_nonzero_with_fits_false():
