@@ -61,6 +61,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.sample_rate = 16000
   c.data.audio_channels = 1
   c.data.batch_size = 8             # global batch
+  # Shape buckets (skyreels_jax/data/buckets.py): (height, width) pairs and durations in
+  # seconds; empty = the single geometry above. Records are cut and resized into them.
+  c.data.resolutions = ()
+  c.data.durations = ()
+  # Sampling weight per bucket name ("256x256x32", "image_256x256", "audio_88200"); buckets
+  # not named weigh in proportion to their record counts. An empty dict: all by counts.
+  c.data.bucket_weights = ml_collections.ConfigDict()
+  # "clips" (pixels + waveforms, encoded inside the train step) or "latents" (shards written
+  # by data_pipelines.encode_latents with the run's frozen encoders).
+  c.data.format = "clips"
   c.data.num_workers = 0            # grain worker processes (0: in-process)
   c.data.shuffle = True
   # Task mixture (SPEC section 3); weights are normalised. Keys are skyreels_jax.tasks names.

@@ -1,15 +1,21 @@
 """The on-disk clip record: one msgpack blob per ArrayRecord entry, with a schema version.
 
-A clip is a dict:
-  video        uint8   (T, H, W, 3)
-  audio        float32 (S, C), values in [-1, 1]
-  fps          float   video frames per second
-  sample_rate  int     audio samples per second
+A clip is a dict (schema 2):
+  kind         str     "video" (a clip, with or without sound), "image" (a still: one frame)
+                       or "audio" (sound only)
+  video        uint8   (T, H, W, 3); T = 1 for an image; None for audio
+  audio        float32 (S, C), values in [-1, 1]; None for an image or a silent video
+  fps          float   video frames per second (None for audio; images keep the value the
+                       builder resampled to, for bookkeeping)
+  sample_rate  int     audio samples per second (None without audio)
   caption      str     structured caption (`<text>...</text><sfx>...</sfx>`, SPEC section 3)
+  source       str     optional: where the clip came from (`path@start_seconds`)
   bounces      float32 (N,) optional: bounce times in seconds (synthetic ground truth)
 
-Audio covers the same time span as the video: S = T / fps * sample_rate, give or take one
-video frame. Any change to this layout bumps SCHEMA_VERSION; readers reject other versions.
+A video's audio covers the same time span as its frames: S = T / fps * sample_rate, give or
+take one video frame. Any change to this layout bumps SCHEMA_VERSION. Readers take the
+versions in READABLE_VERSIONS (schema 1, the first issue's audio-video clips, reads as a
+"video" with sound) and reject others.
 """
 
 import math
@@ -18,10 +24,11 @@ from typing import Any
 from flax import serialization
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+KINDS = ("video", "image", "audio")
 
-_REQUIRED = ("video", "audio", "fps", "sample_rate", "caption")
-_OPTIONAL = ("bounces",)
+_FIELDS = ("kind", "video", "audio", "fps", "sample_rate", "caption", "source", "bounces")
 
 
 class RecordError(ValueError):
@@ -29,14 +36,16 @@ class RecordError(ValueError):
 
 
 def encode_clip(clip: dict[str, Any]) -> bytes:
-  """Validates `clip` and serialises it (with the schema version) to bytes."""
+  """Validates `clip` and serialises it (with the schema version) to bytes. `kind` defaults
+  to "video"; absent optional fields may be left out or None."""
   clip = _validated(dict(clip))
-  payload = dict(clip, schema_version=SCHEMA_VERSION)
-  return serialization.msgpack_serialize(payload)
+  payload = {k: v for k, v in clip.items() if v is not None}
+  return serialization.msgpack_serialize(dict(payload, schema_version=SCHEMA_VERSION))
 
 
 def decode_clip(data: bytes) -> dict[str, Any]:
-  """Parses and validates a record written by `encode_clip`; raises RecordError otherwise."""
+  """Parses and validates a record written by `encode_clip`; raises RecordError otherwise.
+  The result has every field of the schema (None where absent)."""
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise RecordError(f"record must be bytes, got {type(data).__name__}")
   try:
@@ -46,68 +55,100 @@ def decode_clip(data: bytes) -> dict[str, Any]:
   if not isinstance(payload, dict):
     raise RecordError(f"corrupt record: top level is {type(payload).__name__}, not a dict")
   version = payload.pop("schema_version", None)
-  if version != SCHEMA_VERSION:
+  if version not in READABLE_VERSIONS:
     raise RecordError(
-        f"record schema_version is {version!r}; this reader understands {SCHEMA_VERSION}")
+        f"record schema_version is {version!r}; this reader understands {READABLE_VERSIONS}")
+  if version == 1:
+    for field in ("video", "audio", "fps", "sample_rate"):
+      if field not in payload:
+        raise RecordError(f"record is missing fields ['{field}']")
   return _validated(payload)
 
 
 def _validated(clip: dict[str, Any]) -> dict[str, Any]:
   """Checks every field and returns the clip with canonical Python/numpy types."""
-  missing = [k for k in _REQUIRED if k not in clip]
-  if missing:
-    raise RecordError(f"record is missing fields {missing}")
-  unknown = sorted(set(clip) - set(_REQUIRED) - set(_OPTIONAL))
+  unknown = sorted(set(clip) - set(_FIELDS))
   if unknown:
     raise RecordError(f"record has unknown fields {unknown} (bump SCHEMA_VERSION to add fields)")
-
-  video = _array(clip["video"], "video", np.uint8, ndim=4)
-  if video.shape[-1] != 3:
-    raise RecordError(f"video must have 3 colour channels, got shape {video.shape}")
-  if min(video.shape) == 0:
-    raise RecordError(f"video is empty: shape {video.shape}")
-
-  audio = _array(clip["audio"], "audio", np.float32, ndim=2)
-  if min(audio.shape) == 0:
-    raise RecordError(f"audio is empty: shape {audio.shape}")
-  if not np.all(np.isfinite(audio)) or np.max(np.abs(audio)) > 1.0:
-    raise RecordError("audio must be finite and within [-1, 1]")
-
-  fps = clip["fps"]
-  if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating, np.integer)):
-    raise RecordError(f"fps must be a number, got {type(fps).__name__}")
-  fps = float(fps)
-  if not (math.isfinite(fps) and fps > 0):
-    raise RecordError(f"fps must be positive, got {fps}")
-
-  sample_rate = clip["sample_rate"]
-  if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
-    raise RecordError(f"sample_rate must be an int, got {type(sample_rate).__name__}")
-  sample_rate = int(sample_rate)
-  if sample_rate <= 0:
-    raise RecordError(f"sample_rate must be positive, got {sample_rate}")
-
+  kind = clip.get("kind") or "video"
+  if kind not in KINDS:
+    raise RecordError(f"kind must be one of {KINDS}, got {kind!r}")
+  if "caption" not in clip:
+    raise RecordError("record is missing fields ['caption']")
   caption = clip["caption"]
   if not isinstance(caption, str):
     raise RecordError(f"caption must be a str, got {type(caption).__name__}")
+  source = clip.get("source")
+  if source is not None and not isinstance(source, str):
+    raise RecordError(f"source must be a str, got {type(source).__name__}")
 
-  num_frames = video.shape[0]
-  expected = num_frames / fps * sample_rate
-  samples_per_frame = sample_rate / fps
-  if abs(audio.shape[0] - expected) > samples_per_frame:
-    raise RecordError(
-        f"audio has {audio.shape[0]} samples but {num_frames} frames at {fps} fps and "
-        f"{sample_rate} Hz need {expected:.0f} (+- {samples_per_frame:.0f})")
+  video = clip.get("video")
+  if kind == "audio":
+    if video is not None:
+      raise RecordError("an audio record has no video")
+  else:
+    if video is None:
+      raise RecordError(f"record is missing fields ['video'] (kind {kind!r})")
+    video = _array(video, "video", np.uint8, ndim=4)
+    if video.shape[-1] != 3:
+      raise RecordError(f"video must have 3 colour channels, got shape {video.shape}")
+    if min(video.shape) == 0:
+      raise RecordError(f"video is empty: shape {video.shape}")
+    if kind == "image" and video.shape[0] != 1:
+      raise RecordError(f"an image record has one frame, got {video.shape[0]}")
 
-  out = dict(video=video, audio=audio, fps=fps, sample_rate=sample_rate, caption=caption)
-  if "bounces" in clip:
+  audio = clip.get("audio")
+  if kind == "image" and audio is not None:
+    raise RecordError("an image record has no audio")
+  if kind == "audio" and audio is None:
+    raise RecordError("record is missing fields ['audio'] (kind 'audio')")
+  sample_rate = None
+  if audio is not None:
+    audio = _array(audio, "audio", np.float32, ndim=2)
+    if min(audio.shape) == 0:
+      raise RecordError(f"audio is empty: shape {audio.shape}")
+    if not np.all(np.isfinite(audio)) or np.max(np.abs(audio)) > 1.0:
+      raise RecordError("audio must be finite and within [-1, 1]")
+    sample_rate = _positive(clip.get("sample_rate"), "sample_rate", int)
+
+  fps = None
+  if kind == "video" or clip.get("fps") is not None:
+    fps = _positive(clip.get("fps"), "fps", float)
+
+  if kind == "video" and audio is not None:
+    num_frames = video.shape[0]
+    expected = num_frames / fps * sample_rate
+    samples_per_frame = sample_rate / fps
+    if abs(audio.shape[0] - expected) > samples_per_frame:
+      raise RecordError(
+          f"audio has {audio.shape[0]} samples but {num_frames} frames at {fps} fps and "
+          f"{sample_rate} Hz need {expected:.0f} (+- {samples_per_frame:.0f})")
+
+  out = dict(kind=kind, video=video, audio=audio, fps=fps, sample_rate=sample_rate,
+             caption=caption, source=source, bounces=None)
+  if clip.get("bounces") is not None:
+    if kind != "video":
+      raise RecordError("bounces belong to video records")
     bounces = _array(clip["bounces"], "bounces", np.float32, ndim=1)
-    duration = num_frames / fps
+    duration = video.shape[0] / fps
     if bounces.size and (not np.all(np.isfinite(bounces))
                          or bounces.min() < 0 or bounces.max() > duration):
       raise RecordError(f"bounces must be times within [0, {duration}] s")
     out["bounces"] = bounces
   return out
+
+
+def _positive(value: Any, name: str, kind: type) -> float | int:
+  if value is None:
+    raise RecordError(f"record is missing fields ['{name}']")
+  ok = (int, np.integer) if kind is int else (int, float, np.floating, np.integer)
+  if isinstance(value, bool) or not isinstance(value, ok):
+    raise RecordError(f"{name} must be {'an int' if kind is int else 'a number'}, got "
+                      f"{type(value).__name__}")
+  value = kind(value)
+  if not (math.isfinite(value) and value > 0):
+    raise RecordError(f"{name} must be positive, got {value}")
+  return value
 
 
 def _array(value: Any, name: str, dtype: type, *, ndim: int) -> np.ndarray:

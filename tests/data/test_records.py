@@ -29,9 +29,10 @@ def _raw(clip, **fields):
 
 
 def test_round_trip_is_exact():
-  clip = _clip()
+  clip = _clip(source="a/b.mp4@1.5")
   out = records.decode_clip(records.encode_clip(clip))
-  assert sorted(out) == sorted(clip)
+  assert sorted(out) == sorted(set(clip) | {"kind"})
+  assert out["kind"] == "video" and out["source"] == "a/b.mp4@1.5"
   for key in ("video", "audio", "bounces"):
     assert out[key].dtype == clip[key].dtype
     np.testing.assert_array_equal(out[key], clip[key])
@@ -44,8 +45,48 @@ def test_bounces_are_optional():
   clip = _clip()
   del clip["bounces"]
   out = records.decode_clip(records.encode_clip(clip))
-  assert "bounces" not in out
+  assert out["bounces"] is None and out["source"] is None
   assert out["audio"].shape == (500, 2)
+
+
+def test_kinds_round_trip():
+  silent = records.decode_clip(records.encode_clip(_clip(audio=None, sample_rate=None)))
+  assert silent["kind"] == "video" and silent["audio"] is None and silent["sample_rate"] is None
+  image = records.decode_clip(records.encode_clip(
+      dict(kind="image", video=_clip()["video"][:1], caption="<text>a cat</text>")))
+  assert image["kind"] == "image" and image["video"].shape == (1, 6, 5, 3)
+  assert image["audio"] is None and image["fps"] is None
+  sound = records.decode_clip(records.encode_clip(
+      dict(kind="audio", audio=_clip()["audio"], sample_rate=1000, caption="<bgm>x</bgm>")))
+  assert sound["kind"] == "audio" and sound["video"] is None
+  np.testing.assert_array_equal(sound["audio"], _clip()["audio"])
+
+
+def test_schema_1_reads_as_video_with_sound():
+  v1 = _clip()
+  del v1["bounces"]
+  out = records.decode_clip(serialization.msgpack_serialize(dict(v1, schema_version=1)))
+  assert out["kind"] == "video" and out["audio"].shape == (500, 2)
+  del v1["audio"]
+  with pytest.raises(records.RecordError, match="missing fields.*audio"):
+    records.decode_clip(serialization.msgpack_serialize(dict(v1, schema_version=1)))
+
+
+@pytest.mark.parametrize("clip, message", [
+    (dict(kind="image", video=np.zeros((2, 4, 4, 3), np.uint8), caption=""), "one frame"),
+    (dict(kind="image", video=np.zeros((1, 4, 4, 3), np.uint8), audio=np.zeros((4, 1),
+          np.float32), sample_rate=8, caption=""), "image record has no audio"),
+    (dict(kind="audio", caption=""), "missing fields.*audio"),
+    (dict(kind="audio", audio=np.zeros((4, 1), np.float32), caption=""),
+     "missing fields.*sample_rate"),
+    (dict(kind="audio", audio=np.zeros((4, 1), np.float32), sample_rate=8, caption="",
+          video=np.zeros((1, 4, 4, 3), np.uint8)), "audio record has no video"),
+    (dict(kind="film", video=np.zeros((1, 4, 4, 3), np.uint8), caption=""), "kind must be"),
+    (dict(kind="video", video=np.zeros((1, 4, 4, 3), np.uint8), caption=""), "missing.*fps"),
+])
+def test_invalid_kinds(clip, message):
+  with pytest.raises(records.RecordError, match=message):
+    records.encode_clip(clip)
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00garbage", b"\xc1", bytes(range(256)),
@@ -62,8 +103,8 @@ def test_truncated_record():
 
 
 def test_wrong_schema_version():
-  with pytest.raises(records.RecordError, match="schema_version is 2"):
-    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=2)))
+  with pytest.raises(records.RecordError, match="schema_version is 3"):
+    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=3)))
   with pytest.raises(records.RecordError, match="schema_version is None"):
     records.decode_clip(serialization.msgpack_serialize(_clip()))
 
