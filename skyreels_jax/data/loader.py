@@ -1,6 +1,13 @@
 """grain input pipeline: ArrayRecord clips -> per-process batches, resumable from a checkpoint.
 
-  source (ArrayRecord shards under data.path)
+Shape buckets (data/buckets.py): `data.path` holds one folder of shards per bucket
+(`<path>/<bucket name>/*.array_record`, as data_pipelines.build_records writes them) and/or
+flat shards (`<path>/*.array_record`: the config's single geometry). Each bucket runs the
+pipeline below; `IterDataset.mix` interleaves the buckets' batches by `data.bucket_weights`
+(default: record counts), deterministically, so every process draws the same bucket for the
+same step and a batch always has one shape (one compile per bucket).
+
+  source (one bucket's ArrayRecord shards)
   -> seed + shuffle (data.shuffle)              one global order, the same on every process,
                                                 reshuffled every epoch
   -> repeat forever
@@ -19,8 +26,12 @@ the same process's stream, which shifts that process's later examples by one (it
 stays disjoint from the others'; only the exact equality with a one-process run is lost).
 
 Batches are dicts of numpy arrays with a leading batch dim: `video` float32 (B, T, H, W, 3) in
-[-1, 1], `audio` float32 (B, S, C) in [-1, 1], plus the tokenizer's fields (`text_ids` int32
-(B, L), `text_mask` bool (B, L)).
+[-1, 1], `audio` float32 (B, S, C) in [-1, 1], `has_video` / `has_audio` bool (B,), plus the
+tokenizer's fields (`text_ids` int32 (B, L), `text_mask` bool (B, L)). By bucket kind:
+  video  clips at the bucket's size; a clip without sound has zero audio, has_audio False
+  image  1-frame videos (T2I); no audio field
+  audio  sound alone (T2A); `video` is black at the smallest bucket resolution for the
+         bucket's duration, has_video False (the train step drops that stream)
 
 Bad records (corrupt bytes, wrong schema version, clips that do not fit the config geometry)
 are logged and dropped. Their running total lives in the iterator's state, so it is saved in
@@ -38,6 +49,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
 
 # Stop instead of spinning forever when a data set holds (almost) nothing usable.
@@ -46,15 +58,44 @@ _BAD_KEY = "bad_records"
 
 
 def find_shards(path: str) -> list[str]:
-  """ArrayRecord shards of `data.path`: a folder (all *.array_record in it) or a glob."""
+  """Flat ArrayRecord shards of `data.path`: a folder (its *.array_record) or a glob."""
   if not path:
     raise ValueError("data.path is empty: point it at a folder of ArrayRecord shards "
                      "(python -m data_pipelines.synthetic --out=DIR writes one)")
   pattern = os.path.join(path, "*.array_record") if os.path.isdir(path) else path
-  shards = sorted(glob.glob(pattern))
-  if not shards:
-    raise ValueError(f"data.path={path!r} holds no ArrayRecord shards (looked for {pattern})")
-  return shards
+  return sorted(glob.glob(pattern))
+
+
+def bucket_sources(data_config) -> dict[str, tuple[buckets_lib.Bucket, list[str]]]:
+  """{bucket name: (bucket, shards)} under data.path: a folder per bucket of the config
+  (folders of other buckets are left out, logged) plus flat shards as the config's single
+  geometry. Raises ValueError when nothing usable is found."""
+  path = data_config.path
+  found: dict[str, tuple[buckets_lib.Bucket, list[str]]] = {}
+  flat = find_shards(path)
+  if flat:
+    f = int(data_config.num_frames)
+    geometry = buckets_lib.Bucket("video", int(data_config.height), int(data_config.width), f,
+                                  buckets_lib.samples_for_frames(f, data_config.fps,
+                                                                 data_config.sample_rate))
+    found[geometry.name] = (geometry, flat)
+  if os.path.isdir(path):
+    known = {b.name: b for b in buckets_lib.all_buckets(data_config)}
+    for sub in sorted(os.listdir(path)):
+      shards = sorted(glob.glob(os.path.join(path, sub, "*.array_record")))
+      if not shards:
+        continue
+      if sub not in known:
+        logging.info("data.path: leaving out bucket %s (not among the config's buckets)", sub)
+        continue
+      if sub in found:
+        found[sub] = (known[sub], found[sub][1] + shards)
+      else:
+        found[sub] = (known[sub], shards)
+  if not found:
+    raise ValueError(f"data.path={path!r} holds no ArrayRecord shards for this config's "
+                     f"buckets {[b.name for b in buckets_lib.all_buckets(data_config)]}")
+  return found
 
 
 def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray]],
@@ -63,7 +104,7 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   """The full pipeline for this process; `iter()` of it is a resumable `grain.DatasetIterator`.
 
   Args:
-    data_config: the config's `data` section (path, geometry, shuffle, num_workers).
+    data_config: the config's `data` section (path, geometry, buckets, shuffle, num_workers).
     tokenizer: picklable `caption -> dict of numpy arrays` (merged into each example).
     global_batch_size: batch over all processes; each process yields `global // count`.
     seed: shuffle seed (the same on every process: all share one global order).
@@ -79,19 +120,30 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   if batch_size <= 0:
     raise ValueError(f"data.batch_size must be positive, got {global_batch_size}")
 
-  source = grain.sources.ArrayRecordDataSource(find_shards(data_config.path))
-  ds = grain.MapDataset.source(source)
-  if len(ds) == 0:
+  sources = bucket_sources(data_config)
+  smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
+  per_bucket, counts = {}, {}
+  for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
+    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards))
+    counts[name] = len(ds)
+    if counts[name] == 0:
+      continue
+    if data_config.shuffle:
+      ds = ds.seed(seed + 7919 * i).shuffle()
+    ds = ds.repeat(None)
+    if process_count > 1:
+      ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
+                                   count=process_count)
+    ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
+    per_bucket[name] = _SkipBadRecordsIterDataset(it_ds).batch(batch_size, drop_remainder=True)
+  if not per_bucket:
     raise ValueError(f"data.path={data_config.path!r} holds no records")
-  if data_config.shuffle:
-    ds = ds.seed(seed).shuffle()
-  ds = ds.repeat(None)
-  if process_count > 1:
-    ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
-                                 count=process_count)
-  ds = ds.map(ClipPreprocessor.from_config(data_config, tokenizer))
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
-  it_ds = _SkipBadRecordsIterDataset(it_ds).batch(batch_size, drop_remainder=True)
+  weights = {k: w for k, w in bucket_weights(data_config, counts).items() if w > 0}
+  if len(weights) == 1:
+    it_ds = per_bucket[next(iter(weights))]
+  else:
+    it_ds = grain.IterDataset.mix({k: per_bucket[k] for k in weights}, weights)
   if data_config.num_workers > 0:
     # grain 0.2.18 workers read an absl flag; unparsed flags (pytest, notebooks) crash them.
     from absl import flags  # pylint: disable=g-import-not-at-top
@@ -99,6 +151,17 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return _CountBadRecordsIterDataset(it_ds)
+
+
+def bucket_weights(data_config, counts: dict[str, int]) -> dict[str, float]:
+  """Mixing weights of the buckets present (record counts unless data.bucket_weights names
+  the bucket); raises ValueError when they sum to zero."""
+  named = dict(data_config.get("bucket_weights", {}))
+  weights = {k: float(named.get(k, n)) for k, n in counts.items() if n > 0}
+  if sum(weights.values()) <= 0:
+    raise ValueError(f"data.bucket_weights give the buckets present {sorted(weights)} no "
+                     "weight")
+  return weights
 
 
 def make_iterator(data_config, **kwargs) -> grain.DatasetIterator:
@@ -121,7 +184,7 @@ class BadRecord:
 
 @dataclasses.dataclass(frozen=True)
 class ClipPreprocessor:
-  """Record bytes -> model example at the config geometry, or a BadRecord."""
+  """Record bytes -> model example at one bucket's geometry, or a BadRecord."""
   height: int
   width: int
   num_frames: int
@@ -129,17 +192,29 @@ class ClipPreprocessor:
   sample_rate: int
   audio_channels: int
   tokenizer: Callable[[str], dict[str, np.ndarray]]
+  kind: str = "video"
+  # Audio buckets: the size of the black stand-in video (the smallest bucket resolution).
+  blank_size: tuple[int, int] = (0, 0)
 
   @classmethod
   def from_config(cls, data_config, tokenizer) -> "ClipPreprocessor":
+    """The config's single geometry (data.height / width / num_frames), video clips."""
     return cls(height=int(data_config.height), width=int(data_config.width),
                num_frames=int(data_config.num_frames), fps=float(data_config.fps),
                sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer)
 
+  @classmethod
+  def for_bucket(cls, bucket: buckets_lib.Bucket, data_config, tokenizer,
+                 blank_size: tuple[int, int]) -> "ClipPreprocessor":
+    return cls(height=bucket.height, width=bucket.width, num_frames=bucket.num_frames,
+               fps=float(data_config.fps), sample_rate=int(data_config.sample_rate),
+               audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
+               kind=bucket.kind, blank_size=tuple(blank_size))
+
   @property
   def num_samples(self) -> int:
-    return int(round(self.num_frames / self.fps * self.sample_rate))
+    return buckets_lib.samples_for_frames(self.num_frames, self.fps, self.sample_rate)
 
   def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
     try:
@@ -156,22 +231,43 @@ class ClipPreprocessor:
     return example
 
   def preprocess(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Crops time, checks geometry, scales to [-1, 1]; RecordError when it does not fit."""
-    video, audio = clip["video"], clip["audio"]
-    # Resampling and resizing are not implemented yet: such clips are bad records.
-    if clip["fps"] != self.fps or clip["sample_rate"] != self.sample_rate:
-      raise records.RecordError(
-          f"clip is {clip['fps']} fps / {clip['sample_rate']} Hz, config wants {self.fps} fps "
-          f"/ {self.sample_rate} Hz (resampling not supported)")
+    """Checks kind and geometry, crops time, scales to [-1, 1]; RecordError when the clip
+    does not fit this bucket (build_records resizes and resamples; nothing is resized here)."""
+    if clip["kind"] != self.kind:
+      raise records.RecordError(f"a {clip['kind']} record in a {self.kind} bucket")
+    if self.kind == "audio":
+      video = -np.ones((self.num_frames, *self.blank_size, 3), np.float32)
+      return {"video": video, "audio": self._audio(clip), "has_video": np.bool_(False),
+              "has_audio": np.bool_(True)}
+    video = clip["video"]
     if video.shape[1:3] != (self.height, self.width):
       raise records.RecordError(
-          f"clip is {video.shape[1]}x{video.shape[2]}, config wants {self.height}x{self.width} "
-          "(resizing not supported)")
+          f"clip is {video.shape[1]}x{video.shape[2]}, bucket wants {self.height}x{self.width} "
+          "(build records with data_pipelines.build_records to resize)")
+    if self.kind == "image":
+      return {"video": video.astype(np.float32) / 127.5 - 1.0, "has_video": np.bool_(True)}
+    if clip["fps"] != self.fps:
+      raise records.RecordError(
+          f"clip is {clip['fps']} fps, config wants {self.fps} fps (build records with "
+          "data_pipelines.build_records to resample)")
     if video.shape[0] < self.num_frames:
       raise records.RecordError(
           f"clip has {video.shape[0]} frames, config wants {self.num_frames}")
     video = video[:self.num_frames].astype(np.float32) / 127.5 - 1.0
+    has_audio = clip["audio"] is not None
+    audio = (self._audio(clip) if has_audio
+             else np.zeros((self.num_samples, self.audio_channels), np.float32))
+    return {"video": video, "audio": audio, "has_video": np.bool_(True),
+            "has_audio": np.bool_(has_audio)}
 
+  def _audio(self, clip: dict[str, Any]) -> np.ndarray:
+    """The clip's audio at num_samples x audio_channels (a short tail under one frame is
+    padded; channels are averaged to mono or mono is repeated)."""
+    audio = clip["audio"]
+    if clip["sample_rate"] != self.sample_rate:
+      raise records.RecordError(
+          f"clip is {clip['sample_rate']} Hz, config wants {self.sample_rate} Hz (build "
+          "records with data_pipelines.build_records to resample)")
     n = self.num_samples
     if audio.shape[0] < n:
       short = n - audio.shape[0]
@@ -188,7 +284,7 @@ class ClipPreprocessor:
       else:
         raise records.RecordError(
             f"cannot map {channels} audio channels to {self.audio_channels}")
-    return {"video": video, "audio": np.ascontiguousarray(audio, np.float32)}
+    return np.ascontiguousarray(audio, np.float32)
 
 
 class ProcessBlocksMapDataset(grain.MapDataset):

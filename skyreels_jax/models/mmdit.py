@@ -106,7 +106,7 @@ class JointLayer(nnx.Module):
     v, v_txt, v_mods = self.video.attend(
         v, v_txt, ctx["v_temb"], rope=ctx["v_rope"], x_mask=ctx["v_valid"],
         text_ctx=ctx["v_text"], text_mask=ctx["text_mask"])
-    if self.audio is not None:
+    if self.audio is not None and a is not None:
       a, a_txt, a_mods = self.audio.attend(
           a, a_txt, ctx["a_temb"], rope=ctx["a_rope"], x_mask=ctx["a_valid"],
           text_ctx=None, text_mask=ctx["text_mask"])
@@ -195,9 +195,10 @@ class MMDiT(nnx.Module):
     audio (B, Ta, Ca) or None).
     """
     cfg = self.cfg
-    if cfg.use_audio != (audio is not None):
-      raise ValueError(f"model.use_audio={cfg.use_audio} but audio input is "
-                       f"{'missing' if audio is None else 'given'}")
+    if audio is not None and not cfg.use_audio:
+      raise ValueError("model.use_audio=False but audio input is given")
+    # audio None with use_audio: a batch without sound (images, T2I); the audio branch idles.
+    with_audio = audio is not None
     b = video.shape[0]
     text = text.astype(cfg.dtype)
     pooled = masked_mean(text, text_mask)
@@ -229,7 +230,7 @@ class MMDiT(nnx.Module):
     v = self.video_io.x_embedder(v_in)
 
     a = a_text = None
-    if cfg.use_audio:
+    if with_audio:
       ap = cfg.audio_patch_size
       a_in = patchify(audio.astype(cfg.dtype), (ap,))
       a_valid = jnp.ones((b, a_in.shape[1]), bool)
@@ -262,7 +263,7 @@ class MMDiT(nnx.Module):
     v_out = unpatchify(v_out.astype(jnp.float32), (t * pt, h * p, w * p), cfg.video_patch,
                        cfg.video_latent_channels)
     a_out = None
-    if cfg.use_audio:
+    if with_audio:
       n_a = audio.shape[1] // cfg.audio_patch_size
       a_out = self.audio_io.head(a[:, n_a_all - n_a:n_a_all], ctx["a_temb"])
       a_out = unpatchify(a_out.astype(jnp.float32), (audio.shape[1],),

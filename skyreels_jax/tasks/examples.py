@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from skyreels_jax.diffusion import flow_matching as fm
-from skyreels_jax.tasks.masks import channel_concat, condition_latent, sample_task_masks
+from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent,
+                                      sample_task_masks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,44 +60,70 @@ def _audio_refs(rng, z0, n: int):
   return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
 
 
+def modality_drops(tasks, batch: dict, use_audio: bool):
+  """Per-example (drop_video, drop_audio) booleans (B,). A dropped stream is fed as pure
+  noise at t = 0 (no information; what a stream looks like at the start of sampling) and
+  carries no loss: T2V drops the audio, T2A the video; clips without sound (`has_audio`)
+  always drop the audio and sound-only clips (`has_video`) the video. A clip without sound
+  drawn for T2A is trained as T2V instead."""
+  b = tasks.shape[0]
+  has_video = jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)
+  has_audio = jnp.asarray(batch.get("has_audio", jnp.ones((b,), bool)), bool) & use_audio
+  drop_video = ((tasks == VIDEO_TASKS.index("t2a")) & has_audio) | ~has_video
+  drop_audio = ((tasks == VIDEO_TASKS.index("t2v")) | ~has_audio) & ~drop_video
+  return drop_video, drop_audio
+
+
+def _stream(z0, eps, t, keep, drop, empty):
+  """Model input and loss mask of one stream; dropped examples: t = 0, nothing kept, and a
+  loss mask of all ones (no loss)."""
+  shape = (-1,) + (1,) * (z0.ndim - 1)
+  t = jnp.where(drop, 0.0, t)
+  keep = jnp.where(drop.reshape(shape), 0.0, keep)
+  x = channel_concat(fm.noisy(z0, eps, t), condition_latent(z0, keep, empty), keep)
+  return x, fm.model_timestep(t), jnp.maximum(keep, drop.reshape(shape).astype(keep.dtype))
+
+
 def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
   """Returns (model inputs, loss terms). batch: video (B, F, H, W, 3) in [-1, 1],
-  audio (B, S, channels), text_ids / text_mask (B, L)."""
+  audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
+  has_video / has_audio (B,) booleans (data/loader.py)."""
   d, f = config.data, config.flow
   k_t, k_ev, k_ea, k_task, k_cap, k_vr, k_ar = jax.random.split(rng, 7)
+  use_audio = use_audio and "audio" in batch
   video = batch["video"]
   b, nf, hh, ww, _ = video.shape
   z0_v = codecs.video_ae.encode(video)
   t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=f.shift,
                   logit_mean=f.logit_mean, logit_std=f.logit_std)
   eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
-  z0_a = eps_a = keep_a = None
+  z0_a = eps_a = keep_a = loss_keep_a = None
   if use_audio:
     z0_a = codecs.audio_ae.encode(batch["audio"])
     eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)
   keep_v, keep_a, tasks = sample_task_masks(
       k_task, b, video_grid=z0_v.shape[1:4], audio_length=z0_a.shape[1] if use_audio else None,
       video_mixture=dict(d.tasks), audio_mixture=dict(d.audio_tasks))
-  empty_v = codecs.empty_video_latent(nf, hh, ww)
-  inputs = {
-      "video": channel_concat(fm.noisy(z0_v, eps_v, t),
-                              condition_latent(z0_v, keep_v, empty_v), keep_v),
-      "video_timestep": fm.model_timestep(t),
-  }
+  drop_v, drop_a = modality_drops(tasks, batch, use_audio)
+  inputs = {}
+  inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
+      z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(nf, hh, ww))
   inputs["text_ids"], inputs["text_mask"] = drop_captions(
       k_cap, batch["text_ids"], batch["text_mask"], codecs.null_text_ids,
       codecs.null_text_mask, d.caption_dropout)
   if d.num_video_refs:
     inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs)
+    inputs["video_ref_valid"] &= ~drop_v[:, None]
   if use_audio:
     empty_a = codecs.empty_audio_latent(batch["audio"].shape[1], batch["audio"].shape[2])
-    inputs["audio"] = channel_concat(fm.noisy(z0_a, eps_a, t),
-                                     condition_latent(z0_a, keep_a, empty_a), keep_a)
-    inputs["audio_timestep"] = fm.model_timestep(t)
+    inputs["audio"], inputs["audio_timestep"], loss_keep_a = _stream(
+        z0_a, eps_a, t, keep_a, drop_a, empty_a)
     if d.num_audio_refs:
       inputs["audio_refs"], inputs["audio_ref_valid"] = _audio_refs(k_ar, z0_a, d.num_audio_refs)
-  terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=keep_v, audio_z0=z0_a,
-               audio_eps=eps_a, audio_keep=keep_a, tasks=tasks, t=t)
+      inputs["audio_ref_valid"] &= ~drop_a[:, None]
+  terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=loss_keep_v, audio_z0=z0_a,
+               audio_eps=eps_a, audio_keep=loss_keep_a, tasks=tasks, t=t,
+               drop_video=drop_v, drop_audio=drop_a)
   return inputs, terms
 
 

@@ -2,16 +2,21 @@
 
 Video masks have shape (T, h, w, 1), audio masks (Ta, 1); 1 = keep, 0 = generate.
 
-| task       | video mask                                   |
-|------------|----------------------------------------------|
-| t2av       | 0 everywhere                                  |
-| i2v        | 1 at latent frame 0                           |
-| extend     | 1 for t < k, k random in [1, T-1]             |
-| start_end  | 1 at t = 0 and t = T-1                        |
-| inpaint    | 0 inside a random box over a random time span |
+| task             | video mask                                               |
+|------------------|----------------------------------------------------------|
+| t2av             | 0 everywhere (text to audio+video; T2I on 1-frame images) |
+| i2v              | 1 at latent frame 0                                       |
+| extend           | 1 for t < k, k random in [1, T-1]                         |
+| start_end        | 1 at t = 0 and t = T-1                                    |
+| inpaint          | 0 inside a random box over a random time span             |
+| inpaint_stroke   | 0 under random free-form brush strokes over a time span   |
+| inpaint_temporal | 0 over a random time span (whole frames)                  |
+| t2v              | 0 everywhere; the audio stream is dropped (examples.py)   |
+| t2a              | 0 everywhere; the video stream is dropped (examples.py)   |
 
 Audio follows video by default (regenerated in full, conditioned on the video); the audio
 tasks `a_extend` / `a_inpaint` keep a prefix / all but a random span of the audio.
+On 1-frame (image) batches only the tasks in IMAGE_TASKS are drawn.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-VIDEO_TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint")
+VIDEO_TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint", "inpaint_stroke",
+               "inpaint_temporal", "t2v", "t2a")
+IMAGE_TASKS = ("t2av", "inpaint", "inpaint_stroke", "t2v")
+NUM_STROKES = 3
 AUDIO_TASKS = ("none", "a_extend", "a_inpaint")
 
 
@@ -41,20 +49,43 @@ def video_task_mask(task: str | jax.Array, rng: jax.Array, grid: Sequence[int]) 
   t = jnp.arange(t_len)[:, None, None]
   hh = jnp.arange(h)[None, :, None]
   ww = jnp.arange(w)[None, None, :]
-  k_ext, k_t, k_h, k_w = jax.random.split(rng, 4)
+  k_ext, k_t, k_h, k_w, k_s = jax.random.split(rng, 5)
   k = jax.random.randint(k_ext, (), 1, max(t_len, 2))
   t0, t1 = _span(k_t, t_len)
   h0, h1 = _span(k_h, h, min_len=max(1, h // 4))
   w0, w1 = _span(k_w, w, min_len=max(1, w // 4))
-  inside = (t >= t0) & (t < t1) & (hh >= h0) & (hh < h1) & (ww >= w0) & (ww < w1)
+  span = (t >= t0) & (t < t1)
+  inside = span & (hh >= h0) & (hh < h1) & (ww >= w0) & (ww < w1)
+  full = (t_len, h, w)
+  generate_all = jnp.zeros(full, bool)
   masks = jnp.stack([
-      jnp.zeros((t_len, h, w), bool),
-      jnp.broadcast_to(t == 0, (t_len, h, w)),
-      jnp.broadcast_to(t < k, (t_len, h, w)),
-      jnp.broadcast_to((t == 0) | (t == t_len - 1), (t_len, h, w)),
+      generate_all,
+      jnp.broadcast_to(t == 0, full),
+      jnp.broadcast_to(t < k, full),
+      jnp.broadcast_to((t == 0) | (t == t_len - 1), full),
       ~inside,
+      ~(span & _strokes(k_s, h, w)[None]),
+      ~jnp.broadcast_to(span, full),
+      generate_all,
+      generate_all,
   ])
   return masks[task].astype(jnp.float32)[..., None]
+
+
+def _strokes(rng, h: int, w: int) -> jax.Array:
+  """(h, w) booleans under NUM_STROKES brush strokes: segments between random points, with
+  a random radius between 1/8 and 1/4 of the shorter side (at least one cell)."""
+  k_p, k_r = jax.random.split(rng)
+  pts = jax.random.uniform(k_p, (NUM_STROKES, 2, 2)) * jnp.array([h - 1, w - 1])
+  side = min(h, w)
+  radius = jax.random.uniform(k_r, (NUM_STROKES,), minval=max(side / 8, 0.5),
+                              maxval=max(side / 4, 0.75))
+  grid = jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij"), -1)  # (h, w, 2)
+  a, b = pts[:, 0][:, None, None], pts[:, 1][:, None, None]                      # (S,1,1,2)
+  ab = b - a
+  u = jnp.clip(((grid - a) * ab).sum(-1) / jnp.maximum((ab * ab).sum(-1), 1e-6), 0.0, 1.0)
+  dist = jnp.linalg.norm(grid - (a + u[..., None] * ab), axis=-1)               # (S, h, w)
+  return (dist <= radius[:, None, None]).any(0)
 
 
 def audio_task_mask(task: str | jax.Array, rng: jax.Array, length: int) -> jax.Array:
@@ -80,6 +111,9 @@ def sample_task_masks(rng: jax.Array, batch: int, *, video_grid: Sequence[int],
   """Draws a task per example from the mixtures; returns video masks (B, T, h, w, 1), audio
   masks (B, Ta, 1) or None, and the task indices."""
   k_task, k_v, k_atask, k_a = jax.random.split(rng, 4)
+  if video_grid[0] == 1:   # images: no temporal tasks
+    image_mix = {n: w for n, w in video_mixture.items() if n in IMAGE_TASKS}
+    video_mixture = image_mix if sum(image_mix.values()) > 0 else {"t2av": 1.0}
   tasks = jax.random.categorical(k_task, _weights(video_mixture, VIDEO_TASKS), shape=(batch,))
   v = jax.vmap(lambda t, r: video_task_mask(t, r, video_grid))(
       tasks, jax.random.split(k_v, batch))

@@ -104,10 +104,19 @@ def train(config, workdir: str) -> dict[str, Any]:
     _print(f"resuming from checkpoint step {start}")
   _print(describe(config, mesh, state["params"]))
 
-  step_fn = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
+  train_step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
+  jitted: dict[tuple, Any] = {}
+
+  def step_fn(state, batch):
+    """One jitted step per batch structure (image batches have no audio field); jit
+    compiles once per bucket shape within it."""
+    key = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+    if key not in jitted:
+      jitted[key] = jit_train_step(train_step, shardings, {
+          k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()})
+    return jitted[key](state, _global_batch(batch, mesh, axis_rules))
+
   first = next(iterator)
-  batch_shardings = {k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in first.items()}
-  step_fn = jit_train_step(step_fn, shardings, batch_shardings)
   writer = MetricsWriter(workdir, resume_step=start)
   meta = {"config": json.loads(config.to_json_best_effort()), "model": mcfg.__class__.__name__}
 
@@ -120,7 +129,7 @@ def train(config, workdir: str) -> dict[str, Any]:
       for step in range(start, total):
         if batch is None:
           batch = next(iterator)
-        state, metrics = step_fn(state, _global_batch(batch, mesh, axis_rules))
+        state, metrics = step_fn(state, batch)
         batch = None
         steps_since += 1
         done = step + 1

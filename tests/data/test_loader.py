@@ -114,7 +114,9 @@ def test_batches_are_exact(clean_dir, clips):
   it = _iterator(clean_dir, shuffle=False)
   batches = _take(it, 6)  # 48 examples: one epoch of 40 and the start of the next
   batch = batches[0]
-  assert sorted(batch) == ["audio", "text_ids", "text_mask", "video"]
+  assert sorted(batch) == ["audio", "has_audio", "has_video", "text_ids", "text_mask", "video"]
+  assert batch["has_audio"].dtype == bool and batch["has_audio"].all()
+  assert batch["has_video"].all()
   assert batch["video"].shape == (8, 16, 32, 32, 3) and batch["video"].dtype == np.float32
   assert batch["audio"].shape == (8, CLIP_SAMPLES, 1) and batch["audio"].dtype == np.float32
   assert batch["text_ids"].shape == (8, 24) and batch["text_ids"].dtype == np.int32
@@ -153,7 +155,7 @@ def test_preprocess_crops_time_and_maps_channels(clips):
   bad = mono(records.encode_clip(_cut(clips[1], 15, CLIP_SAMPLES - FRAME_SAMPLES)))
   assert isinstance(bad, loader.BadRecord) and "15 frames" in bad.reason
   other_rate = loader.ClipPreprocessor.from_config(_config("", fps=16.0), tok)(data)
-  assert isinstance(other_rate, loader.BadRecord) and "resampling" in other_rate.reason
+  assert isinstance(other_rate, loader.BadRecord) and "resample" in other_rate.reason
 
 
 def test_bad_records_are_skipped_and_counted(corrupt_dir, clips):

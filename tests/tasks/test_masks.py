@@ -74,6 +74,54 @@ def test_inpaint_generates_a_box_and_keeps_the_rest():
   assert any(s[3] - s[0] < GRID[0] for s in shapes)
 
 
+def test_inpaint_stroke_generates_free_form_regions_over_a_span():
+  m = draw("inpaint_stroke", grid=(5, 12, 12))
+  areas = set()
+  for i in range(DRAWS):
+    gen = m[i] == 0
+    frames = np.flatnonzero(gen.any((1, 2)))
+    assert len(frames) > 0
+    np.testing.assert_array_equal(frames, np.arange(frames[0], frames[-1] + 1))  # one span
+    for f in frames:   # the same strokes on every frame of the span
+      np.testing.assert_array_equal(gen[f], gen[frames[0]])
+    area = gen[frames[0]]
+    ys, xs = np.nonzero(area)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    areas.add(int(area.sum()))
+    assert 0 < area.sum() < 12 * 12
+    if box > 16:
+      assert area.sum() < box    # strokes, not a filled box
+  assert len(areas) > DRAWS // 2
+
+
+def test_inpaint_temporal_regenerates_whole_frames_of_a_span():
+  m = draw("inpaint_temporal")
+  per_frame = m[:, :, 0, 0]
+  np.testing.assert_array_equal(m, np.broadcast_to(per_frame[..., None, None], m.shape))
+  for row in per_frame:
+    zeros = np.flatnonzero(row == 0)
+    assert len(zeros) >= 1
+    np.testing.assert_array_equal(zeros, np.arange(zeros[0], zeros[-1] + 1))
+
+
+def test_modality_drop_tasks_generate_everything():
+  np.testing.assert_array_equal(draw("t2v"), 0.0)
+  np.testing.assert_array_equal(draw("t2a"), 0.0)
+
+
+def test_images_draw_only_image_tasks():
+  fn = jax.jit(lambda rng: masks.sample_task_masks(
+      rng, 512, video_grid=(1, 4, 4), audio_length=None,
+      video_mixture={"i2v": 1.0, "extend": 1.0, "inpaint": 1.0, "t2av": 1.0}))
+  _, _, tasks = fn(jax.random.key(0))
+  names = {masks.VIDEO_TASKS[i] for i in np.unique(np.asarray(tasks))}
+  assert names == {"inpaint", "t2av"}
+  fn = jax.jit(lambda rng: masks.sample_task_masks(
+      rng, 64, video_grid=(1, 4, 4), audio_length=None, video_mixture={"i2v": 1.0}))
+  np.testing.assert_array_equal(np.asarray(fn(jax.random.key(0))[2]),
+                                masks.VIDEO_TASKS.index("t2av"))
+
+
 def test_task_names_and_indices_agree():
   @functools.partial(jax.jit)
   def both(rng):
@@ -121,7 +169,8 @@ def test_single_task_mixture_gives_only_that_task():
 
 
 def test_task_frequencies_follow_the_weights():
-  weights = {"t2av": 5.0, "i2v": 2.0, "extend": 0.0, "start_end": 1.0, "inpaint": 2.0}
+  weights = {"t2av": 5.0, "i2v": 2.0, "extend": 0.0, "start_end": 1.0, "inpaint": 2.0,
+             "inpaint_stroke": 1.0, "inpaint_temporal": 1.0, "t2v": 1.0, "t2a": 1.0}
   v, a, tasks = sample(4000, weights, audio_length=8)
   freq = np.bincount(tasks, minlength=len(masks.VIDEO_TASKS)) / len(tasks)
   want = np.array([weights[n] for n in masks.VIDEO_TASKS]) / sum(weights.values())

@@ -1,0 +1,206 @@
+"""The on-disk latent record: a clip already through the run's frozen encoders.
+
+Training on latents skips the autoencoders (and a frozen text encoder) in the train step;
+`data_pipelines/encode_latents.py` writes these records. One msgpack blob per ArrayRecord
+entry (LATENT_SCHEMA_VERSION 1):
+  kind            str     "video", "image" or "audio", as in the clip record it came from
+  video_latent    (T, h, w, C) float32 or bfloat16; None for audio
+  audio_latent    (Ta, Ca) float32 or bfloat16; None for an image or a silent video
+  text_ids        int32 (L,) the tokenizer's ids: when the text encoder trains with the model
+  text_embedding  (L, D) float32 or bfloat16: when the text encoder is frozen (instead of ids)
+  text_mask       bool (L,) the tokenizer's mask, or the frozen encoder's output mask
+  caption         str     the clip's caption (kept, so a run can re-tokenise)
+  source          str     optional: where the clip came from
+  encoders        dict    {"video_ae": {...}, "audio_ae": {...}, "text": {...}}: the kind and
+                          settings of each encoder, so a run refuses latents of other encoders
+
+All float arrays of a record share one dtype. bfloat16 travels as its uint16 bit pattern (with
+`dtype` saying so) because msgpack readers without ml_dtypes cannot rebuild bfloat16 arrays;
+decoding returns ml_dtypes bfloat16 arrays, which jax takes as they are.
+"""
+
+import json
+from typing import Any
+
+from flax import serialization
+import ml_dtypes
+import numpy as np
+
+LATENT_SCHEMA_VERSION = 1
+READABLE_VERSIONS = (1,)
+KINDS = ("video", "image", "audio")
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+ENCODER_KEYS = ("video_ae", "audio_ae", "text")
+
+_FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding")
+_FIELDS = ("kind", "video_latent", "audio_latent", "text_ids", "text_mask", "text_embedding",
+           "caption", "source", "encoders")
+
+
+class LatentRecordError(ValueError):
+  """A latent record that cannot be used: corrupt bytes, wrong version, or invalid fields."""
+
+
+def encoder_identity(config, *, text_frozen: bool) -> dict[str, Any]:
+  """The encoders a config trains with, as plain JSON values: the `video_ae`, `audio_ae` and
+  `text` config sections (audio with the channel count it is built for, text with whether
+  it is frozen). Equal identities mean interchangeable latents."""
+  ident = {
+      "video_ae": config.video_ae.to_dict(),
+      "audio_ae": dict(config.audio_ae.to_dict(), channels=int(config.data.audio_channels)),
+      "text": dict(config.text.to_dict(), frozen=bool(text_frozen)),
+  }
+  return _plain(ident)
+
+
+def check_encoders(found: dict[str, Any], expected: dict[str, Any]) -> None:
+  """Raises LatentRecordError naming the first setting where latents made by `found` differ
+  from what the run's encoders (`expected`) would make."""
+  found, expected = _plain(found), _plain(expected)
+  for key in ENCODER_KEYS:
+    a, b = found.get(key, {}), expected.get(key, {})
+    for field in sorted(set(a) | set(b)):
+      if a.get(field) != b.get(field):
+        raise LatentRecordError(
+            f"latents were made with {key}.{field}={a.get(field)!r}, this run uses "
+            f"{b.get(field)!r}: re-encode them (python -m data_pipelines.encode_latents)")
+
+
+def encode_latent_record(record: dict[str, Any]) -> bytes:
+  """Validates `record` and serialises it (with the schema version) to bytes. `kind`
+  defaults to "video"; absent optional fields may be left out or None."""
+  record = _validated(dict(record))
+  payload = {k: v for k, v in record.items() if v is not None}
+  dtypes = {payload[k].dtype for k in _FLOAT_FIELDS if k in payload}
+  dtype = "bfloat16" if DTYPES["bfloat16"] in dtypes else "float32"
+  for key in _FLOAT_FIELDS:
+    if key in payload and dtype == "bfloat16":
+      payload[key] = payload[key].view(np.uint16)
+  return serialization.msgpack_serialize(
+      dict(payload, dtype=dtype, latent_schema_version=LATENT_SCHEMA_VERSION))
+
+
+def decode_latent_record(data: bytes) -> dict[str, Any]:
+  """Parses and validates a record written by `encode_latent_record`; raises
+  LatentRecordError otherwise. The result has every field (None where absent)."""
+  if not isinstance(data, (bytes, bytearray, memoryview)):
+    raise LatentRecordError(f"latent record must be bytes, got {type(data).__name__}")
+  try:
+    payload = serialization.msgpack_restore(bytes(data))
+  except Exception as e:  # msgpack raises several unrelated types on corrupt input.
+    raise LatentRecordError(f"corrupt latent record ({type(e).__name__}: {e})") from e
+  if not isinstance(payload, dict):
+    raise LatentRecordError(
+        f"corrupt latent record: top level is {type(payload).__name__}, not a dict")
+  version = payload.pop("latent_schema_version", None)
+  if version not in READABLE_VERSIONS:
+    raise LatentRecordError(f"latent_schema_version is {version!r}; this reader understands "
+                            f"{READABLE_VERSIONS} (is this a clip record?)")
+  dtype = payload.pop("dtype", None)
+  if dtype not in DTYPES:
+    raise LatentRecordError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  for key in _FLOAT_FIELDS:
+    value = payload.get(key)
+    if dtype == "bfloat16" and value is not None:
+      if not isinstance(value, np.ndarray) or value.dtype != np.uint16:
+        raise LatentRecordError(f"{key} of a bfloat16 record must be stored as uint16")
+      payload[key] = value.view(ml_dtypes.bfloat16)
+  out = _validated(payload)
+  found = {out[k].dtype for k in _FLOAT_FIELDS if out[k] is not None}
+  if found and found != {DTYPES[dtype]}:
+    raise LatentRecordError(f"record says dtype {dtype} but holds {sorted(map(str, found))}")
+  return out
+
+
+def _validated(record: dict[str, Any]) -> dict[str, Any]:
+  """Checks every field and returns the record with canonical Python/numpy types."""
+  unknown = sorted(set(record) - set(_FIELDS))
+  if unknown:
+    raise LatentRecordError(
+        f"latent record has unknown fields {unknown} (bump LATENT_SCHEMA_VERSION to add)")
+  kind = record.get("kind") or "video"
+  if kind not in KINDS:
+    raise LatentRecordError(f"kind must be one of {KINDS}, got {kind!r}")
+  caption = record.get("caption")
+  if not isinstance(caption, str):
+    raise LatentRecordError(f"caption must be a str, got {type(caption).__name__}")
+  source = record.get("source")
+  if source is not None and not isinstance(source, str):
+    raise LatentRecordError(f"source must be a str, got {type(source).__name__}")
+
+  video = _latent(record.get("video_latent"), "video_latent", ndim=4)
+  audio = _latent(record.get("audio_latent"), "audio_latent", ndim=2)
+  if (video is None) != (kind == "audio"):
+    raise LatentRecordError(f"kind {kind!r}: video_latent must be "
+                            f"{'None' if kind == 'audio' else 'present'}")
+  if kind == "audio" and audio is None:
+    raise LatentRecordError("kind 'audio': audio_latent must be present")
+  if kind == "image" and audio is not None:
+    raise LatentRecordError("kind 'image': audio_latent must be None")
+  float_dtypes = {x.dtype for x in (video, audio) if x is not None}
+
+  ids = record.get("text_ids")
+  embedding = _latent(record.get("text_embedding"), "text_embedding", ndim=2)
+  if (ids is None) == (embedding is None):
+    raise LatentRecordError("a latent record holds exactly one of text_ids (trained text "
+                            "encoder) and text_embedding (frozen text encoder)")
+  mask = _array(record.get("text_mask"), "text_mask", np.bool_, ndim=1)
+  if ids is not None:
+    ids = _array(ids, "text_ids", np.int32, ndim=1)
+    if ids.shape != mask.shape:
+      raise LatentRecordError(f"text_ids {ids.shape} and text_mask {mask.shape} differ")
+  else:
+    float_dtypes.add(embedding.dtype)
+    if embedding.shape[0] != mask.shape[0]:
+      raise LatentRecordError(
+          f"text_embedding has {embedding.shape[0]} tokens, text_mask {mask.shape[0]}")
+  if len(float_dtypes) > 1:
+    raise LatentRecordError(f"latents and embeddings must share one dtype, got "
+                            f"{sorted(map(str, float_dtypes))}")
+
+  encoders = record.get("encoders")
+  if not isinstance(encoders, dict) or sorted(encoders) != sorted(ENCODER_KEYS):
+    raise LatentRecordError(f"encoders must be a dict with keys {ENCODER_KEYS}, got "
+                            f"{sorted(encoders) if isinstance(encoders, dict) else encoders!r}")
+  for key in ENCODER_KEYS:
+    if not isinstance(encoders[key], dict) or not isinstance(encoders[key].get("kind"), str):
+      raise LatentRecordError(f"encoders[{key!r}] must be a dict with a str 'kind'")
+  if bool(encoders["text"].get("frozen")) != (embedding is not None):
+    raise LatentRecordError("encoders['text']['frozen'] must be true exactly when the record "
+                            "holds a text_embedding")
+  return dict(kind=kind, video_latent=video, audio_latent=audio, text_ids=ids, text_mask=mask,
+              text_embedding=embedding, caption=caption, source=source,
+              encoders=_plain(encoders))
+
+
+def _latent(value: Any, name: str, *, ndim: int) -> np.ndarray | None:
+  if value is None:
+    return None
+  if not isinstance(value, np.ndarray):
+    raise LatentRecordError(f"{name} must be a numpy array, got {type(value).__name__}")
+  if value.dtype not in DTYPES.values():
+    raise LatentRecordError(f"{name} must be float32 or bfloat16, got {value.dtype}")
+  if value.ndim != ndim or min(value.shape) == 0:
+    raise LatentRecordError(f"{name} must have {ndim} non-empty dims, got shape {value.shape}")
+  if not np.all(np.isfinite(value.astype(np.float32))):
+    raise LatentRecordError(f"{name} holds NaN or infinite values")
+  return value
+
+
+def _array(value: Any, name: str, dtype: type, *, ndim: int) -> np.ndarray:
+  if not isinstance(value, np.ndarray):
+    raise LatentRecordError(f"{name} must be a numpy array, got {type(value).__name__}")
+  if value.dtype != dtype:
+    raise LatentRecordError(f"{name} must be {np.dtype(dtype).name}, got {value.dtype}")
+  if value.ndim != ndim:
+    raise LatentRecordError(f"{name} must have {ndim} dims, got shape {value.shape}")
+  return value
+
+
+def _plain(tree: Any) -> Any:
+  """JSON values only (tuples become lists): msgpack and index.json store them alike, so
+  identities compare equal after either round trip."""
+  try:
+    return json.loads(json.dumps(tree))
+  except (TypeError, ValueError) as e:
+    raise LatentRecordError(f"encoders must hold JSON values only ({e})") from e
