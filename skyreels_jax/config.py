@@ -124,6 +124,41 @@ def validate(config) -> None:
     _check(isinstance(dcn, int) and dcn >= 1, f"mesh.dcn_{a}",
            f"must be an int >= 1 (slices along {a}), got {dcn!r}")
   derive(config)  # shape checks that need the autoencoders
+  _check_buckets(config)
+
+
+def _check_buckets(config) -> None:
+  """data.format, data.resolutions / durations / bucket_weights: every bucket must give
+  latent and token grids the model can patch (the same checks as the single geometry)."""
+  d = config.data
+  _choice(d.format, "data.format", ("clips", "latents"))
+  for r in d.resolutions:
+    _check(len(r) == 2 and all(int(v) >= 1 for v in r), "data.resolutions",
+           f"expected (height, width) pairs, got {r!r}")
+  for s in d.durations:
+    frames = float(s) * d.fps
+    _check(float(s) > 0 and abs(frames - round(frames)) < 1e-6, "data.durations",
+           f"durations must be positive seconds of whole frames at data.fps={d.fps}, got {s!r}")
+  from skyreels_jax.data import buckets as buckets_lib  # pylint: disable=g-import-not-at-top
+  all_buckets = buckets_lib.all_buckets(d)
+  names = {b.name for b in all_buckets}
+  unknown = sorted(set(d.bucket_weights.keys()) - names)
+  _check(not unknown, "data.bucket_weights", f"unknown buckets {unknown}; this config's "
+         f"buckets: {sorted(names)}")
+  _check(all(float(w) >= 0 for w in d.bucket_weights.values()), "data.bucket_weights",
+         "weights must be >= 0")
+  for b in all_buckets:
+    if b.kind == "audio":
+      continue
+    probe = config.copy_and_resolve_references()
+    probe.data.height, probe.data.width = b.height, b.width
+    probe.data.num_frames = b.num_frames if b.kind == "video" else probe.data.num_frames
+    field = "data.resolutions" if (b.height, b.width) != (d.height, d.width) else "data.height"
+    try:
+      derive(probe)
+    except ConfigError as e:
+      raise ConfigError(field if b.kind == "image" or "frames" not in str(e)
+                        else "data.durations", f"bucket {b.name}: {e}") from None
 
 
 def derive(config) -> tuple[Geometry, MMDiTConfig]:

@@ -40,8 +40,11 @@ The count travels through the data rather than through a process-global counter 
 exact with multiprocessing workers and after a restore.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import glob
+import json
 import os
 from typing import Any, Callable
 
@@ -50,6 +53,7 @@ import grain
 import numpy as np
 
 from skyreels_jax.data import buckets as buckets_lib
+from skyreels_jax.data import latents
 from skyreels_jax.data import records
 
 # Stop instead of spinning forever when a data set holds (almost) nothing usable.
@@ -100,7 +104,9 @@ def bucket_sources(data_config) -> dict[str, tuple[buckets_lib.Bucket, list[str]
 
 def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray]],
                  global_batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
+                 process_count: int = 1, encoders: dict | None = None,
+                 video_latent_shape: Callable[[int, int, int], tuple] | None = None,
+                 ) -> grain.IterDataset:
   """The full pipeline for this process; `iter()` of it is a resumable `grain.DatasetIterator`.
 
   Args:
@@ -110,6 +116,9 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     seed: shuffle seed (the same on every process: all share one global order).
     process_index, process_count: which block of each global batch this process reads
       (`multihost.data_shard`; usually jax.process_index(), jax.process_count()).
+    encoders, video_latent_shape: data.format = "latents" only: the run's encoder identity
+      (data/latents.py; latents of other encoders are refused) and (frames, height, width)
+      -> video latent shape, for the stand-in video of sound-only buckets.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -122,6 +131,8 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
 
   sources = bucket_sources(data_config)
   smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
+  fmt = data_config.get("format", "clips")
+  index = _latent_index(data_config.path, encoders) if fmt == "latents" else None
   per_bucket, counts = {}, {}
   for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards))
@@ -134,7 +145,10 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     if process_count > 1:
       ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
                                    count=process_count)
-    ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
+    if fmt == "latents":
+      ds = ds.map(LatentPreprocessor.for_bucket(bucket, index, smallest, video_latent_shape))
+    else:
+      ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
     per_bucket[name] = _SkipBadRecordsIterDataset(it_ds).batch(batch_size, drop_remainder=True)
   if not per_bucket:
@@ -151,6 +165,78 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return _CountBadRecordsIterDataset(it_ds)
+
+
+def _latent_index(path: str, encoders: dict | None) -> dict:
+  """index.json of a latent data set (data_pipelines/encode_latents.py), checked: complete,
+  and made by the run's encoders."""
+  index_path = os.path.join(path, "index.json")
+  if not os.path.exists(index_path):
+    raise ValueError(f"data.format=latents but {index_path} does not exist: write latents "
+                     "with python -m data_pipelines.encode_latents")
+  with open(index_path) as f:
+    index = json.load(f)
+  if not index.get("complete"):
+    raise ValueError(f"{path}: encode_latents did not finish (index.json complete=false); "
+                     "run it again to finish")
+  if encoders is not None:
+    latents.check_encoders(index["encoders"], encoders)
+  if index.get("text", {}).get("embedding_width"):
+    raise ValueError(f"{path} holds frozen text-encoder embeddings; this run's text encoder "
+                     "trains with the model and reads token ids")
+  return index
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentPreprocessor:
+  """Latent record bytes -> example (video_latent / audio_latent float32, has_video,
+  has_audio, text_ids, text_mask), or a BadRecord. Stand-ins for a missing stream are zeros
+  (the train step drops that stream: only the shape matters)."""
+  kind: str
+  video_shape: tuple[int, ...] | None     # the bucket's video latent (the stand-in's shape
+  audio_shape: tuple[int, ...] | None     # for sound-only buckets) and audio latent
+
+  @classmethod
+  def for_bucket(cls, bucket: buckets_lib.Bucket, index: dict, blank_size: tuple[int, int],
+                 video_latent_shape) -> "LatentPreprocessor":
+    entry = next((b for b in index["buckets"].values() if b["name"] == bucket.name), {})
+    video, audio = entry.get("video_latent_shape"), entry.get("audio_latent_shape")
+    if bucket.kind == "audio":
+      if video_latent_shape is None:
+        raise ValueError("sound-only latent buckets need video_latent_shape")
+      video = video_latent_shape(bucket.num_frames, *blank_size)
+    return cls(kind=bucket.kind, video_shape=None if video is None else tuple(video),
+               audio_shape=None if audio is None else tuple(audio))
+
+  def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
+    try:
+      rec = latents.decode_latent_record(data)
+      if rec["kind"] != self.kind:
+        raise latents.LatentRecordError(f"a {rec['kind']} record in a {self.kind} bucket")
+      return self.preprocess(rec)
+    except latents.LatentRecordError as e:
+      logging.log_every_n_seconds(logging.WARNING, "Skipping bad latent record: %s", 10, e)
+      return BadRecord(str(e))
+
+  def preprocess(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
+    f32 = lambda x: np.asarray(x, np.float32)
+    out = {"text_ids": rec["text_ids"], "text_mask": rec["text_mask"]}
+    if self.kind == "audio":
+      out.update(video_latent=np.zeros(self.video_shape, np.float32),
+                 audio_latent=f32(rec["audio_latent"]), has_video=np.bool_(False),
+                 has_audio=np.bool_(True))
+    elif self.kind == "image":
+      out.update(video_latent=f32(rec["video_latent"]), has_video=np.bool_(True))
+    else:
+      has_audio = rec["audio_latent"] is not None
+      out.update(video_latent=f32(rec["video_latent"]), has_video=np.bool_(True),
+                 has_audio=np.bool_(has_audio),
+                 audio_latent=f32(rec["audio_latent"]) if has_audio
+                 else np.zeros(self.audio_shape, np.float32))
+    if self.video_shape and out["video_latent"].shape != self.video_shape:
+      raise latents.LatentRecordError(f"video latent {out['video_latent'].shape} in a bucket "
+                                      f"of {self.video_shape}")
+    return out
 
 
 def bucket_weights(data_config, counts: dict[str, int]) -> dict[str, float]:

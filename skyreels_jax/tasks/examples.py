@@ -33,6 +33,12 @@ class Codecs:
   def empty_audio_latent(self, num_samples: int, channels: int) -> jax.Array:
     return self.audio_ae.encode(jnp.zeros((1, num_samples, channels), jnp.float32))
 
+  def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+    """(T, h, w, C) of the video latent of a clip (the loader's stand-in for sound-only
+    latents)."""
+    vae = self.video_ae
+    return (vae.latent_frames(num_frames), *vae.latent_hw(height, width), vae.latent_channels)
+
 
 def drop_captions(rng, text_ids, text_mask, null_ids, null_mask, rate: float):
   drop = jax.random.bernoulli(rng, rate, (text_ids.shape[0],))[:, None]
@@ -87,19 +93,26 @@ def _stream(z0, eps, t, keep, drop, empty):
 def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
   """Returns (model inputs, loss terms). batch: video (B, F, H, W, 3) in [-1, 1],
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
-  has_video / has_audio (B,) booleans (data/loader.py)."""
+  has_video / has_audio (B,) booleans (data/loader.py); or, with data.format = "latents",
+  video_latent (B, T, h, w, C) and audio_latent (B, Ta, Ca) in place of video and audio."""
   d, f = config.data, config.flow
   k_t, k_ev, k_ea, k_task, k_cap, k_vr, k_ar = jax.random.split(rng, 7)
-  use_audio = use_audio and "audio" in batch
-  video = batch["video"]
-  b, nf, hh, ww, _ = video.shape
-  z0_v = codecs.video_ae.encode(video)
+  latents = "video_latent" in batch     # data.format = "latents": encoded ahead of time
+  use_audio = use_audio and ("audio_latent" if latents else "audio") in batch
+  if latents:
+    z0_v = batch["video_latent"].astype(jnp.float32)
+    nf, hh, ww = codecs.video_ae.pixel_shape(z0_v.shape[1:4])
+  else:
+    z0_v = codecs.video_ae.encode(batch["video"])
+    nf, hh, ww = batch["video"].shape[1:4]
+  b = z0_v.shape[0]
   t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=f.shift,
                   logit_mean=f.logit_mean, logit_std=f.logit_std)
   eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
   z0_a = eps_a = keep_a = loss_keep_a = None
   if use_audio:
-    z0_a = codecs.audio_ae.encode(batch["audio"])
+    z0_a = (batch["audio_latent"].astype(jnp.float32) if latents
+            else codecs.audio_ae.encode(batch["audio"]))
     eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)
   keep_v, keep_a, tasks = sample_task_masks(
       k_task, b, video_grid=z0_v.shape[1:4], audio_length=z0_a.shape[1] if use_audio else None,
@@ -115,7 +128,8 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs)
     inputs["video_ref_valid"] &= ~drop_v[:, None]
   if use_audio:
-    empty_a = codecs.empty_audio_latent(batch["audio"].shape[1], batch["audio"].shape[2])
+    samples = codecs.audio_ae.num_samples(z0_a.shape[1]) if latents else batch["audio"].shape[1]
+    empty_a = codecs.empty_audio_latent(samples, codecs.audio_ae.channels)
     inputs["audio"], inputs["audio_timestep"], loss_keep_a = _stream(
         z0_a, eps_a, t, keep_a, drop_a, empty_a)
     if d.num_audio_refs:

@@ -17,6 +17,7 @@ from absl import logging
 from flax import nnx
 
 from skyreels_jax.config import ConfigError, count_params, derive, hybrid_mesh_shape, validate
+from skyreels_jax.data import latents
 from skyreels_jax.data.loader import iterator_stats, make_iterator
 from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
@@ -87,9 +88,13 @@ def train(config, workdir: str) -> dict[str, Any]:
   # Each process reads only the rows of the global batch its devices hold.
   share, shares = multihost.data_shard(batch_sharding(mesh, 1, axis_rules),
                                        config.data.batch_size)
+  latent_kw = {}
+  if config.data.format == "latents":
+    latent_kw = dict(encoders=latents.encoder_identity(config, text_frozen=False),
+                     video_latent_shape=codecs.latent_shape)
   iterator = make_iterator(config.data, tokenizer=tokenizer,
                            global_batch_size=config.data.batch_size, seed=config.seed,
-                           process_index=share, process_count=shares)
+                           process_index=share, process_count=shares, **latent_kw)
   ckpt = Checkpointer(workdir, max_to_keep=config.train.max_to_keep,
                       async_save=config.train.async_checkpointing)
   start = ckpt.latest_step()

@@ -28,6 +28,11 @@ class SpaceToDepthVideo:
       raise ValueError(f"{height}x{width} does not divide by the spatial factor {self.s}")
     return height // self.s, width // self.s
 
+  def pixel_shape(self, latent_shape) -> tuple[int, int, int]:
+    """(frames, height, width) of the clip a (T, h, w, ...) latent decodes to (for latents
+    read from disk: the black frame's latent needs its pixel size)."""
+    return latent_shape[0] * self.t, latent_shape[1] * self.s, latent_shape[2] * self.s
+
   def encode(self, video: jax.Array) -> jax.Array:
     b, f, h, w, _ = video.shape
     tokens = patchify(video, (self.t, self.s, self.s))
@@ -50,6 +55,10 @@ class FramedAudio:
     """Frames covering the clip; the last one is zero-padded (decode returns the padded
     length; callers trim to their sample count)."""
     return -(-num_samples // self.hop)
+
+  def num_samples(self, latent_length: int) -> int:
+    """Samples a latent of `latent_length` frames decodes to."""
+    return latent_length * self.hop
 
   def encode(self, audio: jax.Array) -> jax.Array:
     pad = self.latent_length(audio.shape[1]) * self.hop - audio.shape[1]
