@@ -82,6 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
   c.data.num_video_refs = 0         # prepended reference frames per example (0: none)
   c.data.num_audio_refs = 0         # prepended reference audio latent frames (0: none)
+  c.data.video_ref_rate = 0.5       # chance that each video reference slot is used
+  c.data.audio_ref_rate = 0.5       # chance that an example gets its audio reference
 
   # --- Flow matching (SPEC section 4): z_t = t*z0 + (1-t)*eps, target z0 - eps.
   c.flow = ml_collections.ConfigDict()

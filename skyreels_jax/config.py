@@ -107,6 +107,8 @@ def validate(config) -> None:
   _check(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", "must be in [0, 1)")
   for f in ("num_video_refs", "num_audio_refs"):
     _check(d[f] >= 0, f"data.{f}", "reference counts must be >= 0")
+  for f in ("video_ref_rate", "audio_ref_rate"):
+    _check(0.0 <= d[f] <= 1.0, f"data.{f}", "must be in [0, 1]")
 
   o, t = config.optim, config.train
   _check(o.lr > 0, "optim.lr", "must be positive")

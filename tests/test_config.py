@@ -184,3 +184,27 @@ def test_size_configs_build_abstractly(name):
   if config.model.use_audio:
     assert audio_added * 2 == video_added
     assert abs(audio_base - video_base) / video_base < 0.1
+
+
+@pytest.mark.parametrize("stage", ["1", "2", "3", "4", "5", "6", "audio", "joint", "sft1",
+                                   "sft2", "5,hv13b"])
+def test_curriculum_stages_validate(stage):
+  from configs import stages
+  c = stages.get_config(stage)
+  validate(c)    # every bucket of the stage patches cleanly
+  weights = dict(c.data.bucket_weights)
+  kinds = {"video": 0.0, "image": 0.0, "audio": 0.0}
+  for name, w in weights.items():
+    kinds["audio" if name.startswith("audio") else "image" if name.startswith("image")
+          else "video"] += w
+  assert sum(kinds.values()) == pytest.approx(1.0)
+  if stage == "1":
+    assert kinds == {"video": 0.0, "image": 1.0, "audio": 0.0}
+  if stage == "audio":
+    assert dict(c.data.tasks) == {"t2a": 1.0} and kinds["audio"] == 1.0
+
+
+def test_unknown_stage_is_named():
+  from configs import stages
+  with pytest.raises(ValueError, match="unknown stage '9'"):
+    stages.get_config("9")

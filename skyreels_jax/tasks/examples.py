@@ -2,8 +2,8 @@
 jit. One function serves every task: the mixture in `config.data.tasks` picks the masks.
 
 References (SPEC section 3) are taken from the clip itself: `data.num_video_refs` latent
-frames (each slot valid with probability 1/2) and a window of `data.num_audio_refs` audio
-latents. They are prepended clean (Concat(ref, ref, 1)), never noised, carry no loss.
+frames (each slot used with probability `data.video_ref_rate`) and a window of
+`data.num_audio_refs` audio latents (used with probability `data.audio_ref_rate`). They are prepended clean (Concat(ref, ref, 1)), never noised, carry no loss.
 """
 
 from __future__ import annotations
@@ -45,23 +45,23 @@ def drop_captions(rng, text_ids, text_mask, null_ids, null_mask, rate: float):
   return (jnp.where(drop, null_ids[None], text_ids), jnp.where(drop, null_mask[None], text_mask))
 
 
-def _video_refs(rng, z0, n: int):
+def _video_refs(rng, z0, n: int, rate: float):
   b, t = z0.shape[:2]
   k1, k2 = jax.random.split(rng)
   idx = jax.random.randint(k1, (b, n), 0, t)
   refs = jnp.take_along_axis(z0, idx[:, :, None, None, None], axis=1)
-  valid = jax.random.bernoulli(k2, 0.5, (b, n))
+  valid = jax.random.bernoulli(k2, rate, (b, n))
   refs = refs * valid[:, :, None, None, None]
   return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
 
 
-def _audio_refs(rng, z0, n: int):
+def _audio_refs(rng, z0, n: int, rate: float):
   b, length = z0.shape[:2]
   k1, k2 = jax.random.split(rng)
   start = jax.random.randint(k1, (b,), 0, max(length - n, 0) + 1)
   idx = start[:, None] + jnp.arange(n)[None]
   refs = jnp.take_along_axis(z0, jnp.minimum(idx, length - 1)[:, :, None], axis=1)
-  valid = jnp.broadcast_to(jax.random.bernoulli(k2, 0.5, (b, 1)), (b, n))
+  valid = jnp.broadcast_to(jax.random.bernoulli(k2, rate, (b, 1)), (b, n))
   refs = refs * valid[:, :, None]
   return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
 
@@ -125,7 +125,8 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
       k_cap, batch["text_ids"], batch["text_mask"], codecs.null_text_ids,
       codecs.null_text_mask, d.caption_dropout)
   if d.num_video_refs:
-    inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs)
+    inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs,
+                                                                  d.video_ref_rate)
     inputs["video_ref_valid"] &= ~drop_v[:, None]
   if use_audio:
     samples = codecs.audio_ae.num_samples(z0_a.shape[1]) if latents else batch["audio"].shape[1]
@@ -133,7 +134,8 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     inputs["audio"], inputs["audio_timestep"], loss_keep_a = _stream(
         z0_a, eps_a, t, keep_a, drop_a, empty_a)
     if d.num_audio_refs:
-      inputs["audio_refs"], inputs["audio_ref_valid"] = _audio_refs(k_ar, z0_a, d.num_audio_refs)
+      inputs["audio_refs"], inputs["audio_ref_valid"] = _audio_refs(
+          k_ar, z0_a, d.num_audio_refs, d.audio_ref_rate)
       inputs["audio_ref_valid"] &= ~drop_a[:, None]
   terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=loss_keep_v, audio_z0=z0_a,
                audio_eps=eps_a, audio_keep=loss_keep_a, tasks=tasks, t=t,

@@ -1,0 +1,90 @@
+"""The training curriculum of SPEC section 4, one config per stage, all at 16 fps.
+
+  python -m skyreels_jax.train --config=configs/stages.py:3 --workdir=... \
+      --config.data.path=RECORDS            # stage 3 of the small model
+  --config=configs/stages.py:joint,hv13b    # the joint stage of hv13b
+
+Stages: 1 T2I 256px; 2 T2I + T2V 256px, 2-10 s; 3 + inpaint / I2V / V2V / edit (5% each),
+2-15 s; 4 the same mix at 256 and 480px; 5 480 / 720 / 1080px, 3-15 s; 6 image references
+20%, video references 20%, T2V 60%; audio (audio pretraining, up to 15 s); joint (T2V + T2AV
++ T2A at 720 / 1080px, 5-15 s); sft1, sft2 (the joint mix at lower learning rates, on the
+curated sets data.path points at).
+
+Mixtures are data: task weights (`data.tasks`, skyreels_jax/tasks/masks.py) and bucket
+weights (`data.bucket_weights`; images are the `image_*` buckets, sound alone the `audio_*`
+ones). Buckets not weighted here weigh by their record counts; weight 0 leaves one out.
+Each stage resumes from the previous stage's checkpoint with a fresh schedule (set
+`optim.warmup_steps` / `train.steps` per run).
+"""
+
+from configs import hv13b, small
+from skyreels_jax.data import buckets
+
+SIZES = {"small": small, "hv13b": hv13b}
+P256 = ((256, 256), (192, 320), (320, 192))
+P480 = ((480, 480), (384, 640), (640, 384))
+P720 = ((720, 1280), (1280, 720))
+P1080 = ((1088, 1920), (1920, 1088))   # 1088: divisible by the VAE's 8 and the patch's 2
+
+
+def _weights(c, *, video: float, image: float, audio: float):
+  """Bucket weights by kind, spread evenly over each kind's buckets."""
+  groups = {"video": video, "image": image, "audio": audio}
+  all_b = buckets.all_buckets(c.data)
+  counts = {k: sum(b.kind == k for b in all_b) for k in groups}
+  c.data.bucket_weights = {b.name: groups[b.kind] / counts[b.kind] for b in all_b}
+
+
+def _stage(c, stage: str):
+  d = c.data
+  d.num_video_refs = d.num_audio_refs = 0
+  if stage == "1":
+    d.resolutions, d.durations = P256, (2.0,)
+    d.tasks = dict(t2v=1.0)
+    _weights(c, video=0.0, image=1.0, audio=0.0)
+  elif stage == "2":
+    d.resolutions, d.durations = P256, (2.0, 5.0, 10.0)
+    d.tasks = dict(t2v=1.0)
+    _weights(c, video=0.7, image=0.3, audio=0.0)
+  elif stage in ("3", "4", "5"):
+    d.resolutions = {"3": P256, "4": P256 + P480, "5": P480 + P720 + P1080}[stage]
+    d.durations = (3.0, 5.0, 10.0, 15.0) if stage == "5" else (2.0, 5.0, 10.0, 15.0)
+    d.tasks = dict(t2v=0.8, inpaint=0.025, inpaint_stroke=0.025, i2v=0.05, extend=0.05,
+                   inpaint_temporal=0.05)
+    _weights(c, video=0.8, image=0.2, audio=0.0)
+  elif stage == "6":
+    d.resolutions, d.durations = P480 + P720, (5.0, 10.0)
+    d.tasks = dict(t2v=1.0)
+    # Image references (one latent frame) and video references (several): a slot is used
+    # with probability video_ref_rate, so 2 slots at 0.4 give ~20% one-frame, ~16% two-frame.
+    d.num_video_refs, d.video_ref_rate = 2, 0.4
+    _weights(c, video=1.0, image=0.0, audio=0.0)
+  elif stage == "audio":
+    d.resolutions, d.durations = P256, (5.0, 10.0, 15.0)
+    d.tasks = dict(t2a=1.0)
+    d.num_audio_refs, d.audio_ref_rate = 43, 0.2   # ~1 s voice / music references
+    _weights(c, video=0.0, image=0.0, audio=1.0)
+  elif stage in ("joint", "sft1", "sft2"):
+    d.resolutions, d.durations = P720 + P1080, (5.0, 10.0, 15.0)
+    d.tasks = dict(t2v=0.3, t2av=0.5, t2a=0.2)
+    d.num_video_refs, d.video_ref_rate = 2, 0.2
+    d.num_audio_refs, d.audio_ref_rate = 43, 0.2
+    _weights(c, video=0.9, image=0.0, audio=0.1)
+    c.optim.lr = {"joint": 1e-4, "sft1": 3e-5, "sft2": 1e-5}[stage]
+  else:
+    raise ValueError(f"unknown stage {stage!r}; stages: 1-6, audio, joint, sft1, sft2")
+
+
+def get_config(arg: str = "1"):
+  """`arg` is "STAGE" or "STAGE,SIZE" (SIZE: small (default) or hv13b)."""
+  stage, _, size = arg.partition(",")
+  if (size or "small") not in SIZES:
+    raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
+  c = SIZES[size or "small"].get_config()
+  c.name = f"{c.name}_stage_{stage}"
+  # The single geometry (data.height/width/num_frames) is the stage's first bucket, which
+  # the AOT and memory tools use.
+  _stage(c, stage)
+  c.data.height, c.data.width = c.data.resolutions[0]
+  c.data.num_frames = int(round(c.data.durations[0] * c.data.fps))
+  return c
