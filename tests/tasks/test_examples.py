@@ -6,6 +6,7 @@ import pytest
 
 from configs import tiny
 from skyreels_jax.config import derive, validate
+from skyreels_jax.tasks import VIDEO_TASKS
 from skyreels_jax.tasks.examples import make_codecs, training_inputs
 
 B = 4
@@ -147,3 +148,50 @@ def test_audio_task_mixture_reaches_the_audio_masks():
     np.testing.assert_array_equal(row[:k], 1.0)
     np.testing.assert_array_equal(row[k:], 0.0)
   np.testing.assert_array_equal(inputs["audio"][..., -1], keep)   # M channel of Concat(V, I, M)
+
+
+def test_dropped_streams_are_pure_noise_with_no_loss():
+  """T2V drops the audio, T2A the video; a clip without sound always drops its audio (and
+  a T2A draw on it becomes T2V); a sound-only clip drops its video."""
+  config = config_with(tasks={"t2v": 1.0, "t2a": 1.0}, caption_dropout=0.0,
+                       num_video_refs=1, num_audio_refs=2)
+  codecs, tokenizer = make_codecs(config)
+  batch = make_batch(config, tokenizer)
+  batch["has_audio"] = np.array([True, True, False, True])
+  batch["has_video"] = np.array([True, True, True, False])
+  fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs, use_audio=True))
+  seen = set()
+  for seed in range(6):
+    inputs, terms = jax.tree.map(np.asarray, fn(batch, jax.random.key(seed)))
+    t2a = terms["tasks"] == VIDEO_TASKS.index("t2a")
+    want_drop_v = (t2a & batch["has_audio"]) | ~batch["has_video"]
+    want_drop_a = (~t2a | ~batch["has_audio"]) & ~want_drop_v
+    np.testing.assert_array_equal(terms["drop_video"], want_drop_v)
+    np.testing.assert_array_equal(terms["drop_audio"], want_drop_a)
+    assert not np.any(want_drop_v & want_drop_a)
+    for stream, drop in (("video", want_drop_v), ("audio", want_drop_a)):
+      c = (inputs[stream].shape[-1] - 1) // 2
+      # Dropped: timestep 1000 (t = 0, pure noise: the input is the noise itself), mask 0,
+      # loss mask all ones; kept streams train normally.
+      np.testing.assert_allclose(inputs[f"{stream}_timestep"][drop], 1000.0)
+      assert np.all(inputs[f"{stream}_timestep"][~drop] < 1000.0)
+      np.testing.assert_array_equal(inputs[stream][drop][..., -1], 0.0)
+      np.testing.assert_allclose(inputs[stream][drop][..., :c], terms[f"{stream}_eps"][drop],
+                                 atol=1e-6)
+      np.testing.assert_array_equal(terms[f"{stream}_keep"][drop], 1.0)
+      np.testing.assert_array_equal(terms[f"{stream}_keep"][~drop], 0.0)
+    assert not inputs["video_ref_valid"][want_drop_v].any()
+    assert not inputs["audio_ref_valid"][want_drop_a].any()
+    seen.update(zip(want_drop_v.tolist(), want_drop_a.tolist()))
+  assert seen == {(True, False), (False, True)}
+
+
+def test_image_batches_have_no_audio_stream():
+  config = config_with(num_frames=1, caption_dropout=0.0)
+  codecs, tokenizer = make_codecs(config)
+  batch = make_batch(config, tokenizer)
+  del batch["audio"]
+  fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs, use_audio=True))
+  inputs, terms = fn(batch, jax.random.key(0))
+  assert "audio" not in inputs and terms["audio_keep"] is None
+  assert inputs["video"].shape[1] == 1
