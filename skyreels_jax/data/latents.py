@@ -26,6 +26,8 @@ from flax import serialization
 import ml_dtypes
 import numpy as np
 
+from skyreels_jax.data import records
+
 LATENT_SCHEMA_VERSION = 1
 READABLE_VERSIONS = (1,)
 KINDS = ("video", "image", "audio")
@@ -188,13 +190,7 @@ def _latent(value: Any, name: str, *, ndim: int) -> np.ndarray | None:
 
 
 def _array(value: Any, name: str, dtype: type, *, ndim: int) -> np.ndarray:
-  if not isinstance(value, np.ndarray):
-    raise LatentRecordError(f"{name} must be a numpy array, got {type(value).__name__}")
-  if value.dtype != dtype:
-    raise LatentRecordError(f"{name} must be {np.dtype(dtype).name}, got {value.dtype}")
-  if value.ndim != ndim:
-    raise LatentRecordError(f"{name} must have {ndim} dims, got shape {value.shape}")
-  return value
+  return records.check_array(value, name, dtype, ndim=ndim, error=LatentRecordError)
 
 
 def _plain(tree: Any) -> Any:

@@ -89,7 +89,7 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
   else:
     if video is None:
       raise RecordError(f"record is missing fields ['video'] (kind {kind!r})")
-    video = _array(video, "video", np.uint8, ndim=4)
+    video = check_array(video, "video", np.uint8, ndim=4)
     if video.shape[-1] != 3:
       raise RecordError(f"video must have 3 colour channels, got shape {video.shape}")
     if min(video.shape) == 0:
@@ -104,7 +104,7 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
     raise RecordError("record is missing fields ['audio'] (kind 'audio')")
   sample_rate = None
   if audio is not None:
-    audio = _array(audio, "audio", np.float32, ndim=2)
+    audio = check_array(audio, "audio", np.float32, ndim=2)
     if min(audio.shape) == 0:
       raise RecordError(f"audio is empty: shape {audio.shape}")
     if not np.all(np.isfinite(audio)) or np.max(np.abs(audio)) > 1.0:
@@ -129,7 +129,7 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
   if clip.get("bounces") is not None:
     if kind != "video":
       raise RecordError("bounces belong to video records")
-    bounces = _array(clip["bounces"], "bounces", np.float32, ndim=1)
+    bounces = check_array(clip["bounces"], "bounces", np.float32, ndim=1)
     duration = video.shape[0] / fps
     if bounces.size and (not np.all(np.isfinite(bounces))
                          or bounces.min() < 0 or bounces.max() > duration):
@@ -151,11 +151,13 @@ def _positive(value: Any, name: str, kind: type) -> float | int:
   return value
 
 
-def _array(value: Any, name: str, dtype: type, *, ndim: int) -> np.ndarray:
+def check_array(value: Any, name: str, dtype: type, *, ndim: int,
+                error: type[ValueError] = RecordError) -> np.ndarray:
+  """`value` as a numpy array of `dtype` and `ndim` dims, else `error` naming the field."""
   if not isinstance(value, np.ndarray):
-    raise RecordError(f"{name} must be a numpy array, got {type(value).__name__}")
+    raise error(f"{name} must be a numpy array, got {type(value).__name__}")
   if value.dtype != dtype:
-    raise RecordError(f"{name} must be {np.dtype(dtype).name}, got {value.dtype}")
+    raise error(f"{name} must be {np.dtype(dtype).name}, got {value.dtype}")
   if value.ndim != ndim:
-    raise RecordError(f"{name} must have {ndim} dims, got shape {value.shape}")
+    raise error(f"{name} must have {ndim} dims, got shape {value.shape}")
   return value
