@@ -1,0 +1,295 @@
+"""Qwen2.5-VL encoder vs transformers on a tiny random model (CPU, float32): hidden states of
+the chosen layer for text with left and right padding and for text + images (M-RoPE, window
+attention), the strict loader, the save_pretrained -> load_hf_folder round trip (sharded), and
+the prompt template with a tiny local tokenizer / processor folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from skyreels_jax.models.text.qwen2_5_vl import Qwen25VLEncoder, mrope_positions  # noqa: E402
+from skyreels_jax.models.text import qwen_prompt  # noqa: E402
+from skyreels_jax.tools import qwen_mapping  # noqa: E402
+
+# The tiny tokenizer's special-token ids (it lists its specials first), shared by the model.
+SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+            "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+PAD, VSTART, VEND, IMG, VIDEO = 0, 3, 4, 5, 6
+GRIDS = np.array([[1, 6, 10], [1, 4, 4]])   # 15 and 4 merged tokens; partial windows
+
+
+def _torch_model():
+  from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+  torch.manual_seed(0)
+  cfg = Qwen2_5_VLConfig(
+      text_config=dict(vocab_size=320, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                       rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+                       initializer_range=0.2,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                        "mrope_section": [2, 3, 3]}),
+      vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                         patch_size=4, temporal_patch_size=2, spatial_merge_size=2,
+                         window_size=16, out_hidden_size=64, fullatt_block_indexes=[1],
+                         initializer_range=0.2),
+      image_token_id=IMG, video_token_id=VIDEO, vision_start_token_id=VSTART,
+      vision_end_token_id=VEND)
+  # initializer_range 0.2 (not 0.02): attention logits of order one, so positions matter.
+  model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+  with torch.no_grad():  # non-trivial norm scales, so a swapped norm would show
+    for name, p in model.named_parameters():
+      if name.endswith("norm.weight") or "layernorm" in name or "norm1" in name \
+          or "norm2" in name or "ln_q" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  return model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  model = _torch_model()
+  folder = str(tmp_path_factory.mktemp("qwen"))
+  model.save_pretrained(folder, max_shard_size="150KB")
+  return model, folder, qwen_mapping.load_hf_folder(folder)
+
+
+def _with_layer(encoder: Qwen25VLEncoder, k: int) -> Qwen25VLEncoder:
+  other = qwen_mapping.abstract_encoder(dataclasses.replace(encoder.config, output_layer=k))
+  nnx.update(other, nnx.state(encoder))
+  return other
+
+
+def _text_batch():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(7, 300, size=(2, 12)).astype(np.int32)
+  mask = np.ones((2, 12), bool)
+  mask[0, 9:] = False          # right padding
+  mask[1, :4] = False          # left padding
+  return np.where(mask, ids, PAD), mask
+
+
+def _image_batch():
+  rng = np.random.default_rng(1)
+  row0 = [15, 16, VSTART] + [IMG] * 15 + [VEND, 17, 18, 19]            # 22 tokens
+  row1 = [20, VSTART] + [IMG] * 4 + [VEND, 21, 22]                     # 9 tokens
+  ids = np.full((2, 24), PAD, np.int32)
+  mask = np.zeros((2, 24), bool)
+  ids[0, :22], mask[0, :22] = row0, True                                 # right padding
+  ids[1, -9:], mask[1, -9:] = row1, True                                 # left padding
+  pixels = rng.standard_normal((int(GRIDS.prod(-1).sum()), 3 * 2 * 4 * 4)).astype(np.float32)
+  return ids, mask, pixels
+
+
+def _torch_hidden(model, ids, mask, pixels=None, grids=GRIDS):
+  kw = {}
+  if pixels is not None:
+    kw = dict(pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.from_numpy(grids),
+              mm_token_type_ids=torch.from_numpy((ids == IMG).astype(np.int64)))
+  with torch.no_grad():
+    out = model.model(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                      attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                      output_hidden_states=True, **kw)
+  return [h.numpy() for h in out.hidden_states]
+
+
+def _max_err(ours, ref, mask):
+  """Max abs error over attended positions, relative to the largest reference value (the
+  residual stream grows to ~25 here: float32 rounding scales with it)."""
+  ours = np.asarray(ours)
+  assert np.all(ours[~mask] == 0), "padded positions must be zero"
+  return float(np.abs(ours[mask] - ref[mask]).max() / np.abs(ref[mask]).max())
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_text_only_matches_transformers_with_padding(models, layer):
+  model, _, encoder = models
+  ids, mask = _text_batch()
+  ref = _torch_hidden(model, ids, mask)
+  hidden, out_mask = _with_layer(encoder, layer)(jnp.asarray(ids), jnp.asarray(mask))
+  assert hidden.shape == (2, 12, 64)
+  np.testing.assert_array_equal(np.asarray(out_mask), mask)
+  assert _max_err(hidden, ref[layer], mask) < 1e-5
+
+
+def test_mrope_positions_match_get_rope_index(models):
+  model, _, encoder = models
+  ids, mask, _ = _image_batch()
+  ref, _ = model.model.get_rope_index(
+      torch.from_numpy(ids.astype(np.int64)),
+      mm_token_type_ids=torch.from_numpy((ids == IMG).astype(np.int64)),
+      image_grid_thw=torch.from_numpy(GRIDS), attention_mask=torch.from_numpy(mask))
+  ours = np.asarray(mrope_positions(jnp.asarray(ids), jnp.asarray(mask), GRIDS,
+                                    encoder.config))
+  np.testing.assert_array_equal(ours[:, mask], ref.numpy()[:, mask])
+
+
+def test_vision_tower_matches_transformers(models):
+  model, _, encoder = models
+  _, _, pixels = _image_batch()
+  with torch.no_grad():
+    ref = model.model.visual(torch.from_numpy(pixels),
+                             grid_thw=torch.from_numpy(GRIDS)).pooler_output.numpy()
+  ours = np.asarray(encoder.visual(jnp.asarray(pixels), GRIDS))
+  assert ours.shape == (19, 64)
+  assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("layer", [-1, 0, 2])
+def test_text_and_images_match_transformers(models, layer):
+  model, _, encoder = models
+  ids, mask, pixels = _image_batch()
+  ref = _torch_hidden(model, ids, mask, pixels)
+  hidden, _ = _with_layer(encoder, layer)(jnp.asarray(ids), jnp.asarray(mask),
+                                          jnp.asarray(pixels), GRIDS)
+  assert _max_err(hidden, ref[layer], mask) < 1e-5
+
+
+def test_image_token_count_is_checked(models):
+  _, _, encoder = models
+  ids, mask, pixels = _image_batch()
+  ids[0, 4] = 9  # one image token fewer
+  with pytest.raises(ValueError, match="tokens: 18, features: 19"):
+    encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), GRIDS)
+
+
+def test_round_trip_is_sharded_and_exact(models):
+  model, folder, encoder = models
+  assert os.path.exists(os.path.join(folder, "model.safetensors.index.json"))
+  ours = nnx.state(encoder, nnx.Param)
+  np.testing.assert_array_equal(np.asarray(ours["embed_tokens"]["embedding"][...]),
+                                model.model.language_model.embed_tokens.weight.detach().numpy())
+  np.testing.assert_array_equal(
+      np.asarray(ours["layers"]["self_attn"]["k_proj"]["kernel"][...])[2],
+      model.model.language_model.layers[2].self_attn.k_proj.weight.detach().numpy().T)
+  np.testing.assert_array_equal(
+      np.asarray(ours["visual"]["blocks"]["mlp"]["up_proj"]["bias"][...])[1],
+      model.model.visual.blocks[1].mlp.up_proj.bias.detach().numpy())
+
+
+def _fresh(folder, **kw):
+  with open(os.path.join(folder, "config.json")) as f:
+    cfg = qwen_mapping.config_from_hf(json.load(f), **kw)
+  return qwen_mapping.abstract_encoder(cfg)
+
+
+def test_strict_loader_names_missing_and_extra_tensors(models):
+  _, folder, _ = models
+  tensors = qwen_mapping.read_safetensors(folder)
+  missing = {k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.q_proj.bias"}
+  with pytest.raises(KeyError, match=r"model\.layers\.1\.self_attn\.q_proj\.bias"):
+    qwen_mapping.load_into_encoder(_fresh(folder), missing)
+  extra = dict(tensors, **{"visual.blocks.0.attn.extra": np.zeros(3, np.float32)})
+  with pytest.raises(ValueError, match=r"visual\.blocks\.0\.attn\.extra"):
+    qwen_mapping.load_into_encoder(_fresh(folder), extra)
+
+
+def test_module_layout_and_text_only_encoder(models):
+  _, folder, encoder = models
+  tensors = qwen_mapping.read_safetensors(folder)
+  renamed = {("model.language_model." + k[6:] if k.startswith("model.") else
+              "model." + k if k.startswith("visual.") else k): v for k, v in tensors.items()}
+  module_layout = _fresh(folder)
+  qwen_mapping.load_into_encoder(module_layout, renamed)
+  text_only = _fresh(folder, with_vision=False)
+  qwen_mapping.load_into_encoder(text_only, tensors)   # visual.* skipped, lm_head unused
+  assert text_only.visual is None
+  ids, mask = _text_batch()
+  ref, _ = encoder(jnp.asarray(ids), jnp.asarray(mask))
+  for other in (module_layout, text_only):
+    np.testing.assert_array_equal(np.asarray(other(jnp.asarray(ids), jnp.asarray(mask))[0]),
+                                  np.asarray(ref))
+
+
+# --- The prompt template, with a tiny local tokenizer + image processor folder.
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+  from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+      Qwen2VLImageProcessorPil)
+  tok = Tokenizer(tok_models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(
+      ["a man speaks softly while rain falls on the roof", "<text> <sfx> <dialogue> "
+       "<singing> <bgm> system user assistant describe video sound image"],
+      trainers.BpeTrainer(vocab_size=300, special_tokens=list(SPECIALS),
+                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  folder = str(tmp_path_factory.mktemp("qwen_tok"))
+  PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                          pad_token="<|endoftext|>").save_pretrained(folder)
+  Qwen2VLImageProcessorPil(patch_size=4, temporal_patch_size=2, merge_size=2,
+                           min_pixels=16 * 16, max_pixels=32 * 32).save_pretrained(folder)
+  return folder
+
+
+def test_prompt_string_and_caption_tags():
+  caption = qwen_prompt.format_caption({"bgm": "soft piano", "text": "@image_1 walks in",
+                                        "dialogue": "hello"})
+  assert caption == "<text>@image_1 walks in</text><dialogue>hello</dialogue><bgm>soft piano</bgm>"
+  text = qwen_prompt.prompt_text(caption, num_images=1, system_prompt="SYS")
+  assert text == ("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n@image_1: "
+                  "<|vision_start|><|image_pad|><|vision_end|>\n" + caption +
+                  "<|im_end|>\n<|im_start|>assistant\n")
+  with pytest.raises(ValueError, match="@image_1 but 0 images"):
+    qwen_prompt.prompt_text(caption)
+  with pytest.raises(ValueError, match="caption tags"):
+    qwen_prompt.format_caption({"music": "x"})
+
+
+def test_tokenizer_pads_truncates_and_pickles(tokenizer_dir):
+  tok = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=400)
+  out = tok("<text>a man speaks</text>")
+  assert out["text_ids"].shape == (400,) and out["text_ids"].dtype == np.int32
+  n = int(out["text_mask"].sum())
+  assert 0 < n < 400 and out["text_mask"][:n].all() and (out["text_ids"][n:] == PAD).all()
+  assert tok.tokenizer.decode(out["text_ids"][:n]) == qwen_prompt.prompt_text(
+      "<text>a man speaks</text>")
+  short = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=8)
+  assert short("<text>a man speaks</text>")["text_mask"].all()
+  clone = pickle.loads(pickle.dumps(tok))
+  np.testing.assert_array_equal(clone("x y")["text_ids"], tok("x y")["text_ids"])
+  assert tok.batch(["a", "b"])["text_ids"].shape == (2, 400)
+
+
+def test_prompt_with_image_runs_like_transformers(models, tokenizer_dir):
+  model, _, encoder = models
+  tok = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=220)
+  image = (np.random.default_rng(2).random((20, 28, 3)) * 255).astype(np.uint8)
+  out = tok.encode("<text>@image_1 speaks</text><sfx>rain</sfx>", [image])
+  grid = out["image_grid_thw"]
+  assert grid.tolist() == [[1, 4, 8]]
+  assert int((out["text_ids"] == IMG).sum()) == 8 == out["pixel_values"].shape[0] // 4
+  ids, mask = out["text_ids"][None], out["text_mask"][None]
+  ref = _torch_hidden(model, ids, mask, out["pixel_values"], grid)
+  hidden, _ = encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(out["pixel_values"]),
+                      grid)
+  assert _max_err(hidden, ref[-1], mask) < 1e-5
+  with pytest.raises(ValueError, match="cuts the image tokens"):
+    qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=40).encode("x", [image])
+
+
+def test_convert_then_encoder_parts(models, tokenizer_dir, tmp_path):
+  from skyreels_jax.tools import convert
+  _, folder, encoder = models
+  convert.convert("qwen2_5_vl", folder, str(tmp_path / "converted"))
+  tok, make, width = qwen_prompt.text_encoder_parts(str(tmp_path / "converted"), tokenizer_dir,
+                                                    max_length=400, output_layer=1)
+  assert width == 64
+  ids, mask = _text_batch()
+  ours = make(nnx.Rngs(0))(jnp.asarray(ids), jnp.asarray(mask))[0]
+  ref = _with_layer(encoder, 1)(jnp.asarray(ids), jnp.asarray(mask))[0]
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+  assert tok("x")["text_ids"].shape == (400,)
