@@ -46,10 +46,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.video_ae.kind = "identity"      # identity: pixel space-to-depth (tiny only)
   c.video_ae.spatial_factor = 4
   c.video_ae.temporal_factor = 1
+  c.video_ae.path = ""              # wan: a `tools.convert --kind=wan_vae` folder
+  c.video_ae.encode_chunk = 1       # wan: latent frames per causal scan step
+  c.video_ae.decode_chunk = 1
 
   c.audio_ae = ml_collections.ConfigDict()
   c.audio_ae.kind = "identity"      # identity: waveform framing (tiny only)
   c.audio_ae.hop = 320
+  c.audio_ae.path = ""              # oobleck: a `tools.convert --kind=oobleck_vae` folder
 
   # --- Data. Clip geometry is in pixels/samples; latent shapes follow from the autoencoders.
   c.data = ml_collections.ConfigDict()

@@ -168,9 +168,17 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
   m, d = config.model, config.data
   try:
     vae = autoencoders.build_video(config.video_ae)
+  except ValueError as e:
+    raise ConfigError(_ae_field("video_ae", config.video_ae.kind,
+                                autoencoders.KINDS_VIDEO), str(e)) from None
+  try:
     aae = autoencoders.build_audio(config.audio_ae, d.audio_channels)
   except ValueError as e:
-    raise ConfigError("video_ae.kind" if "video" in str(e) else "audio_ae.kind", str(e))
+    raise ConfigError(_ae_field("audio_ae", config.audio_ae.kind,
+                                autoencoders.KINDS_AUDIO), str(e)) from None
+  rate = getattr(aae, "sampling_rate", None)
+  _check(rate is None or rate == d.sample_rate, "data.sample_rate",
+         f"{d.sample_rate} Hz, but the audio autoencoder works at {rate} Hz")
   try:
     t = vae.latent_frames(d.num_frames)
   except ValueError as e:
@@ -217,6 +225,11 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
       attention=attention_spec(config), remat=m.remat, scan_blocks=m.scan_blocks,
       dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype])
   return geom, mcfg
+
+
+def _ae_field(section: str, kind: str, kinds) -> str:
+  """The field an autoencoder build error is about: the kind, or a checkpoint's path."""
+  return f"{section}.path" if kind in kinds and kind != "identity" else f"{section}.kind"
 
 
 def attention_spec(config) -> AttentionSpec:

@@ -33,6 +33,7 @@ READABLE_VERSIONS = (1,)
 KINDS = ("video", "image", "audio")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 ENCODER_KEYS = ("video_ae", "audio_ae", "text")
+NUMERICALLY_NEUTRAL = ("encode_chunk", "decode_chunk")
 
 _FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding")
 _FIELDS = ("kind", "video_latent", "audio_latent", "text_ids", "text_mask", "text_embedding",
@@ -46,10 +47,14 @@ class LatentRecordError(ValueError):
 def encoder_identity(config, *, text_frozen: bool) -> dict[str, Any]:
   """The encoders a config trains with, as plain JSON values: the `video_ae`, `audio_ae` and
   `text` config sections (audio with the channel count it is built for, text with whether
-  it is frozen). Equal identities mean interchangeable latents."""
+  it is frozen). Equal identities mean interchangeable latents. Settings that do not change
+  the numbers (the chunking of the causal scan) are left out; the checkpoint path stays in
+  (another file may hold other weights)."""
+  drop = lambda d: {k: v for k, v in d.items() if k not in NUMERICALLY_NEUTRAL}
   ident = {
-      "video_ae": config.video_ae.to_dict(),
-      "audio_ae": dict(config.audio_ae.to_dict(), channels=int(config.data.audio_channels)),
+      "video_ae": drop(config.video_ae.to_dict()),
+      "audio_ae": dict(drop(config.audio_ae.to_dict()),
+                       channels=int(config.data.audio_channels)),
       "text": dict(config.text.to_dict(), frozen=bool(text_frozen)),
   }
   return _plain(ident)

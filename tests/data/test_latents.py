@@ -175,8 +175,12 @@ def test_invalid_fields(overrides, match):
 def test_encoder_identity_of_a_config():
   c = tiny.get_config()
   ident = latents.encoder_identity(c, text_frozen=False)
-  assert ident["video_ae"] == c.video_ae.to_dict()
+  neutral = lambda d: {k: v for k, v in d.items() if k not in ("encode_chunk", "decode_chunk")}
+  assert ident["video_ae"] == neutral(c.video_ae.to_dict()) and "path" in ident["video_ae"]
   assert ident["audio_ae"] == dict(c.audio_ae.to_dict(), channels=c.data.audio_channels)
+  chunked = tiny.get_config()
+  chunked.video_ae.encode_chunk = 4     # the same numbers: the same identity
+  assert latents.encoder_identity(chunked, text_frozen=False) == ident
   assert ident["text"] == dict(c.text.to_dict(), frozen=False)
   latents.check_encoders(ident, latents.encoder_identity(tiny.get_config(), text_frozen=False))
   other = tiny.get_config()

@@ -1,0 +1,90 @@
+"""Configs that name converted Wan / Oobleck checkpoints (video_ae.kind=wan, audio_ae.kind=
+oobleck): validation reads their geometry, the train step encodes with them inside jit, and a
+missing path is a clear error before anything compiles."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, AutoencoderOobleck
+
+from configs import tiny
+from skyreels_jax.config import ConfigError, derive, validate
+from skyreels_jax.models import autoencoders
+from skyreels_jax.tasks.examples import make_codecs, training_inputs
+from skyreels_jax.tools import convert
+
+RATE = 800   # the tiny Oobleck's sampling rate: 9 frames at 8 fps = 900 samples
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("encoders")
+  torch.manual_seed(0)
+  wan = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                         temperal_downsample=[False, True, True],
+                         latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+  oob = AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[2, 4],
+                           channel_multiples=[1, 2], decoder_channels=8,
+                           decoder_input_channels=4, audio_channels=1,
+                           sampling_rate=RATE).eval()
+  for name, model in (("wan", wan), ("oobleck", oob)):
+    model.save_pretrained(root / f"{name}_src")
+  convert.convert("wan_vae", str(root / "wan_src"), str(root / "wan"))
+  convert.convert("oobleck_vae", str(root / "oobleck_src"), str(root / "oobleck"))
+  return root
+
+
+def _config(root):
+  c = tiny.get_config()
+  c.video_ae.kind, c.video_ae.path = "wan", str(root / "wan")
+  c.audio_ae.kind, c.audio_ae.path = "oobleck", str(root / "oobleck")
+  c.data.num_frames, c.data.height, c.data.width = 9, 32, 32     # 1 + 4k frames, 8x8 space
+  c.data.fps, c.data.sample_rate, c.data.audio_channels = 8.0, RATE, 1
+  c.data.batch_size, c.data.caption_dropout = 2, 0.0
+  c.model.patch_size_t, c.model.audio_patch_size = 1, 1
+  return c
+
+
+def test_geometry_comes_from_the_checkpoints(converted):
+  config = _config(converted)
+  validate(config)
+  geom, mcfg = derive(config)
+  assert geom.video_grid == (3, 4, 4) and geom.video_channels == 4
+  assert geom.audio_length == 113 and geom.audio_channels == 4   # ceil(900 / 8)
+  assert (mcfg.video_latent_channels, mcfg.audio_latent_channels) == (4, 4)
+
+
+def test_train_step_inputs_encode_with_the_real_autoencoders(converted):
+  config = _config(converted)
+  codecs, tokenizer = make_codecs(config)
+  rng = np.random.default_rng(0)
+  batch = {"video": rng.uniform(-1, 1, (2, 9, 32, 32, 3)).astype(np.float32),
+           "audio": rng.uniform(-0.5, 0.5, (2, 900, 1)).astype(np.float32),
+           **tokenizer.batch(["a", "b"])}
+  fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs,
+                                            use_audio=True))
+  inputs, terms = fn(batch, jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(terms["video_z0"]),
+                             np.asarray(codecs.video_ae.encode(batch["video"])), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(terms["audio_z0"]),
+                             np.asarray(codecs.audio_ae.encode(batch["audio"])), atol=1e-5)
+  assert inputs["video"].shape == (2, 3, 4, 4, 9) and inputs["audio"].shape == (2, 113, 9)
+
+
+def test_missing_or_mismatched_checkpoints_are_config_errors(converted, tmp_path):
+  config = _config(converted)
+  config.video_ae.path = str(tmp_path / "nowhere")
+  with pytest.raises(ConfigError, match=r"video_ae\.path.*not a converted checkpoint"):
+    validate(config)
+  config = _config(converted)
+  config.audio_ae.path = ""
+  with pytest.raises(ConfigError, match=r"audio_ae\.path.*needs a path"):
+    validate(config)
+  config = _config(converted)
+  config.data.sample_rate = 1600
+  with pytest.raises(ConfigError, match=r"data.sample_rate.*800 Hz"):
+    validate(config)
+  with pytest.raises(ValueError, match="choose one of"):
+    autoencoders.build_video(ml_collections.ConfigDict(dict(kind="vqgan")))
