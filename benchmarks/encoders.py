@@ -13,8 +13,8 @@ JAX call that follows), each side runs a few timed calls after untimed warm-up:
   1. Wan-2.1 video VAE vs diffusers AutoencoderKLWan: encode (posterior mean) and decode,
      frames/s of pixel frames. The published layout (base_dim 96, ~127M params) has 9x the
      convolution FLOPs of base_dim 32, which already takes ~12 s per 17-frame 128x128 encode
-     and ~16-23 s per decode on 2 CPU cores (at load 6), so the default is base_dim 32 (same depth, compression and z_dim); --wan_base_dim 96 for the
-     real one.
+     and ~16-23 s per decode on 2 CPU cores (at load 6), so the default is base_dim 32
+     (same depth, compression and z_dim); --wan_base_dim 96 for the real one.
   2. Oobleck audio VAE vs diffusers AutoencoderOobleck, published layout (hop 2048, 156M
      params): encode / decode, seconds of 44.1 kHz stereo audio per second of wall time. The
      clip is rounded up to whole hops on both sides (ours would zero-pad to that anyway).

@@ -2,21 +2,21 @@
 
   python -m skyreels_jax.tools.max_sequence --config=configs/hv13b.py --topology=v5p:4x4x4 \
       --height=720 --width=1280 [--sequence=4 --attention=ulysses] [--remat=full]
-  # GPUs, which cannot be compiled for here: the analytic memory model only
   python -m skyreels_jax.tools.max_sequence --config=configs/hv13b.py --analytic_only \
       --num_devices=8 --hbm_gib=72.5 --attention=cudnn --height=480 --width=832
 
-Layout: FSDP over every device but the `--sequence` ones, one example per data-parallel
-shard (the smallest global batch that keeps every device busy). Memory grows with the clip,
-so the analytic model (tools/memory.py) bisects for the answer in milliseconds; AOT compiles
-of the real step (tools/aot.py) then check it: the answer must fit and one second more must
-not. The model is within ~10% of XLA, so the walk from its guess is a step or two. Prints one
-JSON line last; "source" says whether XLA ("aot") or only the model ("analytic") backs it.
+Layout: FSDP over every device but the `--sequence` ones, one example per data-parallel shard.
+The memory model (tools/memory.py) bisects for the answer; AOT compiles of the real step
+(tools/aot.py) then home in from it, each next try XLA's bytes scaled to the HBM, until s fits
+and s + 1 does not (--analytic_only: the model alone, e.g. for GPUs). A compile is given up
+after --compile_timeout_s: long clips take XLA's TPU compiler many minutes. Prints a JSON line
+last.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 from typing import Any, Callable
@@ -25,27 +25,22 @@ from skyreels_jax.config import ConfigError, derive, mesh_shape, validate
 from skyreels_jax.models.attention import SEQUENCE_PARALLEL
 from skyreels_jax.tools.memory import train_memory_bytes
 
-_G = 1 << 30
-
+# What the result keeps of each compile's report (tools/aot.py): enough to see where XLA and
+# the memory model part (arguments ~ the sharded state, temporaries ~ the activations).
+_KEPT = ("fits", "bytes_per_device", "argument_bytes", "temp_bytes", "compile_seconds", "error")
 
 def configure(config, *, height: int, width: int, seconds: int, num_devices: int,
               sequence: int = 1, attention: str | None = None, remat: str | None = None):
   """A copy of `config` at `seconds` of `height` x `width`, laid out as the module doc says."""
   if sequence < 1 or num_devices % sequence:
-    raise ConfigError("mesh.sequence", f"--sequence={sequence} does not divide "
-                      f"{num_devices} devices")
+    raise ConfigError("mesh.sequence", f"{sequence} does not divide {num_devices} devices")
   attention = attention or config.attention
   if sequence > 1 and attention not in SEQUENCE_PARALLEL:
     raise ConfigError("attention", f"--sequence={sequence} shards the tokens, which "
                       f"attention={attention} does not handle: use one of {SEQUENCE_PARALLEL}")
   c = config.copy_and_resolve_references()
-  c.attention = attention
-  if remat:
-    c.model.remat = remat
-  frames = seconds * c.data.fps
-  if frames != int(frames):
-    raise ConfigError("data.fps", f"{seconds} s at {c.data.fps} fps is not whole frames")
-  c.data.height, c.data.width, c.data.num_frames = height, width, int(frames)
+  c.attention, c.model.remat = attention, remat or c.model.remat
+  c.data.height, c.data.width, c.data.num_frames = height, width, round(seconds * c.data.fps)
   c.mesh.update(dict(data=1, fsdp=-1, sequence=sequence, tensor=1, dcn_data=1, dcn_fsdp=1,
                      dcn_sequence=1, dcn_tensor=1))
   c.data.batch_size = num_devices // sequence     # one example per (data x fsdp) shard
@@ -53,8 +48,7 @@ def configure(config, *, height: int, width: int, seconds: int, num_devices: int
 
 
 def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
-  """Largest s in [0, hi] with fits(s), by bisection; fits must be monotone (true, then
-  false). 0 means even 1 does not fit."""
+  """Largest s in [0, hi] with fits(s) (monotone: true, then false), by bisection."""
   lo = 0                                 # invariant: fits(lo) or lo == 0; not fits(hi + 1)
   while lo < hi:
     mid = (lo + hi + 1) // 2
@@ -62,33 +56,29 @@ def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
   return lo
 
 
-def walk(compile_at: Callable[[int], dict], guess: int, hi: int) -> tuple[int, list[dict]]:
-  """From the model's `guess`, the largest s <= hi whose compile fits, checked by compiling
-  s and s + 1 (unless s == hi); one second at a time towards the boundary if the guess is
-  wrong. Returns (seconds, the reports of every compile, in order)."""
-  reports = []
-
-  def fits(s):
+def walk(compile_at: Callable[[int], dict], guess: int, hi: int,
+         hbm_bytes: int | None = None) -> tuple[int, list[dict]]:
+  """The largest s <= hi that compiles and fits while s + 1 does not, from the model's `guess`.
+  The next try is XLA's bytes at s scaled to the HBM (memory ~ fixed + per second, so this
+  lands at or below the answer), else one second on. A compile given up ("fits" None) ends
+  the walk at the longest fitting clip, else at the guess less any that did not fit."""
+  reports, good, bad, s = [], 0, hi + 1, min(max(guess, 1), hi)
+  while good + 1 < bad:
     reports.append(compile_at(s))
-    return reports[-1]["fits"]
-
-  s = min(max(guess, 1), hi)
-  if fits(s):
-    while s < hi and fits(s + 1):
-      s += 1
-  else:
-    s -= 1
-    while s >= 1 and not fits(s):
-      s -= 1
-  return max(s, 0), reports
+    fits, used = reports[-1]["fits"], reports[-1].get("bytes_per_device")
+    if fits is None:
+      return good or min(guess, bad - 1), reports
+    good, bad = (s, bad) if fits else (good, s)
+    step = int(s * hbm_bytes / used) if hbm_bytes and used else s + (1 if fits else -1)
+    s = min(max(step, good + 1), bad - 1)
+  return good, reports
 
 
 def max_sequence(config, *, height: int, width: int, num_devices: int, hbm_bytes: int,
                  sequence: int = 1, attention: str | None = None, remat: str | None = None,
                  max_seconds: int = 60, compile_at: Callable[[Any], dict] | None = None
                  ) -> dict[str, Any]:
-  """The result line. `compile_at(config) -> report` with "fits" and "bytes_per_device"
-  (tools/aot.compile_report for a topology); None: the analytic model alone."""
+  """The result line; `compile_at(config) -> report` as tools/aot.compile_report's, or None."""
   if max_seconds < 1:
     raise ConfigError("max_seconds", f"must be >= 1, got {max_seconds}")
   at = lambda s: configure(config, height=height, width=width, seconds=s,
@@ -97,80 +87,89 @@ def max_sequence(config, *, height: int, width: int, num_devices: int, hbm_bytes
   validate(at(1))             # shape / flag errors up front, naming the field
   model = lambda s: train_memory_bytes(at(s), num_devices)
   guess = largest_fitting(lambda s: model(s)["total"] <= hbm_bytes, max_seconds)
-  compiles: list[dict] = []
-  seconds = guess
-  if compile_at is not None:
-    seconds, compiles = walk(lambda s: {"seconds": s, **compile_at(at(s))}, guess, max_seconds)
+  seconds, compiles = (guess, []) if compile_at is None else walk(
+      lambda s: {"seconds": s, **compile_at(at(s))}, guess, max_seconds, hbm_bytes)
   c = at(max(seconds, 1))
   geom, _ = derive(c)
   held = lambda n: n if seconds else 0          # seconds 0: no clip fits
   modelled = model(max(seconds, 1))
-  line = {
+  xla = {r["seconds"]: r for r in compiles}
+  answer = xla.get(max(seconds, 1), {})        # when nothing fits: XLA's need at 1 s
+  return {
       "config": config.name, "num_devices": num_devices, "resolution": [height, width],
       "seconds": seconds, "capped": seconds == max_seconds,
       "num_frames": held(c.data.num_frames), "video_tokens": held(geom.video_tokens),
       "audio_tokens": held(geom.audio_tokens), "mesh": mesh_shape(c.mesh, num_devices),
       "batch_size": c.data.batch_size, "attention": c.attention, "remat": c.model.remat,
-      "hbm_bytes": hbm_bytes, "bytes_per_device": round(modelled["total"]),
+      "hbm_bytes": hbm_bytes,
+      "bytes_per_device": answer.get("bytes_per_device") or round(modelled["total"]),
+      "source": "analytic" if answer.get("fits") is None else "aot",
+      # XLA found the answer to fit and one second more not to (or the answer is the cap)
+      "boundary_checked": answer.get("fits") is not None and (
+          seconds == max_seconds or xla.get(seconds + 1, {}).get("fits") is False),
       "model_seconds": guess, "model_bytes_per_device": round(modelled["total"]),
       "state_bytes_per_device": round(modelled["state"]),
-      "source": "analytic" if compile_at is None else "aot"}
-  # XLA's figure at the answer (or, when nothing fits, its need at 1 s)
-  at_answer = [r for r in compiles if r["seconds"] == max(seconds, 1)]
-  if at_answer:
-    line["bytes_per_device"] = at_answer[0].get("bytes_per_device")
-  line["compiles"] = [{k: r.get(k) for k in ("seconds", "fits", "bytes_per_device",
-                                             "compile_seconds", "error")} for r in compiles]
-  return line
+      "compiles": [{k: r.get(k) for k in ("seconds",) + _KEPT} for r in compiles]}
 
 
-def _logged(report: dict) -> dict:
-  """Each compile takes minutes at pod scale: say how it went as it happens."""
-  keys = ("num_frames", "fits", "bytes_per_device", "compile_seconds", "error")
-  print(json.dumps({k: report.get(k) for k in keys}), file=sys.stderr, flush=True)
+def _compile_child(conn, config, topology: str):
+  import jax
+  jax.config.update("jax_platforms", "cpu")
+  from skyreels_jax.tools import aot
+  try:
+    conn.send(aot.compile_report(config, topology))
+  except Exception as e:  # pylint: disable=broad-except
+    conn.send({"raise": f"{type(e).__name__}: {e}"})
+
+
+def compile_with_timeout(config, topology: str, timeout_s: float) -> dict:
+  """tools/aot.compile_report in a fresh (spawned) process, killed after `timeout_s`: then
+  "fits" is None. Other compile errors are raised here. Logs each compile to stderr."""
+  ctx = multiprocessing.get_context("spawn")
+  receive, send = ctx.Pipe(duplex=False)
+  proc = ctx.Process(target=_compile_child, args=(send, config, topology), daemon=True)
+  proc.start()
+  report = (receive.recv() if receive.poll(timeout_s) else {
+      "fits": None, "compile_seconds": timeout_s, "error": f"gave up after {timeout_s:g} s"})
+  proc.kill()
+  proc.join()
+  if "raise" in report:
+    raise RuntimeError(f"compile at {config.data.num_frames} frames: {report['raise']}")
+  print(json.dumps({k: report.get(k) for k in ("num_frames",) + _KEPT}),
+        file=sys.stderr, flush=True)
   return report
 
 
 def check_flags(topology: str, analytic_only: bool, num_devices: int, hbm_gib: float):
-  """Where the devices come from: a TPU topology (compiled for, or with `analytic_only` its
-  chip count and HBM in the model), else `num_devices` x `hbm_gib` in the model alone."""
+  """Devices: a TPU topology's (compiled for, or modelled), else num_devices x hbm_gib."""
   if topology and (num_devices or hbm_gib):
-    raise ValueError("--topology gives the devices and their HBM: drop --num_devices and "
-                     "--hbm_gib")
+    raise ValueError("--topology gives the devices and HBM: drop --num_devices, --hbm_gib")
   if not topology and not analytic_only:
-    raise ValueError("give --topology (AOT-checked), or --analytic_only with --num_devices "
-                     "and --hbm_gib (e.g. GPUs)")
+    raise ValueError("give --topology, or --analytic_only --num_devices=N --hbm_gib=G (GPUs)")
   if not topology and (num_devices < 1 or hbm_gib <= 0):
-    raise ValueError("--analytic_only without --topology needs --num_devices >= 1 and "
-                     "--hbm_gib > 0")
+    raise ValueError("--analytic_only needs --num_devices >= 1 and --hbm_gib > 0")
 
 
-def main(argv):
+def main(_):
   import jax
   from absl import app, flags
   from skyreels_jax.tools import aot
-  del argv
   f = flags.FLAGS
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")
-  try:
+  compile_at, n, hbm = None, f.num_devices, int(f.hbm_gib * 2**30)
+  where = {"hardware": f"{n} devices x {f.hbm_gib:g} GiB"}
+  try:   # ConfigError is a ValueError
     check_flags(f.topology, f.analytic_only, f.num_devices, f.hbm_gib)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  compile_at = None
-  if f.topology:
-    devices = aot.topology_devices(f.topology)
-    n, hbm, where = len(devices), aot.hbm_bytes(devices[0]), {"topology": f.topology}
-    if not f.analytic_only:
-      compile_at = lambda c: _logged(aot.compile_report(c, f.topology))
-  else:
-    n, hbm = f.num_devices, int(f.hbm_gib * _G)
-    where = {"hardware": f"{n} devices x {f.hbm_gib:g} GiB"}
-  try:
+    if f.topology:
+      devices = aot.topology_devices(f.topology)
+      n, hbm, where = len(devices), aot.hbm_bytes(devices[0]), {"topology": f.topology}
+      if not f.analytic_only:
+        compile_at = lambda c: compile_with_timeout(c, f.topology, f.compile_timeout_s)
     line = max_sequence(f.config, height=f.height, width=f.width, num_devices=n,
                         hbm_bytes=hbm, sequence=f.sequence, attention=f.attention,
                         remat=f.remat, max_seconds=f.max_seconds, compile_at=compile_at)
-  except ConfigError as e:
+  except ValueError as e:
     raise app.UsageError(str(e)) from None
   print(json.dumps({"config": line.pop("config"), **where, **line}), flush=True)
 
@@ -186,6 +185,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("attention", None, "attention strategy (default: the config's)")
   flags.DEFINE_string("remat", None, "model.remat (default: the config's)")
   flags.DEFINE_integer("max_seconds", 60, "search no longer than this")
+  flags.DEFINE_float("compile_timeout_s", 600, "give a compile up after this many seconds")
   flags.DEFINE_bool("analytic_only", False, "memory model only, no compile (GPUs)")
   flags.DEFINE_integer("num_devices", 0, "with --analytic_only: devices")
   flags.DEFINE_float("hbm_gib", 0.0, "with --analytic_only: usable memory per device, GiB")

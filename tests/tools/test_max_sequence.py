@@ -41,6 +41,32 @@ def test_walk_compiles_the_answer_and_one_more(guess, truth, tried):
   assert [r["seconds"] for r in reports] == tried
 
 
+@pytest.mark.parametrize("guess,truth,slow,tried,answer", [
+    (9, 9, 10, [9, 10], 9),         # fits, one more gives up: the fitting one (unbounded)
+    (9, 9, 9, [9], 9),              # the guess itself gives up: the guess, unverified
+    (12, 9, 11, [12, 11], 11),      # too long, then gives up: below the one that did not fit
+])
+def test_walk_ends_at_a_compile_given_up(guess, truth, slow, tried, answer):
+  compile_at = lambda s: {"seconds": s, "fits": None if s == slow else s <= truth}
+  seconds, reports = ms.walk(compile_at, guess, hi=60)
+  assert seconds == answer and [r["seconds"] for r in reports] == tried
+
+
+def test_compile_given_up_after_the_timeout():
+  """The child (a spawned process importing JAX) is killed long before it compiles."""
+  report = ms.compile_with_timeout(small.get_config(), "v5p:2x2x1", timeout_s=0.01)
+  assert report["fits"] is None and "gave up" in report["error"]
+
+
+def test_walk_jumps_by_the_compilers_bytes():
+  """bytes = (10 + 10 s) GiB in 100 GiB: 9 s is the answer. From 20 s (210 GiB) the scaled
+  guess is 9 s at once; then 10 s to close the boundary."""
+  compile_at = lambda s: {"seconds": s, "fits": 10 + 10 * s <= 100,
+                          "bytes_per_device": (10 + 10 * s) * G}
+  seconds, reports = ms.walk(compile_at, 20, hi=60, hbm_bytes=100 * G)
+  assert seconds == 9 and [r["seconds"] for r in reports] == [20, 9, 10]
+
+
 def test_walk_stops_at_the_cap():
   seconds, reports = ms.walk(lambda s: {"fits": True}, 60, hi=60)
   assert seconds == 60 and len(reports) == 1
@@ -69,18 +95,31 @@ def test_search_stops_at_max_seconds():
 
 
 def test_compiles_override_the_model():
-  """A compiler that fits two seconds less than the model: the answer is the compiler's,
-  with its bytes, reached by walking down from the model's guess."""
+  """A compiler whose bytes grow in proportion to the clip and fill the HBM two seconds
+  below the model's answer: the answer is the compiler's, with its bytes, and its bytes at
+  the model's guess point straight at it."""
   guess = ms.max_sequence(hv13b.get_config(), num_devices=64, hbm_bytes=HBM,
                           **SPLASH)["seconds"]
-  fake = lambda c: {"fits": c.data.num_frames <= 16 * (guess - 2),
-                    "bytes_per_device": c.data.num_frames * G, "compile_seconds": 0.0}
+  used = lambda c: HBM * c.data.num_frames // (16 * (guess - 2))
+  fake = lambda c: {"fits": used(c) <= HBM, "bytes_per_device": used(c), "compile_seconds": 0}
   line = ms.max_sequence(hv13b.get_config(), num_devices=64, hbm_bytes=HBM, compile_at=fake,
                          **SPLASH)
   assert line["source"] == "aot" and line["model_seconds"] == guess
-  assert line["seconds"] == guess - 2 and line["bytes_per_device"] == 16 * (guess - 2) * G
+  assert line["boundary_checked"] is True
+  assert line["seconds"] == guess - 2 and line["bytes_per_device"] == HBM
   assert [(r["seconds"], r["fits"]) for r in line["compiles"]] == [
-      (guess, False), (guess - 1, False), (guess - 2, True)]
+      (guess, False), (guess - 2, True), (guess - 1, False)]
+
+
+def test_unchecked_boundary_is_said():
+  """The model's answer compiles and fits; one second more is given up."""
+  kw = dict(num_devices=64, hbm_bytes=HBM, **SPLASH)
+  guess = ms.max_sequence(hv13b.get_config(), **kw)["seconds"]
+  fake = lambda c: {"fits": None if c.data.num_frames > 16 * guess else True,
+                    "bytes_per_device": G}
+  line = ms.max_sequence(hv13b.get_config(), compile_at=fake, **kw)
+  assert (line["seconds"], line["source"], line["bytes_per_device"]) == (guess, "aot", G)
+  assert line["boundary_checked"] is False and len(line["compiles"]) == 2
 
 
 def test_state_alone_too_big_gives_zero_seconds():
