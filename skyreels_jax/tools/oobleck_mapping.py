@@ -20,7 +20,6 @@ No torch here: weights are read with `safetensors.numpy`.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Any, Mapping
@@ -146,34 +145,14 @@ def load_into_vae(vae: OobleckVAE, tensors: Mapping[str, np.ndarray]) -> None:
   weights.load_into(vae, fold_weight_norm(tensors), oobleck_entries(vae.config))
 
 
-def _safetensors_files(path: str) -> list[str]:
-  """diffusers' default weights file if present (a folder may also hold `.fp16` variants of
-  the same tensors), else every *.safetensors there (shards)."""
-  default = os.path.join(path, "diffusion_pytorch_model.safetensors")
-  if os.path.exists(default):
-    return [default]
-  files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-  if not files:
-    raise FileNotFoundError(f"no *.safetensors in {path}")
-  return files
-
-
 def load_diffusers_folder(path: str) -> OobleckVAE:
   """An `OobleckVAE` from a diffusers `vae/` folder (config.json + *.safetensors), float32,
   without random init (the module is built abstract and filled). Wrap it in
   `OobleckAudioAutoencoder` for the audio-autoencoder interface."""
-  from flax import nnx
-  from safetensors.numpy import load_file
 
   with open(os.path.join(path, "config.json")) as f:
     cfg = config_from_diffusers(json.load(f))
-  tensors: dict[str, np.ndarray] = {}
-  for file in _safetensors_files(path):
-    part = load_file(file)
-    twice = sorted(set(part) & set(tensors))
-    if twice:
-      raise ValueError(f"{file}: tensors already read from another file: {twice[:5]}")
-    tensors.update(part)
+  tensors = weights.read_safetensors(path)
   vae = nnx.eval_shape(lambda: OobleckVAE(cfg, rngs=nnx.Rngs(0)))
   load_into_vae(vae, tensors)
   return vae
@@ -189,5 +168,4 @@ def module_config(vae: OobleckVAE) -> dict[str, Any]:
 
 
 def build_module(config: Mapping[str, Any]) -> OobleckVAE:
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-  return OobleckVAE(OobleckConfig(**fields), rngs=nnx.Rngs(0))
+  return OobleckVAE(weights.dataclass_from_json(OobleckConfig, config), rngs=nnx.Rngs(0))

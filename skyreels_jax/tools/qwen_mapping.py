@@ -18,7 +18,6 @@ tests/models/test_qwen2_5_vl.py.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Any, Mapping
@@ -167,24 +166,7 @@ def load_into_encoder(encoder: Qwen25VLEncoder, tensors: Mapping[str, np.ndarray
   weights.load_into(encoder, tensors, qwen_entries(encoder.config, layout), skip_sources=skip)
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Every tensor of a folder: the shards named by model.safetensors.index.json when there is
-  one (a sharded hub checkpoint), else every *.safetensors file."""
-  from safetensors.numpy import load_file
-
-  index = os.path.join(path, "model.safetensors.index.json")
-  if os.path.exists(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-    files = [os.path.join(path, name) for name in files]
-  else:
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-  if not files:
-    raise FileNotFoundError(f"no *.safetensors in {path}")
-  tensors: dict[str, np.ndarray] = {}
-  for file in files:
-    tensors.update(load_file(file))
-  return tensors
+read_safetensors = weights.read_safetensors
 
 
 def load_hf_folder(path: str, *, output_layer: int = -1, with_vision: bool = True,

@@ -12,7 +12,6 @@ No torch here: weights are read with `safetensors.numpy`.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Any, Mapping
@@ -162,17 +161,9 @@ def load_into_vae(vae: WanVAE, tensors: Mapping[str, np.ndarray]) -> None:
 def load_diffusers_folder(path: str) -> WanVAE:
   """A `WanVAE` from a diffusers `vae/` folder (config.json + *.safetensors), float32,
   without random init (the module is built abstract and filled)."""
-  from flax import nnx
-  from safetensors.numpy import load_file
-
   with open(os.path.join(path, "config.json")) as f:
     cfg = config_from_diffusers(json.load(f))
-  files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-  if not files:
-    raise FileNotFoundError(f"no *.safetensors in {path}")
-  tensors: dict[str, np.ndarray] = {}
-  for file in files:
-    tensors.update(load_file(file))
+  tensors = weights.read_safetensors(path)
   vae = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   load_into_vae(vae, tensors)
   return vae
@@ -188,5 +179,4 @@ def module_config(vae: WanVAE) -> dict[str, Any]:
 
 
 def build_module(config: Mapping[str, Any]) -> WanVAE:
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-  return WanVAE(WanVAEConfig(**fields), rngs=nnx.Rngs(0))
+  return WanVAE(weights.dataclass_from_json(WanVAEConfig, config), rngs=nnx.Rngs(0))

@@ -99,3 +99,39 @@ def load_into(module, tensors: Mapping[str, np.ndarray], entries: Iterable[Entry
     raise ValueError(f"params not filled: {missing}")
   nnx.update(module, nnx.from_flat_state(
       [(p, jax.device_put(values[tuple(map(str, p))])) for p, _ in flat]))
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a Hugging Face / diffusers folder, read with safetensors.numpy (no torch):
+  the shards of `*.safetensors.index.json` when there is one; else diffusers' default file
+  when present (a folder may also hold `.fp16` variants of the same tensors); else every
+  `*.safetensors`. A tensor in two files is an error."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  indexes = sorted(glob.glob(os.path.join(path, "*.safetensors.index.json")))
+  default = os.path.join(path, "diffusion_pytorch_model.safetensors")
+  if indexes:
+    with open(indexes[0]) as f:
+      files = [os.path.join(path, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+  elif os.path.exists(default):
+    files = [default]
+  else:
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  if not files:
+    raise FileNotFoundError(f"no *.safetensors in {path}")
+  tensors: dict[str, np.ndarray] = {}
+  for file in files:
+    part = load_file(file)
+    twice = sorted(set(part) & set(tensors))
+    if twice:
+      raise ValueError(f"{file}: tensors already read from another file: {twice[:5]}")
+    tensors.update(part)
+  return tensors
+
+
+def dataclass_from_json(cls, config: Mapping) -> object:
+  """`cls(**config)` with JSON lists turned back into the tuples frozen dataclasses hold."""
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})

@@ -13,14 +13,13 @@ import pickle
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from skyreels_jax.models.text.qwen2_5_vl import Qwen25VLEncoder, mrope_positions  # noqa: E402
-from skyreels_jax.models.text import qwen_prompt  # noqa: E402
-from skyreels_jax.tools import qwen_mapping  # noqa: E402
+from skyreels_jax.models.text import qwen_prompt
+from skyreels_jax.models.text.qwen2_5_vl import Qwen25VLEncoder, mrope_positions
+from skyreels_jax.tools import qwen_mapping
 
 # The tiny tokenizer's special-token ids (it lists its specials first), shared by the model.
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
