@@ -29,6 +29,7 @@ from skyreels_jax.tools.memory import train_memory_bytes
 # the memory model part (arguments ~ the sharded state, temporaries ~ the activations).
 _KEPT = ("fits", "bytes_per_device", "argument_bytes", "temp_bytes", "compile_seconds", "error")
 
+
 def configure(config, *, height: int, width: int, seconds: int, num_devices: int,
               sequence: int = 1, attention: str | None = None, remat: str | None = None):
   """A copy of `config` at `seconds` of `height` x `width`, laid out as the module doc says."""
@@ -88,7 +89,7 @@ def max_sequence(config, *, height: int, width: int, num_devices: int, hbm_bytes
   model = lambda s: train_memory_bytes(at(s), num_devices)
   guess = largest_fitting(lambda s: model(s)["total"] <= hbm_bytes, max_seconds)
   seconds, compiles = (guess, []) if compile_at is None else walk(
-      lambda s: {"seconds": s, **compile_at(at(s))}, guess, max_seconds, hbm_bytes)
+      lambda s: {**compile_at(at(s)), "seconds": s}, guess, max_seconds, hbm_bytes)
   c = at(max(seconds, 1))
   geom, _ = derive(c)
   held = lambda n: n if seconds else 0          # seconds 0: no clip fits
@@ -164,6 +165,8 @@ def main(_):
     if f.topology:
       devices = aot.topology_devices(f.topology)
       n, hbm, where = len(devices), aot.hbm_bytes(devices[0]), {"topology": f.topology}
+      if hbm is None:
+        raise ValueError(f"no HBM size known for {devices[0].device_kind} (tools/aot.py)")
       if not f.analytic_only:
         compile_at = lambda c: compile_with_timeout(c, f.topology, f.compile_timeout_s)
     line = max_sequence(f.config, height=f.height, width=f.width, num_devices=n,

@@ -101,7 +101,8 @@ def test_compiles_override_the_model():
   guess = ms.max_sequence(hv13b.get_config(), num_devices=64, hbm_bytes=HBM,
                           **SPLASH)["seconds"]
   used = lambda c: HBM * c.data.num_frames // (16 * (guess - 2))
-  fake = lambda c: {"fits": used(c) <= HBM, "bytes_per_device": used(c), "compile_seconds": 0}
+  fake = lambda c: {"fits": used(c) <= HBM, "bytes_per_device": used(c), "compile_seconds": 0,
+                    "seconds": c.data.num_frames / 16}     # aot's float; the walk's int wins
   line = ms.max_sequence(hv13b.get_config(), num_devices=64, hbm_bytes=HBM, compile_at=fake,
                          **SPLASH)
   assert line["source"] == "aot" and line["model_seconds"] == guess
@@ -109,6 +110,7 @@ def test_compiles_override_the_model():
   assert line["seconds"] == guess - 2 and line["bytes_per_device"] == HBM
   assert [(r["seconds"], r["fits"]) for r in line["compiles"]] == [
       (guess, False), (guess - 2, True), (guess - 1, False)]
+  assert all(type(r["seconds"]) is int for r in line["compiles"])
 
 
 def test_unchecked_boundary_is_said():
