@@ -34,13 +34,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"   # master params
   c.model.remat = "none"            # none | full | save_dots | save_named | offload_named
   c.model.scan_blocks = True
+  # attention="vsa" (Video Sparse Attention, the refiner's): video tokens in cubes of
+  # vsa_cube (t, h, w) tokens; each query cube attends to its vsa_top_k best key cubes
+  # (0: all cubes, i.e. dense).
+  c.model.vsa_cube = (4, 4, 4)
+  c.model.vsa_top_k = 0
 
   # --- Frozen / tiny encoders behind one interface each (SPEC section 2).
   c.text = ml_collections.ConfigDict()
-  c.text.kind = "tiny"              # tiny: hashed-word embedding, trained with the model
-  c.text.vocab_size = 4096
-  c.text.max_length = 32
+  # tiny: hashed-word embedding, trained with the model; qwen2_5_vl: the frozen MLLM
+  c.text.kind = "tiny"
+  c.text.vocab_size = 4096          # tiny only
+  c.text.max_length = 32            # prompt tokens (longer prompts are truncated)
   c.text.width = 256                # text embedding width fed to both branches
+  c.text.path = ""                  # qwen2_5_vl: a `tools.convert --kind=qwen2_5_vl` folder
+  c.text.tokenizer_path = ""        # qwen2_5_vl: tokenizer folder ("": path/tokenizer)
+  c.text.output_layer = -1          # qwen2_5_vl: which hidden state (-1: the last, normed)
 
   c.video_ae = ml_collections.ConfigDict()
   c.video_ae.kind = "identity"      # identity: pixel space-to-depth (tiny only)
@@ -49,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.video_ae.path = ""              # wan: a `tools.convert --kind=wan_vae` folder
   c.video_ae.encode_chunk = 1       # wan: latent frames per causal scan step
   c.video_ae.decode_chunk = 1
+  c.video_ae.tile_height = 0        # wan: spatial tile height, pixels; 0 = no tiling
+  c.video_ae.tile_width = 0         # wan: spatial tile width, pixels; 0 = no tiling
+  c.video_ae.tile_stride_height = 0  # wan: pixels between tile rows; 0 = no tiling
+  c.video_ae.tile_stride_width = 0   # wan: pixels between tile columns; 0 = no tiling
 
   c.audio_ae = ml_collections.ConfigDict()
   c.audio_ae.kind = "identity"      # identity: waveform framing (tiny only)
@@ -62,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.width = 32
   c.data.num_frames = 16
   c.data.fps = 8.0
+  # True: a D-second clip has D * fps + 1 frames (frames at 0 .. D; the 1 + 4k frames of a
+  # causal 4x video VAE such as Wan) and D * sample_rate audio samples.
+  c.data.endpoint_frame = False
   c.data.sample_rate = 16000
   c.data.audio_channels = 1
   c.data.batch_size = 8             # global batch
@@ -149,25 +165,51 @@ def get_config() -> ml_collections.ConfigDict:
       ("audio_seq", "sequence"),
       ("text_seq", None),
   )
+
+  # --- Cascade refiner (SPEC section 5 step 2; skyreels_jax/tasks/refiner.py): the same
+  # MMDiT trained on super-resolution + frame interpolation. Enabled, the data clips are the
+  # HIGH-res targets (data.height/width/num_frames/fps are the refiner's output geometry);
+  # the low-res input is derived from them.
+  c.refiner = ml_collections.ConfigDict()
+  c.refiner.enabled = False
+  c.refiner.scale = 2               # spatial factor low-res -> target (pixels and latents)
+  c.refiner.time_scale = 2          # frame-rate factor (16 -> 32 fps): the low-res clip has
+                                    # every time_scale-th target frame
+  c.refiner.keyframes = (0,)        # target frames whose high-res latents are given (the base
+                                    # model's high-res keyframes); kept, no loss
+  # Noise augmentation of the low-res condition, (1 - n) z_low + n eps: keeps the refiner from
+  # copying the base model's low-res artefacts; sampling must use the same n.
+  c.refiner.noise_low = 0.0
+
+  # --- Cascade base (SPEC section 5 step 1; skyreels_jax/tasks/keyframes.py): with count > 0
+  # the model generates the clip at LOW resolution (data size / scale, every frame) plus
+  # high-res KEYFRAMES as extra video tokens. The data clips are the high-res ones.
+  c.keyframes = ml_collections.ConfigDict()
+  c.keyframes.count = 0             # keyframes per clip, spread evenly (0: no keyframes)
+  c.keyframes.frames = ()           # or these pixel frame indices
+  c.keyframes.scale = 2             # high-res / low-res spatial factor
+  c.keyframes.loss_weight = 1.0
   return c
 
 
 def large_scale_media(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Encoders and media of the small / hv13b configs: 16 fps video, 44.1 kHz stereo audio,
-  8x8 spatial + 4x temporal video compression, a 1024-sample audio hop (~43 latents/s, the
-  paper's rate) and a 3584-wide text embedding (Qwen2.5-VL-7B's hidden size).
-
-  Until the Wan-2.1 VAE, the Oobleck VAE and the Qwen2.5-VL encoder land (issue 5), these are
-  the interface-compatible stand-ins with the same compression, so shapes and token counts
-  are the real ones; only the patch embedding's input width differs.
+  """Encoders and media of the small / hv13b configs (SPEC section 2): the frozen Wan-2.1
+  video VAE (8x8 spatial, 4x temporal, 16 channels; clips of 1 + 16 D frames), Stable Audio
+  Open's Oobleck VAE (44.1 kHz stereo, 2048-sample hop: 21.5 latents/s) and Qwen2.5-VL-7B
+  (3584-wide hidden states), from folders written once by `python -m
+  skyreels_jax.tools.convert` (README, "Frozen encoders"). Without those folders, training
+  and sampling stop with a config error naming the path; the planning tools (aot, memory,
+  max_sequence) use the published architectures.
   """
-  c.text.kind = "tiny"
+  c.text.kind = "qwen2_5_vl"
+  c.text.path = "ckpt/qwen2_5_vl"
   c.text.width = 3584
-  c.text.vocab_size = 32768
   c.text.max_length = 256
-  c.video_ae.spatial_factor = 8
-  c.video_ae.temporal_factor = 4
-  c.audio_ae.hop = 1024
+  c.video_ae.kind = "wan"
+  c.video_ae.path = "ckpt/wan_vae"
+  c.audio_ae.kind = "oobleck"
+  c.audio_ae.path = "ckpt/oobleck_vae"
+  c.data.endpoint_frame = True
   c.data.fps = 16.0
   c.data.sample_rate = 44100
   c.data.audio_channels = 2

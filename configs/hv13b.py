@@ -14,9 +14,9 @@ def get_config():
   c.model.num_dual_blocks = 20
   c.model.num_single_blocks = 40
   c.model.remat = "full"
-  # 544x960, 5 s: 20 x 34 x 60 = 40,800 video tokens and 216 audio tokens.
+  # 544x960, 5 s: 81 frames -> 21 x 34 x 60 = 42,840 video tokens; 108 audio tokens.
   c.data.height, c.data.width = 544, 960
-  c.data.num_frames = 80
+  c.data.num_frames = 81
   c.data.batch_size = 256
   c.flow.shift = c.sample.shift = 5.0
   return c

@@ -15,9 +15,9 @@ def get_config():
   c.model.num_dual_blocks = 6
   c.model.num_single_blocks = 12
   c.model.remat = "save_dots"
-  # Stage-2 geometry: 256x256, 2 s (32 frames -> 8 latent frames, 2,048 video tokens).
+  # Stage-2 geometry: 256x256, 2 s (33 frames -> 9 latent frames, 2,304 video tokens).
   c.data.height = c.data.width = 256
-  c.data.num_frames = 32
+  c.data.num_frames = 33
   c.data.batch_size = 8
   c.flow.shift = c.sample.shift = 3.0
   return c

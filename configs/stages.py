@@ -86,5 +86,5 @@ def get_config(arg: str = "1"):
   # the AOT and memory tools use.
   _stage(c, stage)
   c.data.height, c.data.width = c.data.resolutions[0]
-  c.data.num_frames = int(round(c.data.durations[0] * c.data.fps))
+  c.data.num_frames = int(round(c.data.durations[0] * c.data.fps)) + int(c.data.endpoint_frame)
   return c

@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
+from skyreels_jax.data.media import AudioTrack, FrameSampler, padded_audio
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -165,9 +166,10 @@ def geometry_from_config(data_config) -> dict[str, Any]:
   frames = sorted(set(buckets_lib.durations_frames(data_config)))
   if min(frames) <= 0:
     raise ValueError(f"data.durations give {frames} frames at {fps} fps; all must be >= 1")
-  return dict(fps=fps, sample_rate=sr, audio_channels=ch,
+  end = bool(data_config.get("endpoint_frame", False))
+  return dict(fps=fps, sample_rate=sr, audio_channels=ch, endpoint_frame=end,
               resolutions=[list(r) for r in buckets_lib.resolutions(data_config)],
-              durations=[f / fps for f in frames], durations_frames=frames)
+              durations=[(f - end) / fps for f in frames], durations_frames=frames)
 
 
 def _data_config(geometry: dict[str, Any]):
@@ -176,7 +178,8 @@ def _data_config(geometry: dict[str, Any]):
   return ml_collections.ConfigDict(dict(
       fps=geometry["fps"], sample_rate=geometry["sample_rate"], height=0, width=0,
       num_frames=0, resolutions=tuple(tuple(r) for r in geometry["resolutions"]),
-      durations=tuple(geometry["durations"])))
+      durations=tuple(geometry["durations"]),
+      endpoint_frame=bool(geometry.get("endpoint_frame", False))))
 
 
 def cut(total: int, choices: list[int]) -> list[tuple[int, int]]:
@@ -189,82 +192,6 @@ def cut(total: int, choices: list[int]) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------------- decoding
-
-
-class _AudioTrack:
-  """Accumulates decoded audio frames, resampled to the target rate and channel count."""
-
-  def __init__(self, sample_rate: int, channels: int):
-    self.channels = channels
-    self.start = None  # seconds of the first decoded sample
-    self._resampler = av.AudioResampler(format="flt", layout="mono" if channels == 1
-                                        else "stereo", rate=sample_rate)
-    self._parts = []
-
-  def add(self, frame) -> None:
-    if self.start is None:
-      self.start = float(frame.time or 0.0)
-    for out in self._resampler.resample(frame):
-      self._parts.append(out.to_ndarray().reshape(-1, self.channels))
-
-  def finish(self) -> np.ndarray:
-    if self.start is not None:
-      for out in self._resampler.resample(None):
-        self._parts.append(out.to_ndarray().reshape(-1, self.channels))
-    if not self._parts:
-      return np.zeros((0, self.channels), np.float32)
-    audio = np.concatenate(self._parts).astype(np.float32)
-    return np.clip(np.nan_to_num(audio), -1.0, 1.0)  # resampling can overshoot 1 a little.
-
-
-class _FrameSampler:
-  """Picks, from frames arriving in display order, the frame nearest each time t0 + k / fps,
-  turned upright, resized to cover the closest-aspect resolution and centre-cropped."""
-
-  def __init__(self, fps: float, resolutions: list[tuple[int, int]]):
-    self.fps, self.resolutions = fps, resolutions
-    self.frames: list[np.ndarray] = []
-    self.t0 = self.size = self._prev = self._gap = None
-    self.rotation = 0
-
-  def add(self, frame, t: float) -> None:
-    if self.t0 is None:
-      self.t0 = t
-      self.rotation = int(round(getattr(frame, "rotation", 0) or 0))
-      h, w = (frame.width, frame.height) if abs(self.rotation) == 90 else (frame.height,
-                                                                            frame.width)
-      self.size = buckets_lib.closest_resolution(h, w, self.resolutions)
-    elif t <= self._prev[0]:
-      return  # a repeated or out-of-order timestamp: keep the first frame shown.
-    else:
-      self._gap = t - self._prev[0]
-    while (target := self.t0 + len(self.frames) / self.fps) <= t + 1e-9:
-      use_prev = self._prev is not None and target - self._prev[0] < t - target
-      self.frames.append(self._pixels(self._prev[1] if use_prev else frame))
-    self._prev = (t, frame)
-
-  def finish(self, native_rate) -> None:
-    """Targets within the last frame's display time (one native frame) take the last frame."""
-    if self._prev is None:
-      return
-    duration = float(1 / native_rate) if native_rate else (self._gap or 1 / self.fps)
-    while self.t0 + len(self.frames) / self.fps < self._prev[0] + duration - 1e-6:
-      self.frames.append(self._pixels(self._prev[1]))
-
-  def _pixels(self, frame) -> np.ndarray:
-    h, w = self.size
-    image = upright(frame.to_image(), self.rotation)
-    return np.asarray(ImageOps.fit(image, (w, h), method=Image.Resampling.BICUBIC))
-
-
-_TURNS = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270,
-          180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180}
-
-
-def upright(image: "Image.Image", rotation: int) -> "Image.Image":
-  """Phones store portrait video as sideways frames plus a display rotation (degrees
-  counterclockwise, PyAV's `frame.rotation`): apply it. Other angles are left alone."""
-  return image.transpose(_TURNS[rotation]) if rotation in _TURNS else image
 
 
 def _open_media(path: str):
@@ -285,8 +212,8 @@ def video_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
       raise SkipFile("no video stream")
     vstream = container.streams.video[0]
     streams = [vstream] + list(container.streams.audio[:1])
-    sampler = _FrameSampler(fps, [tuple(r) for r in geometry["resolutions"]])
-    track = _AudioTrack(sr, ch) if len(streams) > 1 else None
+    sampler = FrameSampler(fps, [tuple(r) for r in geometry["resolutions"]])
+    track = AudioTrack(sr, ch) if len(streams) > 1 else None
     rate = vstream.average_rate or vstream.guessed_rate
     for packet in container.demux(*streams):
       for frame in packet.decode():
@@ -316,18 +243,10 @@ def video_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
                 caption=inp["caption"], source=f"{inp['rel']}@{start / fps:.3f}")
     if audio is not None:
       first = int(round((sampler.t0 + start / fps - track.start) * sr))
-      clip.update(audio=_padded(audio, first, buckets_lib.samples_for_frames(length, fps, sr)),
-                  sample_rate=sr)
+      samples = buckets_lib.samples_for_frames(length, fps, sr,
+                                               geometry.get("endpoint_frame", False))
+      clip.update(audio=padded_audio(audio, first, samples), sample_rate=sr)
     yield f"{h}x{w}x{length}", clip
-
-
-def _padded(audio: np.ndarray, first: int, n: int) -> np.ndarray:
-  """audio[first:first + n], zero-padded where the span leaves the decoded samples."""
-  out = np.zeros((n, audio.shape[1]), np.float32)
-  lo, hi = max(first, 0), min(first + n, len(audio))
-  if hi > lo:
-    out[lo - first:hi - first] = audio[lo:hi]
-  return out
 
 
 def audio_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple[str, dict]]:
@@ -336,13 +255,14 @@ def audio_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
   with _open_media(inp["path"]) as container:
     if not container.streams.audio:
       raise SkipFile("no audio stream")
-    track = _AudioTrack(sr, geometry["audio_channels"])
+    track = AudioTrack(sr, geometry["audio_channels"])
     for frame in container.decode(container.streams.audio[0]):
       track.add(frame)
     audio = track.finish()
   if not len(audio):
     raise SkipFile("zero decodable audio samples")
-  samples = [buckets_lib.samples_for_frames(f, fps, sr) for f in geometry["durations_frames"]]
+  samples = [buckets_lib.samples_for_frames(f, fps, sr, geometry.get("endpoint_frame", False))
+             for f in geometry["durations_frames"]]
   spans = cut(len(audio), samples)
   if not spans:
     raise SkipFile(f"shorter than every duration bucket ({len(audio) / sr:.3f} s < "

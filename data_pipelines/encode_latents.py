@@ -55,7 +55,8 @@ def find_clip_shards(data_dir: str, data_config) -> list[ShardJob]:
   single geometry, a bucket folder must be named after one of the config's buckets."""
   known = {b.name: b for b in buckets.all_buckets(data_config)}
   d = data_config
-  samples = buckets.samples_for_frames(int(d.num_frames), float(d.fps), int(d.sample_rate))
+  samples = buckets.samples_for_frames(int(d.num_frames), float(d.fps), int(d.sample_rate),
+                                       bool(d.get("endpoint_frame", False)))
   flat = buckets.Bucket("video", int(d.height), int(d.width), int(d.num_frames), samples)
   jobs = [ShardJob(FLAT, os.path.basename(p), flat)
           for p in sorted(glob.glob(os.path.join(data_dir, "*.array_record")))]
@@ -78,17 +79,19 @@ class Encoders:
   def __init__(self, config, *, batch_size: int, dtype: str = "float32", text_spec=None):
     from skyreels_jax.models import text  # pylint: disable=g-import-not-at-top
     from skyreels_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    from skyreels_jax.models.text import FrozenTextEncoder  # pylint: disable=g-import-not-at-top
     from skyreels_jax.tasks.examples import make_codecs  # pylint: disable=g-import-not-at-top
+    from skyreels_jax.train.state import place_frozen  # pylint: disable=g-import-not-at-top
     if dtype not in latents.DTYPES:
       raise ValueError(f"dtype must be one of {sorted(latents.DTYPES)}, got {dtype!r}")
     self.config, self.batch_size, self.dtype = config, batch_size, dtype
-    codecs, _ = make_codecs(config)
-    self.video_ae, self.audio_ae = codecs.video_ae, codecs.audio_ae
     self.text_spec = text_spec or text.build(config.text, dtype=jnp.float32,
                                              param_dtype=jnp.float32)
-    self.tokenizer = self.text_spec.tokenizer
     # A trained text encoder learns with the model, so only its tokens can be stored.
     self.text_frozen = not self.text_spec.trainable
+    codecs, _ = make_codecs(config, text_encoder=text_spec is None)
+    self.video_ae, self.audio_ae = codecs.video_ae, codecs.audio_ae
+    self.tokenizer = self.text_spec.tokenizer
     self.identity = latents.encoder_identity(config, text_frozen=self.text_frozen)
 
     # One process encodes alone: the config's ICI layout over this host's devices, no DCN.
@@ -101,25 +104,33 @@ class Encoders:
                        "ways the batch is split over the local devices")
     shard = lambda ndim: mesh_lib.batch_sharding(self.mesh, ndim, axis_rules)
     out_dtype = latents.DTYPES[dtype]
-    self._video = jax.jit(lambda x: self.video_ae.encode(x).astype(out_dtype),
-                          in_shardings=shard(5), out_shardings=shard(5))
-    self._audio = jax.jit(lambda x: self.audio_ae.encode(x).astype(out_dtype),
-                          in_shardings=shard(3), out_shardings=shard(3))
+    text_encoder = codecs.text_encoder
+    if self.text_frozen and text_encoder is None:
+      # A given frozen spec's make_encoder returns the pretrained encoder (no training
+      # could fix random weights).
+      with nnx.use_eager_sharding(False):
+        text_encoder = FrozenTextEncoder(self.text_spec.make_encoder(nnx.Rngs(int(config.seed))))
+    codecs = dataclasses.replace(codecs, text_encoder=text_encoder)
+    # The frozen weights ride as arguments (placed by their logical axes), so they are not
+    # baked into the programs as constants.
+    self._params, params_sharding = place_frozen(codecs, self.mesh, axis_rules)
+    def jitted(fn, key, ndims):
+      sharding = params_sharding.get(key)
+      return jax.jit(lambda p, *x: fn(codecs.bind({key: p} if p is not None else {}), *x),
+                     in_shardings=(sharding, *(shard(n) for n in ndims)))
+    self._video = jitted(lambda c, x: c.video_ae.encode(x).astype(out_dtype), "video_ae", (5,))
+    self._audio = jitted(lambda c, x: c.audio_ae.encode(x).astype(out_dtype), "audio_ae", (3,))
     self._text = None
     if self.text_frozen:
-      # A frozen spec's make_encoder returns the pretrained encoder (no training could fix
-      # random weights). Its state is replicated (placed below, not by logical rules) and
-      # rides as an argument, so it is not baked into the program as constants.
-      with nnx.use_eager_sharding(False):
-        encoder = self.text_spec.make_encoder(nnx.Rngs(int(config.seed)))
-      graphdef, state = nnx.split(encoder)
-      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      self._text_state = jax.device_put(state, replicated)
-      def embed(state, ids, mask):
-        emb, out_mask = nnx.merge(graphdef, state)(ids, mask)
+      def embed(c, ids, mask):
+        emb, out_mask = c.text_encoder(ids, mask)
         return emb.astype(out_dtype), out_mask.astype(jnp.bool_)
-      self._text = jax.jit(embed, in_shardings=(replicated, shard(2), shard(2)),
-                           out_shardings=(shard(3), shard(2)))
+      self._text = jitted(embed, "text_encoder", (2, 2))
+
+  def embed_text(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen text encoder's (embeddings, mask) of token rows."""
+    with jax.set_mesh(self.mesh):  # attention strategies find the mesh axes here
+      return self._run(self._text, (ids, mask), self._params.get("text_encoder"))
 
   def latent_shapes(self, bucket: buckets.Bucket) -> dict[str, list[int] | None]:
     """The latent shapes the autoencoders declare for one example of `bucket`."""
@@ -157,7 +168,8 @@ class Encoders:
       which = [i for i, ex in enumerate(examples) if ex.get(key) is not None]
       if not which:
         continue
-      lat = self._run(fn, (np.stack([examples[i][key] for i in which]),))
+      lat = self._run(fn, (np.stack([examples[i][key] for i in which]),),
+                      self._params.get(f"{key}_ae"))
       if list(lat.shape[1:]) != shapes[f"{key}_latent_shape"]:
         raise RuntimeError(f"{key} encoder made latents of shape {lat.shape[1:]}, it declares "
                            f"{shapes[f'{key}_latent_shape']}")
@@ -171,8 +183,7 @@ class Encoders:
     else:
       ids = np.stack([np.asarray(t["text_ids"], np.int32) for t in tokens])
       mask = np.stack([np.asarray(t["text_mask"], np.bool_) for t in tokens])
-      with jax.set_mesh(self.mesh):  # attention strategies find the mesh axes here
-        emb, emb_mask = self._run(self._text, (ids, mask), self._text_state)
+      emb, emb_mask = self.embed_text(ids, mask)
       for rec, e, m in zip(out, emb, emb_mask):
         rec["text_embedding"], rec["text_mask"] = e, m
     return out
@@ -270,6 +281,11 @@ def encode_dataset(data_dir: str, out_dir: str, config, *, batch_size: int = 8,
         name=job.bucket.name, kind=job.bucket.kind, height=job.bucket.height,
         width=job.bucket.width, num_frames=job.bucket.num_frames,
         num_samples=job.bucket.num_samples, **enc.latent_shapes(job.bucket)))
+  if enc.text_frozen:     # the CFG null condition of training on these embeddings
+    null = enc.embed_text(np.asarray(empty["text_ids"], np.int32)[None],
+                          np.asarray(empty["text_mask"], bool)[None])
+    os.makedirs(out_dir, exist_ok=True)
+    latents.write_null_text(out_dir, null[0][0], null[1][0])
   done = 0
   for job in jobs:
     if job.path in index["shards"]:

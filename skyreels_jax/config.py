@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import jax
@@ -17,10 +18,13 @@ from skyreels_jax.diffusion.flow_matching import SAMPLERS
 from skyreels_jax.diffusion.solvers import SOLVERS
 from skyreels_jax.models import autoencoders
 from skyreels_jax.models.attention import STRATEGY_NAMES, AttentionSpec
+from skyreels_jax.models import text as text_lib
 from skyreels_jax.models.mmdit import MMDiTConfig
 from skyreels_jax.models.remat import POLICIES
 from skyreels_jax.models.rope import audio_time_scale
 from skyreels_jax.tasks import AUDIO_TASKS, VIDEO_TASKS
+from skyreels_jax.tasks import keyframes as keyframes_lib
+from skyreels_jax.tasks.refiner import low_res_frames
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
@@ -45,6 +49,13 @@ class Geometry:
   audio_channels: int
   video_tokens: int
   audio_tokens: int
+  # Cascade base (keyframes.count > 0): height / width above are the low-res video stream's;
+  # the keyframes are these pixel frames of the clip at keyframe_size, at latent frames
+  # keyframe_times on a keyframe_grid (h, w) latent grid.
+  keyframe_frames: tuple[int, ...] = ()
+  keyframe_times: tuple[int, ...] = ()
+  keyframe_grid: tuple[int, int] = (0, 0)
+  keyframe_size: tuple[int, int] = (0, 0)
 
 
 def _check(cond: bool, field: str, message: str):
@@ -57,10 +68,15 @@ def _choice(value, field: str, allowed):
 
 
 def num_audio_samples(data) -> int:
-  return int(round(data.num_frames / data.fps * data.sample_rate))
+  from skyreels_jax.data.buckets import samples_for_frames  # pylint: disable=g-import-not-at-top
+  return samples_for_frames(data.num_frames, data.fps, data.sample_rate,
+                            data.get("endpoint_frame", False))
 
 
-def validate(config) -> None:
+def validate(config, *, abstract: bool = False) -> None:
+  """Raises ConfigError naming the field. `abstract`: shapes only, for planning tools: a
+  frozen component whose converted folder is absent takes its published architecture
+  (models/frozen.py) instead of failing."""
   m, d = config.model, config.data
   _check(m.width > 0, "model.width", "must be positive")
   _check(m.num_heads > 0 and m.width % m.num_heads == 0, "model.num_heads",
@@ -79,6 +95,11 @@ def validate(config) -> None:
   _choice(m.param_dtype, "model.param_dtype", DTYPES)
   _choice(m.remat, "model.remat", POLICIES)
   _choice(config.attention, "attention", STRATEGY_NAMES)
+  cube = tuple(m.get("vsa_cube", (4, 4, 4)))
+  _check(len(cube) == 3 and all(isinstance(c, int) and c >= 1 for c in cube), "model.vsa_cube",
+         f"{cube} must be 3 positive ints (t, h, w tokens)")
+  _check(isinstance(m.get("vsa_top_k", 0), int) and m.get("vsa_top_k", 0) >= 0,
+         "model.vsa_top_k", "must be an int >= 0 (0: all cubes)")
   if config.attention == "ulysses":
     tensor, seq = config.mesh.tensor, config.mesh.sequence
     if tensor > 0 and seq > 0:
@@ -125,11 +146,62 @@ def validate(config) -> None:
     dcn = config.mesh.get(f"dcn_{a}", 1)
     _check(isinstance(dcn, int) and dcn >= 1, f"mesh.dcn_{a}",
            f"must be an int >= 1 (slices along {a}), got {dcn!r}")
-  derive(config)  # shape checks that need the autoencoders
-  _check_buckets(config)
+  derive(config, abstract=abstract)  # shape checks that need the autoencoders
+  _check_buckets(config, abstract)
+  _check_refiner(config, abstract)
+  _check_keyframes(config)
 
 
-def _check_buckets(config) -> None:
+def _check_refiner(config, abstract: bool = False) -> None:
+  """refiner.*: the low-res view of the data clip (tasks/refiner.py) must be a clip the
+  video autoencoder encodes, and the keyframes must be frames of the clip."""
+  r, d = config.get("refiner"), config.data
+  if r is None or not r.enabled:
+    return
+  for f in ("scale", "time_scale"):
+    _check(isinstance(r[f], int) and r[f] >= 1, f"refiner.{f}", f"must be an int >= 1, got "
+           f"{r[f]!r}")
+  _check(d.height % r.scale == 0 and d.width % r.scale == 0, "refiner.scale",
+         f"data {d.height}x{d.width} (the target) does not divide by {r.scale}")
+  _check(0.0 <= r.noise_low < 1.0, "refiner.noise_low", "must be in [0, 1)")
+  bad = [k for k in r.keyframes if not (isinstance(k, int) and 0 <= k < d.num_frames)]
+  _check(not bad, "refiner.keyframes", f"{bad} not frame indices in [0, {d.num_frames})")
+  # The low-res view is cut from each pixel clip: not from latents, nor per bucket.
+  _check(d.format == "clips", "data.format", "the refiner trains on clips")
+  _check(not d.resolutions and not d.durations, "data.resolutions",
+         "the refiner trains on one geometry (no buckets)")
+  vae = autoencoders.build_video(config.video_ae, weights=False, published_if_missing=abstract)
+  try:
+    vae.latent_hw(d.height // r.scale, d.width // r.scale)
+  except ValueError as e:
+    raise ConfigError("refiner.scale", f"low-res {d.height // r.scale}x{d.width // r.scale}: "
+                      f"{e}") from None
+  frames = low_res_frames(d.num_frames, r.time_scale)
+  try:
+    vae.latent_frames(frames)
+  except ValueError as e:
+    raise ConfigError("refiner.time_scale", f"low-res {frames} frames: {e}") from None
+
+
+def _check_keyframes(config) -> None:
+  """keyframes.*: a low-res video stream the model patches and keyframes in the clip."""
+  k, d = config.get("keyframes"), config.data
+  if k is None or not (k.count or k.frames):
+    return
+  _check(isinstance(k.count, int) and k.count >= 0, "keyframes.count", "must be an int >= 0")
+  _check(isinstance(k.scale, int) and k.scale >= 1, "keyframes.scale", "must be an int >= 1")
+  _check(d.height % k.scale == 0 and d.width % k.scale == 0, "keyframes.scale",
+         f"data {d.height}x{d.width} (the high-res clip) does not divide by {k.scale}")
+  bad = [f for f in k.frames if not (isinstance(f, int) and 0 <= f < d.num_frames)]
+  _check(not bad, "keyframes.frames", f"{bad} not frame indices in [0, {d.num_frames})")
+  _check(config.model.patch_size_t == 1, "model.patch_size_t",
+         "keyframes are single latent frames: need 1")
+  _check(d.format == "clips", "data.format", "keyframes are cut from pixel clips")
+  _check(not config.get("refiner", {}).get("enabled"), "keyframes.count",
+         "the refiner takes the base model's keyframes; it does not make them")
+
+
+def _check_buckets(config, abstract: bool) -> None:
   """data.format, data.resolutions / durations / bucket_weights: every bucket must give
   latent and token grids the model can patch (the same checks as the single geometry)."""
   d = config.data
@@ -157,25 +229,28 @@ def _check_buckets(config) -> None:
     probe.data.num_frames = b.num_frames if b.kind == "video" else probe.data.num_frames
     field = "data.resolutions" if (b.height, b.width) != (d.height, d.width) else "data.height"
     try:
-      derive(probe)
+      derive(probe, abstract=abstract)
     except ConfigError as e:
       raise ConfigError(field if b.kind == "image" or "frames" not in str(e)
                         else "data.durations", f"bucket {b.name}: {e}") from None
 
 
-def derive(config) -> tuple[Geometry, MMDiTConfig]:
-  """Latent geometry and the MMDiT config; raises ConfigError on incompatible shapes."""
+def derive(config, *, abstract: bool = False) -> tuple[Geometry, MMDiTConfig]:
+  """Latent geometry and the MMDiT config; raises ConfigError on incompatible shapes. Reads
+  no weights: frozen components give their shapes from converted.json (or, `abstract`, from
+  the published architecture when the folder is absent)."""
   m, d = config.model, config.data
+  shapes = dict(weights=False, published_if_missing=abstract)
   try:
-    vae = autoencoders.build_video(config.video_ae)
+    vae = autoencoders.build_video(config.video_ae, **shapes)
   except ValueError as e:
-    raise ConfigError(_ae_field("video_ae", config.video_ae.kind,
-                                autoencoders.KINDS_VIDEO), str(e)) from None
+    raise ConfigError(_ae_field("video_ae", config.video_ae.kind, autoencoders.KINDS_VIDEO,
+                                str(e)), str(e)) from None
   try:
-    aae = autoencoders.build_audio(config.audio_ae, d.audio_channels)
+    aae = autoencoders.build_audio(config.audio_ae, d.audio_channels, **shapes)
   except ValueError as e:
-    raise ConfigError(_ae_field("audio_ae", config.audio_ae.kind,
-                                autoencoders.KINDS_AUDIO), str(e)) from None
+    raise ConfigError(_ae_field("audio_ae", config.audio_ae.kind, autoencoders.KINDS_AUDIO,
+                                str(e)), str(e)) from None
   rate = getattr(aae, "sampling_rate", None)
   _check(rate is None or rate == d.sample_rate, "data.sample_rate",
          f"{d.sample_rate} Hz, but the audio autoencoder works at {rate} Hz")
@@ -186,16 +261,32 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
   _check(t % m.patch_size_t == 0, "data.num_frames",
          f"{d.num_frames} frames give {t} latent frames, not divisible by "
          f"model.patch_size_t={m.patch_size_t}")
+  # The cascade base's video stream is the low-res view of the clip; its keyframes are
+  # frames of the clip itself (tasks/keyframes.py).
+  kf = config.get("keyframes")
+  kf_scale = int(kf.scale) if kf is not None and (kf.count or kf.frames) else 0
+  height, width = (d.height // kf_scale, d.width // kf_scale) if kf_scale else (d.height,
+                                                                                 d.width)
   try:
-    h, w = vae.latent_hw(d.height, d.width)
+    h, w = vae.latent_hw(height, width)
   except ValueError as e:
-    raise ConfigError("data.height", str(e))
+    raise ConfigError("keyframes.scale" if kf_scale else "data.height", str(e))
+  kf_frames, kf_times, kf_grid = (), (), (0, 0)
+  if kf_scale:
+    try:
+      kf_grid = vae.latent_hw(d.height, d.width)
+    except ValueError as e:
+      raise ConfigError("data.height", str(e))
+    _check(kf_grid[0] % m.patch_size == 0 and kf_grid[1] % m.patch_size == 0, "data.height",
+           f"keyframe latent grid {kf_grid} not divisible by model.patch_size={m.patch_size}")
+    kf_frames, kf_times = keyframes_lib.keyframe_frames(kf, d.num_frames, vae)
   _check(h % m.patch_size == 0 and w % m.patch_size == 0, "data.height",
          f"latent grid {h}x{w} not divisible by model.patch_size={m.patch_size}")
   samples = num_audio_samples(d)
-  _check(abs(samples - d.num_frames / d.fps * d.sample_rate) < 1e-6, "data.sample_rate",
-         f"{d.num_frames} frames at {d.fps} fps is not a whole number of samples at "
-         f"{d.sample_rate} Hz")
+  seconds = (d.num_frames - int(d.get("endpoint_frame", False))) / d.fps
+  _check(abs(samples - seconds * d.sample_rate) < 1e-6, "data.sample_rate",
+         f"{d.num_frames} frames at {d.fps} fps ({seconds} s) is not a whole number of samples "
+         f"at {d.sample_rate} Hz")
   audio_length = 0
   if m.use_audio:
     try:
@@ -205,11 +296,13 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
     _check(audio_length % m.audio_patch_size == 0, "model.audio_patch_size",
            f"{audio_length} audio latents not divisible by {m.audio_patch_size}")
   geom = Geometry(
-      num_frames=d.num_frames, height=d.height, width=d.width, num_samples=samples,
+      num_frames=d.num_frames, height=height, width=width, num_samples=samples,
       video_grid=(t, h, w), video_channels=vae.latent_channels, audio_length=audio_length,
       audio_channels=aae.latent_channels,
       video_tokens=(t // m.patch_size_t) * (h // m.patch_size) * (w // m.patch_size),
-      audio_tokens=audio_length // m.audio_patch_size)
+      audio_tokens=audio_length // m.audio_patch_size, keyframe_frames=kf_frames,
+      keyframe_times=kf_times, keyframe_grid=kf_grid,
+      keyframe_size=(d.height, d.width) if kf_scale else (0, 0))
   scale = audio_time_scale(fps=d.fps, video_temporal_factor=vae.temporal_factor,
                            patch_size_t=m.patch_size_t, sample_rate=d.sample_rate,
                            audio_hop=aae.hop, audio_patch_size=m.audio_patch_size)
@@ -217,7 +310,7 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
       width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       num_dual_blocks=m.num_dual_blocks, num_single_blocks=m.num_single_blocks,
       video_latent_channels=vae.latent_channels, audio_latent_channels=aae.latent_channels,
-      text_dim=config.text.width, patch_size=m.patch_size, patch_size_t=m.patch_size_t,
+      text_dim=text_width(config, abstract), patch_size=m.patch_size, patch_size_t=m.patch_size_t,
       audio_patch_size=m.audio_patch_size, rope_theta=m.rope_theta,
       rope_axes_dim=tuple(m.rope_axes_dim), audio_rope_theta=m.audio_rope_theta,
       audio_time_scale=scale, use_audio=m.use_audio,
@@ -227,8 +320,27 @@ def derive(config) -> tuple[Geometry, MMDiTConfig]:
   return geom, mcfg
 
 
-def _ae_field(section: str, kind: str, kinds) -> str:
-  """The field an autoencoder build error is about: the kind, or a checkpoint's path."""
+def text_width(config, abstract: bool = False) -> int:
+  """The text embedding width: `text.width`, which a frozen encoder's checkpoint must match."""
+  t = config.text
+  _choice(t.kind, "text.kind", text_lib.KINDS)
+  try:
+    spec = text_lib.build(t, dtype=jnp.float32, param_dtype=jnp.float32, weights=False,
+                          published_if_missing=abstract)
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError("text.path", str(e)) from None
+  _check(spec.width == t.width, "text.width",
+         f"{t.width}, but the {t.kind} encoder at {t.get('path', '')!r} gives {spec.width}-wide "
+         "embeddings")
+  return spec.width
+
+
+def _ae_field(section: str, kind: str, kinds, message: str = "") -> str:
+  """The field an autoencoder build error is about: one the message names first
+  ("video_ae.tile_width: ..."), else the kind, or a checkpoint's path."""
+  named = message.split(":", 1)[0]
+  if re.fullmatch(rf"{section}\.[a-z_]+", named):
+    return named
   return f"{section}.path" if kind in kinds and kind != "identity" else f"{section}.kind"
 
 
@@ -241,9 +353,12 @@ def attention_spec(config) -> AttentionSpec:
   heads = as_tuple(table.get("heads"))
   if len(seq) > 1 or len(heads) > 1:
     raise ConfigError("logical_axis_rules", "video_seq and heads map to at most one mesh axis")
+  m = config.model
   return AttentionSpec(impl=config.attention, batch_axes=as_tuple(table.get("batch")),
                        sequence_axis=seq[0] if seq else None,
-                       head_axis=heads[0] if heads else None)
+                       head_axis=heads[0] if heads else None,
+                       vsa_cube=tuple(int(c) for c in m.get("vsa_cube", (4, 4, 4))),
+                       vsa_top_k=int(m.get("vsa_top_k", 0)))
 
 
 def hybrid_mesh_shape(mesh_config, num_devices: int) -> tuple[dict[str, int], dict[str, int]]:

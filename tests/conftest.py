@@ -38,6 +38,21 @@ def small_run_config(data_path: str = "", **overrides):
   return c
 
 
+def small_refiner_config(data_path=""):
+  """tiny_refiner at test size: 32x32 targets, 8 frames at 16 fps (low-res 16x16, 4 frames)."""
+  from configs import tiny_refiner
+  c = tiny_refiner.get_config()
+  c.data.path = data_path
+  c.data.height = c.data.width = 32
+  c.data.num_frames = 8
+  c.data.batch_size = 8
+  c.refiner.keyframes = (0, 5)
+  c.model.num_dual_blocks, c.model.num_single_blocks = 1, 1
+  c.train.steps, c.train.log_every, c.train.checkpoint_every = 2, 1, 1000
+  c.optim.warmup_steps = 1
+  return c
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
   from data_pipelines.synthetic import geometry_from_config, write_dataset

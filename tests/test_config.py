@@ -167,7 +167,7 @@ SIZES = {
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_size_configs_build_abstractly(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  validate(config)
+  validate(config, abstract=True)   # small / hv13b: the published encoder architectures
   model = abstract_model(config)
   total = count_params(nnx.state(model))
   video_base, video_added = branch_params(nnx.state(model.mmdit), "video")
@@ -191,7 +191,7 @@ def test_size_configs_build_abstractly(name):
 def test_curriculum_stages_validate(stage):
   from configs import stages
   c = stages.get_config(stage)
-  validate(c)    # every bucket of the stage patches cleanly
+  validate(c, abstract=True)    # every bucket of the stage patches cleanly
   weights = dict(c.data.bucket_weights)
   kinds = {"video": 0.0, "image": 0.0, "audio": 0.0}
   for name, w in weights.items():
@@ -208,3 +208,23 @@ def test_unknown_stage_is_named():
   from configs import stages
   with pytest.raises(ValueError, match="unknown stage '9'"):
     stages.get_config("9")
+
+
+@pytest.mark.parametrize("name", ["small", "hv13b"])
+def test_large_configs_use_the_frozen_encoders(name, tmp_path):
+  """small / hv13b train with Wan 2.1, Oobleck and Qwen2.5-VL from converted folders: without
+  them a run stops before compiling, naming the path; with the published architectures the
+  geometry is Wan's (1 + 4k frames, 8x8) and Oobleck's (2048-sample hop)."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert (config.video_ae.kind, config.audio_ae.kind, config.text.kind) == (
+      "wan", "oobleck", "qwen2_5_vl")
+  config.video_ae.path = str(tmp_path / "absent")
+  with pytest.raises(ConfigError, match="video_ae.path: .*absent.* not a converted"):
+    validate(config)
+  geom, mcfg = derive(config, abstract=True)
+  frames = config.data.num_frames
+  assert (frames - 1) % 4 == 0 and geom.video_grid[0] == 1 + (frames - 1) // 4
+  assert geom.video_grid[1:] == (config.data.height // 8, config.data.width // 8)
+  seconds = (frames - 1) / config.data.fps
+  assert geom.num_samples == seconds * 44100 and geom.audio_length == -(-geom.num_samples // 2048)
+  assert (geom.video_channels, geom.audio_channels, mcfg.text_dim) == (16, 64, 3584)

@@ -42,26 +42,32 @@ def resolutions(data_config) -> list[tuple[int, int]]:
 
 
 def durations_frames(data_config) -> list[int]:
-  """Frame counts of the duration buckets, at data.fps."""
+  """Frame counts of the duration buckets, at data.fps (one more with data.endpoint_frame)."""
   durs = [float(d) for d in data_config.get("durations", ())]
   if not durs:
     return [int(data_config.num_frames)]
-  return [int(round(d * data_config.fps)) for d in durs]
+  extra = int(bool(data_config.get("endpoint_frame", False)))
+  return [int(round(d * data_config.fps)) + extra for d in durs]
 
 
-def samples_for_frames(num_frames: int, fps: float, sample_rate: int) -> int:
-  return int(round(num_frames / fps * sample_rate))
+def samples_for_frames(num_frames: int, fps: float, sample_rate: int,
+                       endpoint_frame: bool = False) -> int:
+  """Audio samples of a clip of `num_frames` frames: `num_frames / fps` seconds, or, with an
+  endpoint frame (frames at 0, 1/fps, ..., D: the `1 + 4k` frames of a causal video VAE),
+  `(num_frames - 1) / fps` seconds."""
+  return int(round((num_frames - int(endpoint_frame)) / fps * sample_rate))
 
 
 def all_buckets(data_config) -> list[Bucket]:
   """Every bucket the config allows, videos first (sorted), then images, then audio."""
   fps, sr = float(data_config.fps), int(data_config.sample_rate)
+  end = bool(data_config.get("endpoint_frame", False))
   frames = sorted(set(durations_frames(data_config)))
   res = resolutions(data_config)
-  out = [Bucket("video", h, w, f, samples_for_frames(f, fps, sr)) for h, w in res
+  out = [Bucket("video", h, w, f, samples_for_frames(f, fps, sr, end)) for h, w in res
          for f in frames]
   out += [Bucket("image", h, w, 1, 0) for h, w in res]
-  out += [Bucket("audio", 0, 0, f, samples_for_frames(f, fps, sr)) for f in frames]
+  out += [Bucket("audio", 0, 0, f, samples_for_frames(f, fps, sr, end)) for f in frames]
   return out
 
 

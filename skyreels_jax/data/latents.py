@@ -34,6 +34,10 @@ KINDS = ("video", "image", "audio")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 ENCODER_KEYS = ("video_ae", "audio_ae", "text")
 NUMERICALLY_NEUTRAL = ("encode_chunk", "decode_chunk")
+# Encoder settings newer than some latent data sets, and the value older sets were made with.
+DEFAULTS = {"video_ae": dict(tile_height=0, tile_width=0, tile_stride_height=0,
+                             tile_stride_width=0),
+            "text": dict(path="", tokenizer_path="", output_layer=-1)}
 
 _FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding")
 _FIELDS = ("kind", "video_latent", "audio_latent", "text_ids", "text_mask", "text_embedding",
@@ -65,7 +69,9 @@ def check_encoders(found: dict[str, Any], expected: dict[str, Any]) -> None:
   from what the run's encoders (`expected`) would make."""
   found, expected = _plain(found), _plain(expected)
   for key in ENCODER_KEYS:
-    a, b = found.get(key, {}), expected.get(key, {})
+    # Fields added since some latents were written default to the value that was implied.
+    a = {**DEFAULTS.get(key, {}), **found.get(key, {})}
+    b = {**DEFAULTS.get(key, {}), **expected.get(key, {})}
     for field in sorted(set(a) | set(b)):
       if a.get(field) != b.get(field):
         raise LatentRecordError(
@@ -205,3 +211,25 @@ def _plain(tree: Any) -> Any:
     return json.loads(json.dumps(tree))
   except (TypeError, ValueError) as e:
     raise LatentRecordError(f"encoders must hold JSON values only ({e})") from e
+
+
+NULL_TEXT_FILE = "null_text.npz"
+
+
+def write_null_text(out_dir: str, embedding, mask) -> None:
+  """The frozen text encoder's embedding of the empty prompt, beside the latent shards:
+  caption dropout (the CFG null condition) on precomputed embeddings swaps it in."""
+  import os  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(out_dir, NULL_TEXT_FILE), "wb") as f:
+    np.savez(f, embedding=np.asarray(embedding, np.float32), mask=np.asarray(mask, bool))
+
+
+def read_null_text(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(embedding (L, D) float32, mask (L,) bool) written by `write_null_text`."""
+  import os  # pylint: disable=g-import-not-at-top
+  file = os.path.join(path, NULL_TEXT_FILE)
+  if not os.path.exists(file):
+    raise ValueError(f"{file} does not exist: latents with frozen text embeddings carry the "
+                     "empty prompt's embedding; re-run data_pipelines.encode_latents")
+  with np.load(file) as z:
+    return z["embedding"], z["mask"].astype(bool)

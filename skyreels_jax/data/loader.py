@@ -80,8 +80,9 @@ def bucket_sources(data_config) -> dict[str, tuple[buckets_lib.Bucket, list[str]
   if flat:
     f = int(data_config.num_frames)
     geometry = buckets_lib.Bucket("video", int(data_config.height), int(data_config.width), f,
-                                  buckets_lib.samples_for_frames(f, data_config.fps,
-                                                                 data_config.sample_rate))
+                                  buckets_lib.samples_for_frames(
+                                      f, data_config.fps, data_config.sample_rate,
+                                      data_config.get("endpoint_frame", False)))
     found[geometry.name] = (geometry, flat)
   if os.path.isdir(path):
     known = {b.name: b for b in buckets_lib.all_buckets(data_config)}
@@ -106,7 +107,7 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
                  global_batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, encoders: dict | None = None,
                  video_latent_shape: Callable[[int, int, int], tuple] | None = None,
-                 ) -> grain.IterDataset:
+                 text_frozen: bool = False) -> grain.IterDataset:
   """The full pipeline for this process; `iter()` of it is a resumable `grain.DatasetIterator`.
 
   Args:
@@ -118,7 +119,8 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
       (`multihost.data_shard`; usually jax.process_index(), jax.process_count()).
     encoders, video_latent_shape: data.format = "latents" only: the run's encoder identity
       (data/latents.py; latents of other encoders are refused) and (frames, height, width)
-      -> video latent shape, for the stand-in video of sound-only buckets.
+      -> video latent shape, for the stand-in video of sound-only buckets; text_frozen:
+      the run's text encoder is frozen, so latents must carry its embeddings.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -132,7 +134,7 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   sources = bucket_sources(data_config)
   smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
   fmt = data_config.get("format", "clips")
-  index = _latent_index(data_config.path, encoders) if fmt == "latents" else None
+  index = _latent_index(data_config.path, encoders, text_frozen) if fmt == "latents" else None
   per_bucket, counts = {}, {}
   for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards))
@@ -167,9 +169,10 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   return _CountBadRecordsIterDataset(it_ds)
 
 
-def _latent_index(path: str, encoders: dict | None) -> dict:
+def _latent_index(path: str, encoders: dict | None, text_frozen: bool) -> dict:
   """index.json of a latent data set (data_pipelines/encode_latents.py), checked: complete,
-  and made by the run's encoders."""
+  made by the run's encoders, and holding what the run's text side reads (embeddings of a
+  frozen encoder, or token ids for one that trains with the model)."""
   index_path = os.path.join(path, "index.json")
   if not os.path.exists(index_path):
     raise ValueError(f"data.format=latents but {index_path} does not exist: write latents "
@@ -181,9 +184,13 @@ def _latent_index(path: str, encoders: dict | None) -> dict:
                      "run it again to finish")
   if encoders is not None:
     latents.check_encoders(index["encoders"], encoders)
-  if index.get("text", {}).get("embedding_width"):
+  embedded = bool(index.get("text", {}).get("embedding_width"))
+  if embedded and not text_frozen:
     raise ValueError(f"{path} holds frozen text-encoder embeddings; this run's text encoder "
                      "trains with the model and reads token ids")
+  if text_frozen and not embedded:
+    raise ValueError(f"{path} holds token ids; this run's text encoder is frozen and reads "
+                     "its embeddings: re-encode with the run's config")
   return index
 
 
@@ -220,7 +227,11 @@ class LatentPreprocessor:
 
   def preprocess(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
     f32 = lambda x: np.asarray(x, np.float32)
-    out = {"text_ids": rec["text_ids"], "text_mask": rec["text_mask"]}
+    out = {"text_mask": rec["text_mask"]}
+    if rec.get("text_embedding") is not None:
+      out["text_embedding"] = f32(rec["text_embedding"])
+    else:
+      out["text_ids"] = rec["text_ids"]
     if self.kind == "audio":
       out.update(video_latent=np.zeros(self.video_shape, np.float32),
                  audio_latent=f32(rec["audio_latent"]), has_video=np.bool_(False),
@@ -281,6 +292,7 @@ class ClipPreprocessor:
   kind: str = "video"
   # Audio buckets: the size of the black stand-in video (the smallest bucket resolution).
   blank_size: tuple[int, int] = (0, 0)
+  endpoint_frame: bool = False    # data.endpoint_frame (buckets.samples_for_frames)
 
   @classmethod
   def from_config(cls, data_config, tokenizer) -> "ClipPreprocessor":
@@ -288,7 +300,8 @@ class ClipPreprocessor:
     return cls(height=int(data_config.height), width=int(data_config.width),
                num_frames=int(data_config.num_frames), fps=float(data_config.fps),
                sample_rate=int(data_config.sample_rate),
-               audio_channels=int(data_config.audio_channels), tokenizer=tokenizer)
+               audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
+               endpoint_frame=bool(data_config.get("endpoint_frame", False)))
 
   @classmethod
   def for_bucket(cls, bucket: buckets_lib.Bucket, data_config, tokenizer,
@@ -296,11 +309,13 @@ class ClipPreprocessor:
     return cls(height=bucket.height, width=bucket.width, num_frames=bucket.num_frames,
                fps=float(data_config.fps), sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
-               kind=bucket.kind, blank_size=tuple(blank_size))
+               kind=bucket.kind, blank_size=tuple(blank_size),
+               endpoint_frame=bool(data_config.get("endpoint_frame", False)))
 
   @property
   def num_samples(self) -> int:
-    return buckets_lib.samples_for_frames(self.num_frames, self.fps, self.sample_rate)
+    return buckets_lib.samples_for_frames(self.num_frames, self.fps, self.sample_rate,
+                                          self.endpoint_frame)
 
   def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
     try:

@@ -74,12 +74,21 @@ def masked_mse(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array
 
 def flow_matching_loss(*, video_pred, video_z0, video_eps, video_keep, audio_pred=None,
                        audio_z0=None, audio_eps=None, audio_keep=None,
-                       video_weight: float = 1.0, audio_weight: float = 1.0):
-  """Weighted sum of the masked velocity losses of both streams. References never reach
-  here: the model returns predictions for the noisy tokens only."""
+                       video_weight: float = 1.0, audio_weight: float = 1.0,
+                       keyframe_pred=None, keyframe_z0=None, keyframe_eps=None,
+                       keyframe_keep=None, keyframe_weight: float = 1.0):
+  """Weighted sum of the masked velocity losses of both streams (and the cascade base's
+  high-res keyframes, when given). References never reach here: the model returns
+  predictions for the noisy tokens only."""
   loss_v = masked_mse(video_pred, velocity_target(video_z0, video_eps), video_keep)
   loss_a = jnp.zeros((), jnp.float32)
   if audio_pred is not None:
     loss_a = masked_mse(audio_pred, velocity_target(audio_z0, audio_eps), audio_keep)
   total = video_weight * loss_v + audio_weight * loss_a
-  return total, {"loss_video": loss_v, "loss_audio": loss_a}
+  parts = {"loss_video": loss_v, "loss_audio": loss_a}
+  if keyframe_pred is not None:
+    parts["loss_keyframes"] = masked_mse(keyframe_pred, velocity_target(keyframe_z0,
+                                                                        keyframe_eps),
+                                         keyframe_keep)
+    total = total + keyframe_weight * parts["loss_keyframes"]
+  return total, parts

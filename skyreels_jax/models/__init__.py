@@ -1,4 +1,6 @@
-"""SkyReelsV4: the text encoder (when trained with the model) and the MMDiT, as one module."""
+"""SkyReelsV4: the text encoder (when trained with the model) and the MMDiT, as one module.
+A frozen text encoder is not part of it (models/frozen.py; tasks.examples.Codecs).
+"""
 
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ class SkyReelsV4(nnx.Module):
 def build_model(config, *, rngs: nnx.Rngs) -> SkyReelsV4:
   """Concrete model (no eager sharding: the trainer places params by logical rules)."""
   from skyreels_jax.config import DTYPES, derive
-  _, mcfg = derive(config)
+  _, mcfg = derive(config, abstract=True)    # shapes only: the run validated its paths
   spec = text_lib.build(config.text, dtype=DTYPES[config.model.dtype],
-                        param_dtype=DTYPES[config.model.param_dtype])
+                        param_dtype=DTYPES[config.model.param_dtype], weights=False,
+                        published_if_missing=True)
   with nnx.use_eager_sharding(False):
     return SkyReelsV4(mcfg, spec, rngs=rngs)
 

@@ -114,12 +114,12 @@ class JointAttention(nnx.Module):
     self.to_out = spec.dense(d, d, ("heads", "embed"), rngs)
     self.to_add_out = spec.dense(d, d, ("heads", "embed"), rngs)
 
-  def __call__(self, x, ctx, *, rope: Rope, x_mask, ctx_mask):
+  def __call__(self, x, ctx, *, rope: Rope, x_mask, ctx_mask, attention_spec=None):
     q, k, v = self.x_qkv(x, self.norm_q, self.norm_k)
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     cq, ck, cv = self.ctx_qkv(ctx, self.norm_added_q, self.norm_added_k)
     out, out_ctx = attention(q, k, v, x_mask, q_ctx=cq, k_ctx=ck, v_ctx=cv, ctx_mask=ctx_mask,
-                             spec=self.spec.attention)
+                             spec=attention_spec or self.spec.attention)
     out = checkpoint_name(_merge_heads(out), "attn_out")
     return self.to_out(out), self.to_add_out(_merge_heads(out_ctx))
 
@@ -153,12 +153,16 @@ class DualStreamBlock(_V4Additions):
     self.ff_context = MLP(spec.dim, spec.mlp_dim, **kw)
     self._init_additions(spec, rngs, text_cross, av_cross)
 
-  def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask):
+  def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask,
+             attention_spec=None):
+    """attention_spec: the self-attention's strategy for this input when it depends on the
+    input (VSA needs the video token grid); default the block's."""
     shift, scale, gate, *mlp_mod = self.norm1(temb)
     c_shift, c_scale, c_gate, *c_mlp_mod = self.norm1_context(temb)
     attn_x, attn_ctx = self.attn(modulate(layer_norm(x), shift, scale),
                                  modulate(layer_norm(ctx), c_shift, c_scale),
-                                 rope=rope, x_mask=x_mask, ctx_mask=text_mask)
+                                 rope=rope, x_mask=x_mask, ctx_mask=text_mask,
+                                 attention_spec=attention_spec)
     x = x + gate * attn_x
     ctx = ctx + c_gate * attn_ctx
     x = self._text_cross(x, text_ctx, text_mask)
@@ -186,7 +190,10 @@ class SingleStreamBlock(_V4Additions):
     self.proj_out = spec.dense(spec.dim + spec.mlp_dim, spec.dim, ("mlp", "embed"), rngs)
     self._init_additions(spec, rngs, text_cross, av_cross)
 
-  def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask):
+  def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask,
+             attention_spec=None):
+    """attention_spec: the self-attention's strategy for this input when it depends on the
+    input (VSA needs the video token grid); default the block's."""
     # The same weights on both segments; kept as two arrays so the modality tokens can stay
     # sequence-sharded while the (short) text stays replicated.
     shift, scale, gate = self.norm(temb)
@@ -195,7 +202,7 @@ class SingleStreamBlock(_V4Additions):
     cq, ck, cv = self.qkv(cn, self.norm_q, self.norm_k)
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     attn, attn_ctx = attention(q, k, v, x_mask, q_ctx=cq, k_ctx=ck, v_ctx=cv, ctx_mask=text_mask,
-                               spec=self.spec.attention)
+                               spec=attention_spec or self.spec.attention)
     attn = checkpoint_name(_merge_heads(attn), "attn_out")
 
     def out(h, hn, a):

@@ -26,7 +26,8 @@ from skyreels_jax.models.attention import AttentionSpec
 from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock
 from skyreels_jax.models.layers import (AdaLNModulation, ConditionEmbedding, dense, layer_norm,
                                         masked_mean, patchify, unpatchify)
-from skyreels_jax.models.rope import audio_positions, rope_cos_sin, video_positions
+from skyreels_jax.models.rope import (audio_positions, keyframe_positions, rope_cos_sin,
+                                      video_positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,8 @@ class JointLayer(nnx.Module):
                           zip(carry, (True, False, True, False)))
     v, v_txt, v_mods = self.video.attend(
         v, v_txt, ctx["v_temb"], rope=ctx["v_rope"], x_mask=ctx["v_valid"],
-        text_ctx=ctx["v_text"], text_mask=ctx["text_mask"])
+        text_ctx=ctx["v_text"], text_mask=ctx["text_mask"],
+        attention_spec=ctx.get("v_attention"))
     if self.audio is not None and a is not None:
       a, a_txt, a_mods = self.audio.attend(
           a, a_txt, ctx["a_temb"], rope=ctx["a_rope"], x_mask=ctx["a_valid"],
@@ -185,7 +187,8 @@ class MMDiT(nnx.Module):
                text_mask: jax.Array, audio: jax.Array | None = None,
                audio_timestep: jax.Array | None = None, video_refs: jax.Array | None = None,
                video_ref_valid: jax.Array | None = None, audio_refs: jax.Array | None = None,
-               audio_ref_valid: jax.Array | None = None, guidance: jax.Array | None = None):
+               audio_ref_valid: jax.Array | None = None, guidance: jax.Array | None = None,
+               keyframes: jax.Array | None = None, keyframe_times: tuple[int, ...] = ()):
     """Predicts the flow velocity of the noisy part of each stream.
 
     video (B, T, H, W, 2C+1) latent-grid channel concat; video_refs (B, Tr, H, W, 2C+1);
@@ -193,6 +196,12 @@ class MMDiT(nnx.Module):
     *_ref_valid (B, Tr) booleans for padded reference slots; timesteps (B,) in model units
     (skyreels_jax.diffusion.flow_matching.model_timestep). Returns (video (B, T, H, W, C),
     audio (B, Ta, Ca) or None).
+
+    Cascade base (SPEC section 5): `keyframes` (B, K, Hk, Wk, 2C+1) are high-res latent
+    frames generated jointly as extra video tokens after the low-res ones, keyframe k at
+    latent frame `keyframe_times[k]` (static) with its spatial positions scaled onto the
+    low-res grid (rope.keyframe_positions). They share the video timestep and the video
+    branch's weights; the output then has a third entry, keyframes (B, K, Hk, Wk, C).
     """
     cfg = self.cfg
     if audio is not None and not cfg.use_audio:
@@ -220,9 +229,23 @@ class MMDiT(nnx.Module):
       v_valid = jnp.concatenate([ref_valid, v_valid], axis=1)
     multiple = token_multiple(cfg.attention)
     v_pos = video_positions((t, h, w), n_vref)
+    n_video_end = v_in.shape[1]     # [references; low-res video] end here
+    if keyframes is not None:
+      if pt != 1:
+        raise ValueError(f"keyframes need model.patch_size_t=1 (one latent frame each), got {pt}")
+      if len(keyframe_times) != keyframes.shape[1]:
+        raise ValueError(f"{keyframes.shape[1]} keyframes but keyframe_times={keyframe_times}")
+      kgrid = (keyframes.shape[2] // p, keyframes.shape[3] // p)
+      k_in = patchify(keyframes.astype(cfg.dtype).reshape(-1, 1, *keyframes.shape[2:]),
+                      cfg.video_patch).reshape(b, -1, v_in.shape[-1])
+      v_in = jnp.concatenate([v_in, k_in], axis=1)
+      v_valid = jnp.concatenate([v_valid, jnp.ones((b, k_in.shape[1]), bool)], axis=1)
+      v_pos = np.concatenate([v_pos, keyframe_positions(keyframe_times, kgrid, (h, w))])
     n_v = v_in.shape[1]
     v_in, v_valid, v_pos = pad_tokens(v_in, v_valid, v_pos, multiple)
     ctx["v_rope"] = rope_cos_sin(v_pos, cfg.rope_axes_dim, cfg.rope_theta)
+    if cfg.attention.impl == "vsa":   # sparse over the token grid of this input
+      ctx["v_attention"] = dataclasses.replace(cfg.attention, video_grid=(t, h, w))
     ctx["v_valid"] = v_valid
     ctx["v_temb"] = self.video_io.time_text_embed(video_timestep, pooled, guidance)
     v_text = self.video_io.context_embedder(text)
@@ -259,7 +282,7 @@ class MMDiT(nnx.Module):
                         num=cfg.num_single_blocks)
     v, _, a, _ = carry
 
-    v_out = self.video_io.head(v[:, n_v - t * h * w:n_v], ctx["v_temb"])
+    v_out = self.video_io.head(v[:, n_video_end - t * h * w:n_video_end], ctx["v_temb"])
     v_out = unpatchify(v_out.astype(jnp.float32), (t * pt, h * p, w * p), cfg.video_patch,
                        cfg.video_latent_channels)
     a_out = None
@@ -268,4 +291,9 @@ class MMDiT(nnx.Module):
       a_out = self.audio_io.head(a[:, n_a_all - n_a:n_a_all], ctx["a_temb"])
       a_out = unpatchify(a_out.astype(jnp.float32), (audio.shape[1],),
                          (cfg.audio_patch_size,), cfg.audio_latent_channels)
-    return v_out, a_out
+    if keyframes is None:
+      return v_out, a_out
+    k_out = self.video_io.head(v[:, n_video_end:n_v], ctx["v_temb"]).astype(jnp.float32)
+    k_out = unpatchify(k_out.reshape(b * keyframes.shape[1], -1, k_out.shape[-1]),
+                       (1, *keyframes.shape[2:4]), cfg.video_patch, cfg.video_latent_channels)
+    return v_out, a_out, k_out.reshape(*keyframes.shape[:-1], cfg.video_latent_channels)

@@ -54,6 +54,19 @@ def video_positions(grid: Sequence[int], num_ref_frames: int = 0) -> np.ndarray:
   return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=-1)
 
 
+def keyframe_positions(times: Sequence[int], keyframe_grid: Sequence[int],
+                       video_grid: Sequence[int]) -> np.ndarray:
+  """(t, h, w) positions of high-res keyframe tokens (SPEC section 5, [ours]): keyframe k at
+  the time of its token frame `times[k]`, its (Hk, Wk) token grid scaled onto the low-res
+  (H, W) grid, so a keyframe token sits where its pixels are in the low-res frame. (S, 3)."""
+  hk, wk = keyframe_grid
+  h, w = video_grid
+  tt, hh, ww = np.meshgrid(np.asarray(times, np.float32),
+                           np.arange(hk, dtype=np.float32) * (h / hk),
+                           np.arange(wk, dtype=np.float32) * (w / wk), indexing="ij")
+  return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=-1)
+
+
 def audio_positions(num_tokens: int, time_scale: float, num_ref_tokens: int = 0) -> np.ndarray:
   """1D positions of audio tokens on the video timeline, references at negative indices.
   Shape (S, 1)."""

@@ -1,8 +1,22 @@
-"""python -m skyreels_jax.sample --workdir=W --prompt=TEXT --out=OUT [--image=PNG] [--seed=S]
+"""python -m skyreels_jax.sample --workdir=W (--prompt=TEXT ... | --prompt_file=F) --out=OUT
+    [task: --image=PNG | --first=PNG --last=PNG | --video=MP4 (--extend=K | --mask=PNG)]
+    [references: --ref_image=PNG ... --ref_video=MP4 --audio_ref=WAV] [--seed=S]
 
-Writes, per prompt, OUT/sample_<i>.mp4 (H.264 + AAC at the config's fps and sample rate),
-OUT/sample_<i>.wav and OUT/sample_<i>.json (the settings), plus OUT/contact_sheet.png.
-On several hosts every process runs the sampler and process 0 writes the files.
+Tasks (SPEC section 3): text-to-audio-video by default; --image image-to-video; --first and
+--last start-end frames; --video with --extend=K keeps its first K latent frames (and their
+sound) and generates the rest; --video with --mask inpaints / edits (white = regenerate, on
+every frame; the audio is regenerated). References combine with any task.
+
+--refiner_workdir=R runs the efficiency cascade (SPEC section 5; sample/cascade.py): the
+--workdir run is the base (its low-res video, high-res keyframes if it makes them, and the
+audio), R the refiner; the MP4 is at the refiner's size and frame rate with the base's audio.
+--mesh=data=1,fsdp=2,sequence=2,tensor=2 samples on a mesh other than the training one.
+
+--prompt_file: one prompt per line, or JSON lines {"prompt": ..., "seed": ...}. Prompts run
+in batches of --batch_size (padded to a full batch: one program). Prompt i gets seed
+`--seed + i` unless its line gives one. Writes OUT/sample_<i>.mp4 (H.264 + AAC), .wav and
+.json (the settings) and a contact sheet. With several processes every batch runs on the
+whole mesh and process p writes the outputs of prompts p::count.
 """
 
 import json
@@ -13,61 +27,256 @@ from absl import app, flags
 from skyreels_jax.parallel import multihost
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
-_PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt(s); repeat for several.",
-                                    required=True)
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt(s); repeat for several.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "TXT (one per line) or JSONL prompts.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_BATCH = flags.DEFINE_integer("batch_size", None, "Prompts per batch (config.sample).")
 _IMAGE = flags.DEFINE_string("image", None, "First frame (PNG/JPG): image-to-video.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_FIRST = flags.DEFINE_string("first", None, "First frame of start-end generation.")
+_LAST = flags.DEFINE_string("last", None, "Last frame of start-end generation.")
+_VIDEO = flags.DEFINE_string("video", None, "Source video for --extend or --mask.")
+_EXTEND = flags.DEFINE_integer("extend", None, "Latent frames of --video to keep.")
+_MASK = flags.DEFINE_string("mask", None, "Inpaint mask image: white = regenerate.")
+_REF_IMAGE = flags.DEFINE_multi_string("ref_image", [], "Reference image(s).")
+_REF_VIDEO = flags.DEFINE_string("ref_video", None, "Reference video clip.")
+_AUDIO_REF = flags.DEFINE_string("audio_ref", None, "Reference audio (WAV/FLAC/MP3).")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed of prompt 0 (prompt i: seed + i).")
 _STEPS = flags.DEFINE_integer("num_steps", None, "Solver steps (default: config.sample).")
 _SOLVER = flags.DEFINE_enum("solver", None, ["euler", "heun"], "ODE solver.")
 _VG = flags.DEFINE_float("video_guidance", None, "CFG scale for video.")
 _AG = flags.DEFINE_float("audio_guidance", None, "CFG scale for audio.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_REFINER = flags.DEFINE_string("refiner_workdir", None, "A refiner run: the cascade (base = "
+                               "--workdir -> refiner -> decode) at the refiner's size and fps.")
+_REFINER_STEP = flags.DEFINE_integer("refiner_step", None, "Refiner checkpoint step.")
+_REFINER_STEPS = flags.DEFINE_integer("refiner_num_steps", None, "Refiner solver steps.")
+_MESH = flags.DEFINE_string("mesh", None, "Sampling mesh, e.g. data=1,fsdp=2,sequence=2,"
+                            "tensor=2 (default: the run's config.mesh). Any mesh restores.")
 _CLUSTER = multihost.define_flags()
+
+USAGE = 2   # exit code of a usage error
+
+
+def usage(message: str):
+  return app.UsageError(message, exitcode=USAGE)
+
+
+def parse_mesh(text: str, mesh_config) -> dict:
+  """--mesh=data=1,fsdp=2,... -> a mesh config (axes not named: 1; dcn_* from the run's)."""
+  from skyreels_jax.config import MESH_AXES
+  out = {a: 1 for a in MESH_AXES}
+  out.update({k: v for k, v in mesh_config.items() if k.startswith("dcn_")})
+  for part in text.split(","):
+    name, _, size = part.partition("=")
+    if name.strip() not in MESH_AXES or not size.strip().lstrip("-").isdigit():
+      raise usage(f"--mesh={text}: expected comma-separated AXIS=SIZE with AXIS in "
+                  f"{MESH_AXES}")
+    out[name.strip()] = int(size)
+  return out
+
+
+def task_of(v: dict) -> str:
+  """The task the flags ask for; raises a usage error naming the flag on a bad combination
+  or a missing file. v: flag name -> value."""
+  for name in ("image", "first", "last", "video", "mask", "ref_video", "audio_ref",
+               "prompt_file"):
+    if v.get(name) and not os.path.isfile(v[name]):
+      raise usage(f"--{name}={v[name]}: no such file")
+  for path in v.get("ref_image") or []:
+    if not os.path.isfile(path):
+      raise usage(f"--ref_image={path}: no such file")
+  if bool(v.get("prompt")) == bool(v.get("prompt_file")):
+    raise usage("give --prompt or --prompt_file (one of them)")
+  if v.get("extend") is not None and not v.get("video"):
+    raise usage("--extend needs --video")
+  if v.get("mask") and not v.get("video"):
+    raise usage("--mask needs --video")
+  if v.get("video"):
+    if (v.get("extend") is not None) == bool(v.get("mask")):
+      raise usage("--video needs one of --extend or --mask")
+    for other in ("image", "first", "last"):
+      if v.get(other):
+        raise usage(f"--{other} cannot be combined with --video")
+    return "extend" if v.get("extend") is not None else "inpaint"
+  if v.get("image"):
+    for other in ("first", "last"):
+      if v.get(other):
+        raise usage(f"--image cannot be combined with --{other}")
+    return "i2v"
+  if bool(v.get("first")) != bool(v.get("last")):
+    raise usage("--first and --last go together")
+  return "start_end" if v.get("first") else "t2av"
+
+
+def read_prompts(path: str) -> list[dict]:
+  """[{"prompt": str, "seed": int | None}] from a TXT (a prompt a line) or JSONL file."""
+  rows = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      if line.startswith("{"):
+        try:
+          row = json.loads(line)
+          rows.append({"prompt": str(row["prompt"]), "seed": row.get("seed")})
+        except (ValueError, KeyError) as e:
+          raise usage(f"--prompt_file={path} line {n}: {e!r}") from None
+      else:
+        rows.append({"prompt": line, "seed": None})
+  if not rows:
+    raise usage(f"--prompt_file={path}: no prompts")
+  return rows
+
+
+def build_condition(task: str, v: dict, config, geometry):
+  """The Condition of the flags, media read at the run's geometry; usage errors name the
+  flag (too short a video, --extend out of range, an unreadable file)."""
+  from skyreels_jax.sample import conditions as C
+  from skyreels_jax.models import autoencoders
+  g, d = geometry, config.data
+  tf = autoencoders.build_video(config.video_ae, weights=False).temporal_factor
+  media = dict(fps=d.fps, height=g.height, width=g.width, sample_rate=d.sample_rate,
+               channels=d.audio_channels)
+
+  def read(flag, path, fn, *args, **kw):
+    try:
+      return fn(path, *args, **kw)
+    except Exception as e:  # pylint: disable=broad-except  (any decoder error: name the flag)
+      raise usage(f"--{flag}={path}: {e}") from None
+
+  image = lambda flag: read(flag, v[flag], C.read_image, g.height, g.width)
+  if task == "t2av":
+    cond = C.text_to_video(g)
+  elif task == "i2v":
+    cond = C.image_to_video(g, tf, image("image"))
+  elif task == "start_end":
+    cond = C.start_end(g, tf, image("first"), image("last"))
+  else:
+    video, audio = read("video", v["video"], C.read_video, **media)
+    if task == "extend":
+      k = v["extend"]
+      if not 1 <= k < g.video_grid[0]:
+        raise usage(f"--extend={k}: keep 1 to {g.video_grid[0] - 1} of the "
+                    f"{g.video_grid[0]} latent frames")
+      try:
+        cond = C.extend(g, tf, d.fps, d.audio_channels, video, audio, k)
+      except ValueError as e:
+        raise usage(f"--extend={k} --video={v['video']}: {e}") from None
+    else:
+      cond = C.inpaint(g, d.audio_channels, video,
+                       read("mask", v["mask"], C.read_mask, g.height, g.width))
+  refs = [read("ref_image", p, C.read_image, g.height, g.width) for p in v["ref_image"] or []]
+  ref_video = read("ref_video", v["ref_video"], C.read_video, **media)[0] if v.get(
+      "ref_video") else None
+  audio_ref = None
+  if v.get("audio_ref"):
+    if not config.model.use_audio:
+      raise usage("--audio_ref: the run has no audio stream (model.use_audio=False)")
+    audio_ref = read("audio_ref", v["audio_ref"], C.read_audio, sample_rate=d.sample_rate,
+                     channels=d.audio_channels)
+  prefix = C.block_prefix(tf) if g.num_frames == g.video_grid[0] * tf else C.causal_prefix(tf)
+  cond = C.add_references(cond, g, tf, images=refs, video=ref_video, audio=audio_ref,
+                          vae_frames=prefix)
+  cond.fields = {k: v.get(k) for k in ("image", "first", "last", "video", "extend", "mask",
+                                       "ref_image", "ref_video", "audio_ref")}
+  return cond
 
 
 def main(argv):
   del argv
+  names = ("prompt", "prompt_file", "image", "first", "last", "video", "extend", "mask",
+           "ref_image", "ref_video", "audio_ref")
+  values = {n: flags.FLAGS[n].value for n in names}
+  task = task_of(values)     # before JAX starts: a usage error costs nothing
+  if _REFINER.value and not os.path.isfile(os.path.join(_REFINER.value, "config.json")):
+    raise usage(f"--refiner_workdir={_REFINER.value}: not a training run (no config.json)")
   multihost.initialize_from_flags(_CLUSTER)  # before any other JAX call
   import dataclasses
 
   import jax
-  import numpy as np
-  from PIL import Image
 
   from skyreels_jax import runtime
+  from skyreels_jax.config import derive
   from skyreels_jax.sample import export
-  from skyreels_jax.sample.sampler import Sampler, resize_image
-  runtime.setup_compilation_cache()
+  from skyreels_jax.sample.sampler import Sampler, load_run_config
 
-  sampler = Sampler(_WORKDIR.value, step=_STEP.value)
-  g, data = sampler.geometry, sampler.config.data
-  image = None
-  if _IMAGE.value:
-    if not os.path.exists(_IMAGE.value):
-      raise app.UsageError(f"--image={_IMAGE.value}: no such file")
-    image = resize_image(np.asarray(Image.open(_IMAGE.value).convert("RGB")), g.height, g.width)
+  config = load_run_config(_WORKDIR.value)
+  geometry, _ = derive(config)
+  cond = build_condition(task, values, config, geometry)   # media read before any compile
+  rows = (read_prompts(_PROMPT_FILE.value) if _PROMPT_FILE.value
+          else [{"prompt": p, "seed": None} for p in _PROMPT.value])
+  for i, row in enumerate(rows):
+    row["seed"] = _SEED.value + i if row["seed"] is None else int(row["seed"])
+  batch = _BATCH.value or int(config.sample.get("batch_size", 1))
+  if batch < 1:
+    raise usage(f"--batch_size={batch}: must be at least 1")
+
+  runtime.setup_compilation_cache()
+  mesh = None
+  if _MESH.value:
+    from skyreels_jax.parallel.mesh import make_mesh
+    mesh = make_mesh(parse_mesh(_MESH.value, config.mesh))
+  sampler = Sampler(_WORKDIR.value, step=_STEP.value, config=config, mesh=mesh)
   settings = sampler.settings(seed=_SEED.value, num_steps=_STEPS.value, solver=_SOLVER.value,
                               video_guidance=_VG.value, audio_guidance=_AG.value)
-  out = sampler.generate(list(_PROMPT.value), image=image, settings=settings)
-  if jax.process_index() != 0:
-    return
+  cascade = None
+  if _REFINER.value:
+    from skyreels_jax.sample.cascade import Cascade
+    try:
+      cascade = Cascade(_WORKDIR.value, _REFINER.value, base_step=_STEP.value,
+                        refiner_step=_REFINER_STEP.value, mesh=sampler.mesh)
+    except ValueError as e:
+      raise usage(f"--refiner_workdir={_REFINER.value}: {e}") from None
+    # The same task at the refiner's size and frame rate: what it keeps (a source video's
+    # regions, a first frame) comes from the high-res media, not the base's low-res render.
+    refiner_cond = build_condition(task, values, cascade.refiner.config,
+                                   cascade.refiner.geometry)
+    refiner_settings = cascade.refiner.settings(
+        num_steps=_REFINER_STEPS.value, solver=_SOLVER.value, video_guidance=_VG.value,
+        audio_guidance=_AG.value)
+  data = (cascade.refiner if cascade else sampler).config.data
+  me, count = jax.process_index(), jax.process_count()
   os.makedirs(_OUT.value, exist_ok=True)
-  for i, prompt in enumerate(_PROMPT.value):
-    stem = os.path.join(_OUT.value, f"sample_{i}")
-    audio = None if out["audio"] is None else out["audio"][i]
-    export.write_mp4(stem + ".mp4", out["video"][i], data.fps, audio, data.sample_rate)
-    if audio is not None:
-      export.write_wav(stem + ".wav", audio, data.sample_rate)
-    with open(stem + ".json", "w") as f:
-      json.dump({"prompt": prompt, "workdir": os.path.abspath(_WORKDIR.value),
-                 "checkpoint_step": sampler.step, "image": _IMAGE.value,
-                 "task": "i2v" if image is not None else "t2av",
-                 **dataclasses.asdict(settings)}, f, indent=2)
-    print(stem + ".mp4")
-  sheet = os.path.join(_OUT.value, "contact_sheet.png")
-  export.write_contact_sheet(sheet, list(out["video"]), labels=list(_PROMPT.value))
-  print(sheet)
+  written = []
+  for start in range(0, len(rows), batch):
+    chunk = rows[start:start + batch]
+    padded = chunk + [chunk[-1]] * (batch - len(chunk))   # same shapes: one program
+    prompts, seeds = [r["prompt"] for r in padded], [r["seed"] for r in padded]
+    if cascade is not None:
+      out = cascade.generate(prompts, condition=cond, refiner_condition=refiner_cond,
+                             seeds=seeds, base_settings=settings,
+                             refiner_settings=refiner_settings)
+    else:
+      out = sampler.generate(prompts, condition=cond, seeds=seeds, settings=settings)
+    for j, row in enumerate(chunk):
+      i = start + j
+      if i % count != me:
+        continue
+      stem = os.path.join(_OUT.value, f"sample_{i}")
+      audio = None if out["audio"] is None else out["audio"][j]
+      export.write_mp4(stem + ".mp4", out["video"][j], data.fps, audio, data.sample_rate)
+      if audio is not None:
+        export.write_wav(stem + ".wav", audio, data.sample_rate)
+      with open(stem + ".json", "w") as f:
+        meta = {"prompt": row["prompt"], "index": i,
+                "workdir": os.path.abspath(_WORKDIR.value),
+                "checkpoint_step": sampler.step, "task": task, **cond.fields,
+                **dataclasses.asdict(settings), "seed": row["seed"],
+                "mesh": dict(sampler.mesh.shape), "fps": data.fps,
+                "size": [int(data.height), int(data.width)]}
+        if cascade is not None:
+          meta["refiner"] = {"workdir": os.path.abspath(_REFINER.value),
+                             "checkpoint_step": cascade.refiner.step,
+                             **dataclasses.asdict(refiner_settings), "seed": row["seed"]}
+        json.dump(meta, f, indent=2)
+      written.append((row["prompt"], out["video"][j]))
+      print(stem + ".mp4")
+  if written:
+    sheet = os.path.join(_OUT.value, "contact_sheet.png" if count == 1
+                         else f"contact_sheet_{me}.png")
+    export.write_contact_sheet(sheet, [w[1] for w in written], labels=[w[0] for w in written])
+    print(sheet)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 over the flow, classifier-free guidance with one scale per modality, batched along the batch
 axis (cond and uncond halves in one forward), decoding with the run's autoencoders.
 
-Tasks go through the same channel-concat interface as training: text-to-audio-video has
-keep = 0 everywhere; image-to-video keeps latent frame 0 (SPEC section 3).
+Every task goes through the same channel-concat interface as training (SPEC section 3):
+conditions.py builds pixels, waveforms and keep masks on the host; they are encoded here,
+inside the sampling program, and references are prepended as Concat(ref, ref, 1).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from skyreels_jax.diffusion.guidance import guide
 from skyreels_jax.diffusion.solvers import solve
 from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings
 from skyreels_jax.tasks.examples import make_codecs
-from skyreels_jax.tasks.masks import channel_concat, condition_latent, video_task_mask
+from skyreels_jax.sample import conditions
+from skyreels_jax.tasks.masks import channel_concat, condition_latent
 from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
-from skyreels_jax.train.state import abstract_state, make_optimizer
+from skyreels_jax.train.state import abstract_state, make_optimizer, place_frozen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Sampler:
     self.params = ckpt.restore_subtree(self.step, "ema", target)
     ckpt.close()
     self.codecs, self.tokenizer = make_codecs(self.config)
+    # Frozen encoder / VAE weights are arguments of the sampling program, not constants.
+    self.frozen, _ = place_frozen(self.codecs, self.mesh, axis_rules)
     self._fn = jax.jit(self._generate, static_argnums=(0,))
 
   def settings(self, **overrides) -> SampleSettings:
@@ -78,69 +82,179 @@ class Sampler:
     base.update({k: v for k, v in overrides.items() if v is not None})
     return SampleSettings(**base)
 
-  def _generate(self, settings: SampleSettings, params, text_ids, text_mask, cond_video,
-                keep_v, rng):
+  def _generate(self, settings: SampleSettings, params, frozen, text_ids, text_mask, cond,
+                keys):
     model = nnx.merge(self.graphdef, params)
+    codecs = self.codecs.bind(frozen)
     g = self.geometry
     b = text_ids.shape[0]
-    null_ids = jnp.broadcast_to(self.codecs.null_text_ids, text_ids.shape)
-    null_mask = jnp.broadcast_to(self.codecs.null_text_mask, text_mask.shape)
-    text, tmask = model.encode_text(jnp.concatenate([text_ids, null_ids]),
-                                    jnp.concatenate([text_mask, null_mask]))
-    k_v, k_a = jax.random.split(rng)
-    z_v = jax.random.normal(k_v, (b, *g.video_grid, g.video_channels))
+    null_ids = jnp.broadcast_to(codecs.null_text_ids, text_ids.shape)
+    null_mask = jnp.broadcast_to(codecs.null_text_mask, text_mask.shape)
+    text, tmask = codecs.encode_text(model, jnp.concatenate([text_ids, null_ids]),
+                                     jnp.concatenate([text_mask, null_mask]))
+    c = self._encode_condition(codecs, cond, b)
     use_audio = self.mcfg.use_audio
-    z_a = (jax.random.normal(k_a, (b, g.audio_length, g.audio_channels)) if use_audio else None)
-    keep_a = jnp.zeros((b, g.audio_length, 1)) if use_audio else None
-    empty_a = (self.codecs.empty_audio_latent(g.num_samples, self.config.data.audio_channels)
-               if use_audio else None)
+    # One key per prompt: a prompt's sample depends on its seed only, not on its batch.
+    k_v, k_a, k_k = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys), 1, 0)
+    noise = lambda keys, shape: jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+    z_v = noise(k_v, (*g.video_grid, g.video_channels))
+    # The cascade refiner is given the base model's audio (`given_audio`): fed clean at
+    # t = 1 as in its training (tasks/examples._refiner_inputs), not integrated.
+    given_a = c.get("given_audio")
+    z_a = (noise(k_a, (g.audio_length, g.audio_channels))
+           if use_audio and given_a is None else None)
+    # The cascade base generates high-res keyframes jointly (tasks/keyframes.py).
+    kf_times = g.keyframe_times
+    z_k = noise(k_k, (len(kf_times), *g.keyframe_grid, g.video_channels)) if kf_times else None
     two = lambda x: jnp.concatenate([x, x])
+    fixed = {k: two(c[k]) for k in ("video_refs", "video_ref_valid", "audio_refs",
+                                    "audio_ref_valid") if k in c}
+    if given_a is not None:
+      ones = jnp.ones(given_a.shape[:-1] + (1,))
+      fixed["audio"] = two(channel_concat(given_a, given_a, ones))
+      fixed["audio_timestep"] = jnp.full((2 * b,), fm.model_timestep(1.0))
+    if kf_times:
+      empty_k = jnp.broadcast_to(codecs.empty_video_latent(1, *g.keyframe_size), z_k.shape)
+      fixed["keyframe_times"] = kf_times
 
     def velocity(z, t):
-      zv, za = z
+      zv, za, zk = z
       ts = jnp.full((2 * b,), fm.model_timestep(t))
-      inputs = {"video": two(channel_concat(zv, cond_video, keep_v)), "video_timestep": ts}
-      if use_audio:
-        inputs["audio"] = two(channel_concat(za, condition_latent(za, keep_a, empty_a), keep_a))
+      inputs = {"video": two(channel_concat(zv, c["cond_video"], c["keep_v"])),
+                "video_timestep": ts, **fixed}
+      if za is not None:
+        inputs["audio"] = two(channel_concat(za, c["cond_audio"], c["keep_a"]))
         inputs["audio_timestep"] = ts
-      v, a = model(text=text, text_mask=tmask, **inputs)
+      if zk is not None:
+        inputs["keyframes"] = two(channel_concat(zk, empty_k, jnp.zeros(zk.shape[:-1] + (1,))))
+      v, a, *k = model(text=text, text_mask=tmask, **inputs)
       v = guide(v[:b], v[b:], settings.video_guidance)
-      a = guide(a[:b], a[b:], settings.audio_guidance) if use_audio else None
-      return v, a
+      a = guide(a[:b], a[b:], settings.audio_guidance) if za is not None else None
+      k = guide(k[0][:b], k[0][b:], settings.video_guidance) if zk is not None else None
+      return v, a, k
 
     times = fm.sampling_times(settings.num_steps, settings.shift)
-    z_v, z_a = solve(settings.solver, velocity, (z_v, z_a), times)
-    z_v = jnp.where(keep_v > 0.5, cond_video, z_v)
-    video = self.codecs.video_ae.decode(z_v)
-    audio = self.codecs.audio_ae.decode(z_a)[:, :g.num_samples] if use_audio else None
-    return video, audio
+    z_v, z_a, z_k = solve(settings.solver, velocity, (z_v, z_a, z_k), times)
+    # Kept regions are the condition exactly, not the solver's approximation of it.
+    z_v = jnp.where(c["keep_v"] > 0.5, c["cond_video"], z_v)
+    out = {"video": codecs.video_ae.decode(z_v), "audio": None, "video_latent": z_v,
+           "audio_latent": None}
+    if use_audio:
+      z_a = given_a if given_a is not None else jnp.where(c["keep_a"] > 0.5, c["cond_audio"],
+                                                          z_a)
+      out["audio"] = codecs.audio_ae.decode(z_a)[:, :g.num_samples]
+      out["audio_latent"] = z_a
+    if z_k is not None:
+      stills = codecs.video_ae.decode(z_k.reshape(-1, 1, *z_k.shape[2:]))
+      out["keyframe_latent"] = z_k
+      out["keyframes"] = stills.reshape(b, z_k.shape[1], *stills.shape[2:])
+    return out
 
-  def condition_for_image(self, image: np.ndarray | None, batch: int):
-    """Condition latent and keep mask: none (T2AV) or a first frame (I2V, uint8 HxWx3)."""
+  def _encode_condition(self, codecs, cond: dict, batch: int) -> dict:
+    """Condition latents I (SPEC section 3: the clean latent where kept, the black frame's /
+    silence's elsewhere, as in training), keep masks and references, broadcast to the batch."""
     g = self.geometry
-    frames = -np.ones((batch, g.num_frames, g.height, g.width, 3), np.float32)
-    if image is None:
-      keep = jnp.zeros((batch, *g.video_grid, 1))
+    wide = lambda x: jnp.broadcast_to(x, (batch, *x.shape[1:]))
+    empty_v = codecs.empty_video_latent(g.num_frames, g.height, g.width)
+    keep_v = wide(cond["keep_v"])
+    if "cond_latent" in cond:    # a latent condition given as it is (the cascade refiner's)
+      out = {"keep_v": keep_v, "cond_video": wide(cond["cond_latent"])}
     else:
-      frames[:, 0] = image.astype(np.float32) / 127.5 - 1.0
-      keep = jnp.broadcast_to(video_task_mask("i2v", jax.random.key(0), g.video_grid),
-                              (batch, *g.video_grid, 1))
-    return self.codecs.video_ae.encode(jnp.asarray(frames)), keep
+      out = {"keep_v": keep_v,
+             "cond_video": wide(condition_latent(codecs.video_ae.encode(cond["frames"]),
+                                                 cond["keep_v"], empty_v))}
+    if "given_audio" in cond:
+      out["given_audio"] = wide(cond["given_audio"])
+    elif self.mcfg.use_audio:
+      empty_a = codecs.empty_audio_latent(g.num_samples, self.config.data.audio_channels)
+      out["keep_a"] = wide(cond["keep_a"])
+      out["cond_audio"] = wide(condition_latent(codecs.audio_ae.encode(cond["audio"]),
+                                                cond["keep_a"], empty_a))
+    clean = lambda z: channel_concat(z, z, jnp.ones(z.shape[:-1] + (1,)))
+    refs = []
+    if cond.get("ref_images") is not None:   # (N, F1, H, W, 3): N one-latent-frame clips
+      z = codecs.video_ae.encode(cond["ref_images"])
+      refs.append(z.reshape(1, -1, *z.shape[2:]))
+    if cond.get("ref_video") is not None:
+      refs.append(codecs.video_ae.encode(cond["ref_video"]))
+    if refs:
+      out["video_refs"], out["video_ref_valid"] = _padded_refs(
+          clean(jnp.concatenate(refs, axis=1)), self.mcfg.patch_size_t, batch)
+    if self.mcfg.use_audio and cond.get("audio_ref") is not None:
+      out["audio_refs"], out["audio_ref_valid"] = _padded_refs(
+          clean(codecs.audio_ae.encode(cond["audio_ref"])), self.mcfg.audio_patch_size, batch)
+    return out
 
-  def generate(self, prompts: list[str], *, image: np.ndarray | None = None,
-               settings: SampleSettings | None = None) -> dict[str, Any]:
-    """Returns uint8 video (B, F, H, W, 3) and float audio (B, S, C) (or None)."""
-    settings = settings or self.settings()
-    tokens = self.tokenizer.batch(prompts)
-    cond, keep = self.condition_for_image(image, len(prompts))
+  def condition_inputs(self, condition, batch: int = 1) -> dict[str, np.ndarray]:
+    """What the model receives for a condition (for inspection and tests)."""
+    fn = jax.jit(lambda frozen, cond: self._encode_condition(self.codecs.bind(frozen), cond,
+                                                             batch))
     with jax.set_mesh(self.mesh):
-      video, audio = self._fn(settings, self.params, jnp.asarray(tokens["text_ids"]),
-                              jnp.asarray(tokens["text_mask"]), cond, keep,
-                              jax.random.key(settings.seed))
-    video = np.asarray(jax.device_get(video))
-    video = np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    audio = None if audio is None else np.asarray(jax.device_get(audio), np.float32)
-    return {"video": video, "audio": audio}
+      out = fn(self.frozen, self._condition_arrays(condition))
+    return {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+
+  def _condition_arrays(self, condition) -> dict:
+    g = self.geometry
+    c = condition or conditions.text_to_video(g)
+    arrays = {"frames": c.frames, "keep_v": c.keep_v, "ref_images": c.ref_images,
+              "ref_video": c.ref_video}
+    if self.mcfg.use_audio:   # always present, so every task with audio is one program
+      arrays["audio"] = (c.audio if c.audio is not None else
+                         np.zeros((1, g.num_samples, self.config.data.audio_channels), np.float32))
+      arrays["keep_a"] = (c.keep_a if c.keep_a is not None else
+                          np.zeros((1, g.audio_length, 1), np.float32))
+      arrays["audio_ref"] = c.audio_ref
+    return arrays
+
+  @property
+  def temporal_factor(self) -> int:
+    return self.codecs.video_ae.temporal_factor
+
+  def generate(self, prompts: list[str], *, condition: conditions.Condition | None = None,
+               image: np.ndarray | None = None, seeds: list[int] | None = None,
+               settings: SampleSettings | None = None,
+               latent_condition: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Returns uint8 video (B, F, H, W, 3), float audio (B, S, C) (or None) and the final
+    latents; a cascade base also uint8 `keyframes` (B, K, Hk, Wk, 3) and their latents.
+    seeds: one per prompt (default settings.seed + index). image: shorthand for an
+    image-to-video condition (uint8 H x W x 3). latent_condition: the condition as latents,
+    {"cond_latent", "keep_v"[, "given_audio"]} with a batch axis (sample/cascade.py)."""
+    settings = settings or self.settings()
+    if image is not None:
+      condition = conditions.image_to_video(self.geometry, self.temporal_factor, image)
+    if seeds is None:
+      seeds = [settings.seed + i for i in range(len(prompts))]
+    tokens = self.tokenizer.batch(prompts)
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    # The seed is not part of the program: a new seed must not recompile.
+    static = dataclasses.replace(settings, seed=0)
+    with jax.set_mesh(self.mesh):
+      cond = (latent_condition if latent_condition is not None
+              else self._condition_arrays(condition))
+      out = self._fn(static, self.params, self.frozen, jnp.asarray(tokens["text_ids"]),
+                     jnp.asarray(tokens["text_mask"]), cond, keys)
+    out = jax.device_get(out)
+    as_uint8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(
+        np.uint8)
+    as_np = lambda x: None if x is None else np.asarray(x, np.float32)
+    result = {"video": as_uint8(out["video"]), "audio": as_np(out["audio"]),
+              "video_latent": as_np(out["video_latent"]),
+              "audio_latent": as_np(out["audio_latent"])}
+    if "keyframes" in out:
+      result.update(keyframes=as_uint8(out["keyframes"]),
+                    keyframe_latent=as_np(out["keyframe_latent"]))
+    return result
+
+
+def _padded_refs(refs: jax.Array, multiple: int, batch: int):
+  """References padded with invalid slots to whole patches, broadcast to the batch."""
+  n = refs.shape[1]
+  pad = -n % multiple
+  if pad:
+    refs = jnp.pad(refs, ((0, 0), (0, pad)) + ((0, 0),) * (refs.ndim - 2))
+  valid = jnp.arange(n + pad) < n
+  return (jnp.broadcast_to(refs, (batch, *refs.shape[1:])),
+          jnp.broadcast_to(valid, (batch, n + pad)))
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

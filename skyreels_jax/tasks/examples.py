@@ -13,19 +13,47 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 from skyreels_jax.diffusion import flow_matching as fm
+from skyreels_jax.models import frozen
 from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent,
                                       sample_task_masks)
+from skyreels_jax.tasks import keyframes as keyframes_lib
+from skyreels_jax.tasks.refiner import refiner_video
 
 
 @dataclasses.dataclass(frozen=True)
 class Codecs:
-  """The autoencoders and the null prompt, fixed for a run."""
+  """The autoencoders, the frozen text encoder (None when the text encoder trains with the
+  model, or when training reads precomputed embeddings) and the null prompt, fixed for a
+  run. Frozen weights are jit arguments, never constants: `frozen_params()` gives them and
+  `bind(params)` the codecs that use them inside the traced function (models/frozen.py)."""
   video_ae: Any
   audio_ae: Any
   null_text_ids: jax.Array    # (L,) tokens of the empty prompt
   null_text_mask: jax.Array   # (L,)
+  text_encoder: Any = None
+  # (embedding (L, D), mask (L,)) of the empty prompt: caption dropout of precomputed
+  # embeddings (data.format = "latents" with a frozen text encoder).
+  null_text: tuple[Any, Any] | None = None
+
+  FROZEN = ("video_ae", "audio_ae", "text_encoder")
+
+  def frozen_params(self) -> dict[str, Any]:
+    params = {k: frozen.params_of(getattr(self, k)) for k in self.FROZEN}
+    return {k: v for k, v in params.items() if v is not None}
+
+  def bind(self, params: dict[str, Any]) -> "Codecs":
+    return dataclasses.replace(self, **{k: frozen.bind(getattr(self, k), v)
+                                        for k, v in params.items()})
+
+  def encode_text(self, model, text_ids, text_mask):
+    """(embeddings, mask): the frozen encoder, or the model's own trainable one."""
+    if self.text_encoder is not None:
+      return self.text_encoder(text_ids, text_mask)
+    return model.encode_text(text_ids, text_mask)
 
   def empty_video_latent(self, num_frames: int, height: int, width: int) -> jax.Array:
     return self.video_ae.encode(-jnp.ones((1, num_frames, height, width, 3), jnp.float32))
@@ -40,9 +68,13 @@ class Codecs:
     return (vae.latent_frames(num_frames), *vae.latent_hw(height, width), vae.latent_channels)
 
 
-def drop_captions(rng, text_ids, text_mask, null_ids, null_mask, rate: float):
-  drop = jax.random.bernoulli(rng, rate, (text_ids.shape[0],))[:, None]
-  return (jnp.where(drop, null_ids[None], text_ids), jnp.where(drop, null_mask[None], text_mask))
+def drop_captions(rng, text, text_mask, null_text, null_mask, rate: float):
+  """Replaces a `rate` share of the prompts (token ids (B, L) or embeddings (B, L, D)) with
+  the empty prompt's."""
+  drop = jax.random.bernoulli(rng, rate, (text.shape[0],))
+  like = lambda x: drop.reshape((-1,) + (1,) * (x.ndim - 1))
+  return (jnp.where(like(text), jnp.asarray(null_text, text.dtype)[None], text),
+          jnp.where(like(text_mask), jnp.asarray(null_mask, bool)[None], text_mask))
 
 
 def _video_refs(rng, z0, n: int, rate: float):
@@ -80,14 +112,35 @@ def modality_drops(tasks, batch: dict, use_audio: bool):
   return drop_video, drop_audio
 
 
-def _stream(z0, eps, t, keep, drop, empty):
+def _stream(z0, eps, t, keep, drop, empty, cond=None):
   """Model input and loss mask of one stream; dropped examples: t = 0, nothing kept, and a
-  loss mask of all ones (no loss)."""
+  loss mask of all ones (no loss). cond: a condition latent I other than the clean latent
+  under `keep` (the refiner's upsampled low-res clip, tasks/refiner.py)."""
   shape = (-1,) + (1,) * (z0.ndim - 1)
   t = jnp.where(drop, 0.0, t)
   keep = jnp.where(drop.reshape(shape), 0.0, keep)
-  x = channel_concat(fm.noisy(z0, eps, t), condition_latent(z0, keep, empty), keep)
+  empty = jnp.broadcast_to(empty, z0.shape).astype(z0.dtype)
+  cond = (condition_latent(z0, keep, empty) if cond is None
+          else jnp.where(drop.reshape(shape), empty, cond))
+  x = channel_concat(fm.noisy(z0, eps, t), cond, keep)
   return x, fm.model_timestep(t), jnp.maximum(keep, drop.reshape(shape).astype(keep.dtype))
+
+
+def _text_inputs(rng, batch: dict, codecs: Codecs, dropout: float) -> dict:
+  """The model's text inputs after caption dropout: precomputed embeddings (`text_embedding`
+  in the batch), a frozen encoder run here, or token ids for the model's own encoder."""
+  if "text_embedding" in batch:
+    if codecs.null_text is None:
+      raise ValueError("precomputed text embeddings need Codecs.null_text")
+    text, mask = drop_captions(rng, batch["text_embedding"], batch["text_mask"],
+                               *codecs.null_text, dropout)
+    return {"text": text, "text_mask": mask}
+  ids, mask = drop_captions(rng, batch["text_ids"], batch["text_mask"], codecs.null_text_ids,
+                            codecs.null_text_mask, dropout)
+  if codecs.text_encoder is None:
+    return {"text_ids": ids, "text_mask": mask}
+  text, mask = codecs.text_encoder(ids, mask)
+  return {"text": text, "text_mask": mask}
 
 
 def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
@@ -95,10 +148,16 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
   has_video / has_audio (B,) booleans (data/loader.py); or, with data.format = "latents",
   video_latent (B, T, h, w, C) and audio_latent (B, Ta, Ca) in place of video and audio."""
+  if config.get("refiner", {}).get("enabled"):
+    return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio)
   d, f = config.data, config.flow
-  k_t, k_ev, k_ea, k_task, k_cap, k_vr, k_ar = jax.random.split(rng, 7)
+  k_t, k_ev, k_ea, k_task, k_cap, k_vr, k_ar, k_ek = jax.random.split(rng, 8)
   latents = "video_latent" in batch     # data.format = "latents": encoded ahead of time
   use_audio = use_audio and ("audio_latent" if latents else "audio") in batch
+  high_res = None
+  if keyframes_lib.enabled(config):   # cascade base: the clip is the high-res one
+    high_res = batch["video"]
+    batch = dict(batch, video=keyframes_lib.low_res(high_res, config.keyframes))
   if latents:
     z0_v = batch["video_latent"].astype(jnp.float32)
     nf, hh, ww = codecs.video_ae.pixel_shape(z0_v.shape[1:4])
@@ -121,9 +180,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   inputs = {}
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
       z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(nf, hh, ww))
-  inputs["text_ids"], inputs["text_mask"] = drop_captions(
-      k_cap, batch["text_ids"], batch["text_mask"], codecs.null_text_ids,
-      codecs.null_text_mask, d.caption_dropout)
+  inputs.update(_text_inputs(k_cap, batch, codecs, d.caption_dropout))
   if d.num_video_refs:
     inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs,
                                                                   d.video_ref_rate)
@@ -140,15 +197,98 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=loss_keep_v, audio_z0=z0_a,
                audio_eps=eps_a, audio_keep=loss_keep_a, tasks=tasks, t=t,
                drop_video=drop_v, drop_audio=drop_a)
+  if high_res is not None:
+    frames, times = keyframes_lib.keyframe_frames(config.keyframes, high_res.shape[1],
+                                                  codecs.video_ae)
+    z0_k = keyframes_lib.keyframe_latents(codecs.video_ae, high_res, frames)
+    eps_k = jax.random.normal(k_ek, z0_k.shape, z0_k.dtype)
+    inputs["keyframes"], terms["keyframe_keep"] = keyframes_lib.keyframe_stream(
+        z0_k, eps_k, t, drop_v, codecs.empty_video_latent(1, *high_res.shape[2:4]))
+    inputs["keyframe_times"] = times
+    terms.update(keyframe_z0=z0_k, keyframe_eps=eps_k)
   return inputs, terms
 
 
-def make_codecs(config) -> tuple[Codecs, Any]:
-  """The run's autoencoders and null prompt, and the host-side tokenizer."""
+def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
+  """training_inputs of the cascade refiner (config.refiner.enabled; SPEC section 5 step 2):
+  its own task, no task mixture, no references. Video: Concat(z_t, upsampled low-res +
+  high-res keyframes, keyframe mask) (tasks/refiner.py); loss everywhere but the keyframes.
+  Audio: the base model's track is given, not regenerated: fed clean (t = 1) as its own
+  condition with keep = 1 everywhere, so no audio loss; the joint attention still lets the
+  refined frames follow the sound (lip and hit timing at the doubled frame rate)."""
+  f = config.flow
+  k_t, k_ev, k_ea, k_low, k_cap = jax.random.split(rng, 5)
+  use_audio = use_audio and "audio" in batch
+  video = batch["video"]
+  z0_v, cond_v, keep_v = refiner_video(video, k_low, refiner=config.refiner,
+                                       video_ae=codecs.video_ae)
+  b = z0_v.shape[0]
+  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=f.shift,
+                  logit_mean=f.logit_mean, logit_std=f.logit_std)
+  eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
+  drop_v = ~jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)
+  inputs = {}
+  inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
+      z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(*video.shape[1:4]), cond=cond_v)
+  inputs.update(_text_inputs(k_cap, batch, codecs, config.data.caption_dropout))
+  z0_a = eps_a = loss_keep_a = None
+  drop_a = jnp.ones((b,), bool)
+  if use_audio:
+    z0_a = codecs.audio_ae.encode(batch["audio"])
+    eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)   # what a dropped stream sees
+    drop_a = ~jnp.asarray(batch.get("has_audio", jnp.ones((b,), bool)), bool)
+    empty_a = codecs.empty_audio_latent(batch["audio"].shape[1], codecs.audio_ae.channels)
+    # t = 1: the noisy slot holds the clean latent (a fully given stream looks clean).
+    inputs["audio"], inputs["audio_timestep"], loss_keep_a = _stream(
+        z0_a, eps_a, jnp.ones((b,)), jnp.ones(z0_a.shape[:-1] + (1,)), drop_a, empty_a)
+  # tasks = -1: the refiner is not one of VIDEO_TASKS.
+  terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=loss_keep_v, audio_z0=z0_a,
+               audio_eps=eps_a, audio_keep=loss_keep_a, tasks=jnp.full((b,), -1, jnp.int32),
+               t=t, drop_video=drop_v, drop_audio=drop_a)
+  return inputs, terms
+
+
+def text_trainable(config) -> bool:
+  """Whether the config's text encoder trains with the model (else it is frozen)."""
+  from skyreels_jax.models import text
+  return config.text.kind in text.TRAINABLE_KINDS
+
+
+def make_codecs(config, *, abstract: bool = False,
+                text_encoder: bool = True) -> tuple[Codecs, Any]:
+  """The run's autoencoders, frozen text encoder and null prompt, and the host-side tokenizer.
+
+  abstract: shapes only (planning tools: no weights read; published architectures for
+    absent folders, models/frozen.py); the null prompt is then zeros when no tokenizer
+    folder is here (its values never run).
+  text_encoder: False leaves a frozen text encoder's weights unread (training on
+    precomputed embeddings).
+  Missing or wrong checkpoint folders are ConfigErrors naming the `path` field."""
+  from skyreels_jax.config import DTYPES, ConfigError
   from skyreels_jax.models import autoencoders, text
-  spec = text.build(config.text, dtype=jnp.float32, param_dtype=jnp.float32)
-  null = spec.tokenizer("")
-  codecs = Codecs(autoencoders.build_video(config.video_ae),
-                  autoencoders.build_audio(config.audio_ae, config.data.audio_channels),
-                  jnp.asarray(null["text_ids"]), jnp.asarray(null["text_mask"]))
+  load = dict(weights=not abstract, published_if_missing=abstract)
+  dtype = DTYPES[config.model.dtype]
+  components = {}
+  for field, build in (("video_ae", lambda: autoencoders.build_video(config.video_ae, **load)),
+                       ("audio_ae", lambda: autoencoders.build_audio(
+                           config.audio_ae, config.data.audio_channels, **load)),
+                       ("text", lambda: text.build(config.text, dtype=dtype, param_dtype=dtype,
+                                                   **load))):
+    try:
+      components[field] = build()
+    except (ValueError, FileNotFoundError) as e:
+      raise ConfigError(f"{field}.path", str(e)) from None
+  spec = components["text"]
+  if spec.tokenizer is not None:
+    null = spec.tokenizer("")
+  else:
+    length = config.text.max_length
+    null = {"text_ids": np.zeros((length,), np.int32), "text_mask": np.zeros((length,), bool)}
+  frozen_text = None
+  if not spec.trainable and text_encoder:
+    from skyreels_jax.models.text import FrozenTextEncoder
+    frozen_text = FrozenTextEncoder(spec.make_encoder(nnx.Rngs(0)))
+  codecs = Codecs(components["video_ae"], components["audio_ae"],
+                  jnp.asarray(null["text_ids"]), jnp.asarray(null["text_mask"]),
+                  text_encoder=frozen_text)
   return codecs, spec.tokenizer

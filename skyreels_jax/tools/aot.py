@@ -32,8 +32,8 @@ from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make
 from skyreels_jax.tasks.examples import make_codecs
 from skyreels_jax.tools.flops import mmdit_train_flops
 from skyreels_jax.train.checkpoint import with_shardings
-from skyreels_jax.train.state import (abstract_state, jit_train_step, make_optimizer,
-                                      make_train_step)
+from skyreels_jax.train.state import (abstract_state, frozen_shardings, jit_train_step,
+                                      make_optimizer, make_train_step)
 
 # HBM per JAX device (a chip; megacore on v4/v5p) by `device_kind`: the abstract devices
 # expose no memory size. v5p and v5e: what XLA reports as available in its OOM message
@@ -62,23 +62,24 @@ def hbm_bytes(device) -> int | None:
   return HBM_BYTES.get(device.device_kind)
 
 
-def abstract_batch(config, mesh, axis_rules, tokenizer) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(config, mesh, axis_rules) -> dict[str, jax.ShapeDtypeStruct]:
   """The loader's batch as ShapeDtypeStructs with the trainer's batch sharding: video
   (B, F, H, W, 3) and audio (B, S, C) float32, the tokenizer's fields (B, L)."""
-  geom, _ = derive(config)
-  b, d = config.data.batch_size, config.data
-  null = tokenizer("")
+  geom, _ = derive(config, abstract=True)
+  b, d, length = config.data.batch_size, config.data, config.text.max_length
   shapes = {"video": ((b, d.num_frames, d.height, d.width, 3), jnp.float32),
             "audio": ((b, geom.num_samples, d.audio_channels), jnp.float32),
-            **{k: ((b,) + v.shape, v.dtype) for k, v in null.items()}}
+            "text_ids": ((b, length), jnp.int32), "text_mask": ((b, length), jnp.bool_)}
   return {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sharding(mesh, len(s), axis_rules))
           for k, (s, dt) in shapes.items()}
 
 
 def lower_train_step(config, devices):
-  """Lowers the trainer's jitted step over `devices`; returns (lowered, mesh)."""
-  validate(config)
-  _, mcfg = derive(config)
+  """Lowers the trainer's jitted step over `devices`; returns (lowered, mesh). Frozen
+  components are shapes only (their published architectures where no converted folder is
+  here) and their weights are sharded arguments, as in the trainer."""
+  validate(config, abstract=True)
+  _, mcfg = derive(config, abstract=True)
   mesh = make_mesh(config.mesh, devices=devices)
   axis_rules = rules(config)
   dp = data_parallel_size(mesh, axis_rules)
@@ -86,21 +87,24 @@ def lower_train_step(config, devices):
     raise ConfigError("data.batch_size", f"{config.data.batch_size} does not divide over "
                       f"{dp} data-parallel shards of mesh {dict(mesh.shape)}")
   tx = make_optimizer(config)
-  codecs, tokenizer = make_codecs(config)
+  codecs, _ = make_codecs(config, abstract=True)
   graphdef, abstract = abstract_state(config, tx)
   shardings = state_shardings(abstract, mesh, axis_rules)
   state = with_shardings(abstract, shardings)
-  batch = abstract_batch(config, mesh, axis_rules, tokenizer)
+  batch = abstract_batch(config, mesh, axis_rules)
+  frozen_sharding = frozen_shardings(codecs, mesh, axis_rules)
+  frozen = with_shardings(codecs.frozen_params(), frozen_sharding)
   step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
-  step = jit_train_step(step, shardings, {k: v.sharding for k, v in batch.items()})
+  step = jit_train_step(step, shardings, {k: v.sharding for k, v in batch.items()},
+                        frozen_sharding)
   with jax.set_mesh(mesh):
-    return step.lower(state, batch), mesh
+    return step.lower(state, batch, frozen), mesh
 
 
 def analytic_flops(config) -> dict[str, int]:
   """tools/flops.py train FLOPs of the global batch: the whole step, and the same count with
   each scanned block stack taken once (what XLA's cost analysis counts, see below)."""
-  geom, mcfg = derive(config)
+  geom, mcfg = derive(config, abstract=True)
   tokens = dict(batch=config.data.batch_size, video_tokens=geom.video_tokens,
                 audio_tokens=geom.audio_tokens if mcfg.use_audio else 0,
                 text_len=config.text.max_length,
@@ -160,7 +164,7 @@ def compile_report(config, topology: str, num_slices: int = 1) -> dict[str, Any]
   """Compiles the train step for `num_slices` x `topology`; returns the report that `main`
   prints. Several slices need `mesh.dcn_*` sizes whose product is `num_slices`."""
   devices = topology_devices(topology, num_slices)
-  geom, _ = derive(config)
+  geom, _ = derive(config, abstract=True)
   n, d = len(devices), config.data
   flops = analytic_flops(config)
   report: dict[str, Any] = {

@@ -43,7 +43,7 @@ class ConversionError(ValueError):
   """A source folder that cannot be converted (missing files, unmapped tensors)."""
 
 
-def _mapping(kind: str):
+def mapping_module(kind: str):
   if kind not in KINDS:
     raise ConversionError(f"--kind={kind!r}: choose one of {sorted(KINDS)}")
   return importlib.import_module(KINDS[kind])
@@ -59,7 +59,7 @@ def _plain(value: Any) -> Any:
 
 def convert(kind: str, src: str, dst: str) -> dict[str, Any]:
   """Converts `src` into `dst`; returns converted.json's content."""
-  mapping = _mapping(kind)
+  mapping = mapping_module(kind)
   config_path = os.path.join(src, "config.json")
   if not os.path.exists(config_path):
     raise ConversionError(f"{src}: no config.json (a save_pretrained folder is expected)")
@@ -99,7 +99,7 @@ def restore(path: str, kind: str, shardings: Callable[[Any], Any] | None = None)
     meta = json.load(f)
   if meta["kind"] != kind:
     raise ConversionError(f"{path} holds a {meta['kind']} conversion, not {kind}")
-  mapping = _mapping(kind)
+  mapping = mapping_module(kind)
   abstract = nnx.eval_shape(lambda: mapping.build_module(meta["module_config"]))
   graphdef, state = nnx.split(abstract)
   params = nnx.to_pure_dict(state)

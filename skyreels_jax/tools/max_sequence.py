@@ -41,7 +41,9 @@ def configure(config, *, height: int, width: int, seconds: int, num_devices: int
                       f"attention={attention} does not handle: use one of {SEQUENCE_PARALLEL}")
   c = config.copy_and_resolve_references()
   c.attention, c.model.remat = attention, remat or c.model.remat
-  c.data.height, c.data.width, c.data.num_frames = height, width, round(seconds * c.data.fps)
+  # A D-second clip: D * fps frames, one more with an endpoint frame (Wan's 1 + 4k).
+  c.data.height, c.data.width = height, width
+  c.data.num_frames = round(seconds * c.data.fps) + int(c.data.get("endpoint_frame", False))
   c.mesh.update(dict(data=1, fsdp=-1, sequence=sequence, tensor=1, dcn_data=1, dcn_fsdp=1,
                      dcn_sequence=1, dcn_tensor=1))
   c.data.batch_size = num_devices // sequence     # one example per (data x fsdp) shard
@@ -85,13 +87,13 @@ def max_sequence(config, *, height: int, width: int, num_devices: int, hbm_bytes
   at = lambda s: configure(config, height=height, width=width, seconds=s,
                            num_devices=num_devices, sequence=sequence, attention=attention,
                            remat=remat)
-  validate(at(1))             # shape / flag errors up front, naming the field
+  validate(at(1), abstract=True)   # shape / flag errors up front, naming the field
   model = lambda s: train_memory_bytes(at(s), num_devices)
   guess = largest_fitting(lambda s: model(s)["total"] <= hbm_bytes, max_seconds)
   seconds, compiles = (guess, []) if compile_at is None else walk(
       lambda s: {**compile_at(at(s)), "seconds": s}, guess, max_seconds, hbm_bytes)
   c = at(max(seconds, 1))
-  geom, _ = derive(c)
+  geom, _ = derive(c, abstract=True)
   held = lambda n: n if seconds else 0          # seconds 0: no clip fits
   modelled = model(max(seconds, 1))
   xla = {r["seconds"]: r for r in compiles}

@@ -14,11 +14,16 @@ over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device
                them per head; ulysses splits heads and ring splits K/V blocks over `sequence`;
                cudnn / splash (flash kernels) hold O(S) and count 0
   inputs       pixels, waveforms and the latents / noise made from them in the step
+  frozen       the frozen VAEs' and text encoder's weights, sharded by their logical axes
+               like the model's (the VAEs have none: replicated); published architectures
+               where no converted folder is here (models/frozen.py)
 """
 
 from __future__ import annotations
 
 import math
+
+import jax
 
 from skyreels_jax.config import DTYPES, derive, mesh_shape, num_audio_samples
 
@@ -64,9 +69,27 @@ def _param_counts(config) -> tuple[int, int]:
   return total, max(layer.values())
 
 
+def _frozen_bytes(config, sizes: dict) -> float:
+  """Per-device bytes of the frozen weights under the config's logical rules."""
+  from flax import nnx
+  from skyreels_jax.parallel.mesh import logical_to_mesh, rules
+  from skyreels_jax.tasks.examples import make_codecs
+  codecs, _ = make_codecs(config, abstract=True)
+  total = 0.0
+  leaves = jax.tree.leaves(codecs.frozen_params(), is_leaf=lambda x: isinstance(x, nnx.Variable))
+  for leaf in leaves:
+    names = getattr(leaf, "out_sharding", None) if isinstance(leaf, nnx.Variable) else None
+    ways = 1
+    for axes in (logical_to_mesh(names, rules(config)) if names else ()):
+      for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())):
+        ways *= sizes[a]
+    total += math.prod(leaf.shape) * leaf.dtype.itemsize / ways
+  return total
+
+
 def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   """Per-device bytes of one train step by component, and their `total`."""
-  geom, mcfg = derive(config)
+  geom, mcfg = derive(config, abstract=True)
   m, d = config.model, config.data
   sizes = mesh_shape(config.mesh, num_devices)
   dp = sizes["data"] * sizes["fsdp"]
@@ -95,5 +118,6 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
     out["attention"] *= 1 + layers * cb / ATTN_BYTES
   pixels = d.num_frames * d.height * d.width * 3 + num_audio_samples(d) * d.audio_channels
   out["inputs"] = b * pixels * 4 * 4              # input, latent, noise, noisy (f32)
+  out["frozen"] = _frozen_bytes(config, sizes)
   out["total"] = sum(out.values())
   return out

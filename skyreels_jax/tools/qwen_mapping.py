@@ -146,7 +146,9 @@ def config_from_hf(config_json: Mapping[str, Any], *, output_layer: int = -1,
       **_text_fields(c), vision=vision, output_layer=output_layer,
       image_token_id=c.get("image_token_id", d.image_token_id),
       video_token_id=c.get("video_token_id", d.video_token_id),
-      vision_start_token_id=c.get("vision_start_token_id", d.vision_start_token_id))
+      vision_start_token_id=c.get("vision_start_token_id", d.vision_start_token_id),
+      tokens_per_second=(c.get("vision_config") or {}).get("tokens_per_second",
+                                                           d.tokens_per_second))
 
 
 def abstract_encoder(cfg: Qwen25VLConfig, dtype=None, param_dtype=None) -> Qwen25VLEncoder:
@@ -189,11 +191,16 @@ def module_config(encoder: Qwen25VLEncoder) -> dict[str, Any]:
   return dataclasses.asdict(encoder.config)
 
 
-def build_module(config: Mapping[str, Any]) -> Qwen25VLEncoder:
+def build_config(config: Mapping[str, Any], **overrides) -> Qwen25VLConfig:
+  """converted.json's module config (JSON values) -> Qwen25VLConfig, with `overrides`."""
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
   vision = fields.pop("vision", None)
   if vision is not None:
     vision = Qwen25VisionConfig(**{k: tuple(v) if isinstance(v, list) else v
                                    for k, v in vision.items()})
+  return Qwen25VLConfig(**{**fields, **overrides}, vision=vision)
+
+
+def build_module(config: Mapping[str, Any]) -> Qwen25VLEncoder:
   with nnx.use_eager_sharding(False):
-    return Qwen25VLEncoder(Qwen25VLConfig(**fields, vision=vision), rngs=nnx.Rngs(0))
+    return Qwen25VLEncoder(build_config(config), rngs=nnx.Rngs(0))

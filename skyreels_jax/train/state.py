@@ -73,19 +73,25 @@ def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]
 
 
 def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
-  """loss_fn(params, batch, rng) -> (loss, {"loss_video", "loss_audio"})."""
+  """loss_fn(params, batch, rng, frozen) -> (loss, {"loss_video", "loss_audio"}); `frozen`:
+  the frozen components' weights (Codecs.frozen_params), no gradient."""
   fcfg = config.flow
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, batch, rng, frozen):
     model = nnx.merge(graphdef, params)
-    inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs,
+    inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs.bind(frozen),
                                     use_audio=use_audio)
-    v_pred, a_pred = model(**inputs)
+    v_pred, a_pred, *k_pred = model(**inputs)
+    keyframes = {}
+    if k_pred:     # the cascade base's high-res keyframes (tasks/keyframes.py)
+      keyframes = dict(keyframe_pred=k_pred[0], keyframe_z0=terms["keyframe_z0"],
+                       keyframe_eps=terms["keyframe_eps"], keyframe_keep=terms["keyframe_keep"],
+                       keyframe_weight=config.keyframes.loss_weight)
     return flow_matching_loss(
         video_pred=v_pred, video_z0=terms["video_z0"], video_eps=terms["video_eps"],
         video_keep=terms["video_keep"], audio_pred=a_pred, audio_z0=terms["audio_z0"],
         audio_eps=terms["audio_eps"], audio_keep=terms["audio_keep"],
-        video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight)
+        video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight, **keyframes)
 
   return loss_fn
 
@@ -100,10 +106,10 @@ def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Ca
   ema_decay = config.optim.ema_decay
   loss_fn = make_loss_fn(config, graphdef, codecs, use_audio)
 
-  def step(state, batch):
+  def step(state, batch, frozen):
     rng = step_key(config, state["step"])
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, rng)
+        state["params"], batch, rng, frozen)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: e * ema_decay + (1.0 - ema_decay) * p, state["ema"], params)
@@ -116,6 +122,20 @@ def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Ca
   return step
 
 
-def jit_train_step(step: Callable, state_sharding, batch_sharding) -> Callable:
-  return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
+def jit_train_step(step: Callable, state_sharding, batch_sharding, frozen_sharding) -> Callable:
+  """step(state, batch, frozen) jitted: the state donated, the frozen weights an argument."""
+  return jax.jit(step, in_shardings=(state_sharding, batch_sharding, frozen_sharding),
                  out_shardings=(state_sharding, None), donate_argnums=(0,))
+
+
+def frozen_shardings(codecs: Codecs, mesh, axis_rules) -> dict:
+  """Shardings of the frozen weights: by their logical axes (the MLLM's embed / mlp / heads,
+  like the MMDiT's), replicated where they have none (the VAEs' convolutions)."""
+  return state_shardings(codecs.frozen_params(), mesh, axis_rules)
+
+
+def place_frozen(codecs: Codecs, mesh, axis_rules) -> tuple[dict, dict]:
+  """(frozen weights on the mesh, their shardings). Every process loaded the same weights,
+  so each one places its own shards from its copy."""
+  shardings = frozen_shardings(codecs, mesh, axis_rules)
+  return jax.device_put(codecs.frozen_params(), shardings), shardings

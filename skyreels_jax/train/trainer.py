@@ -6,6 +6,7 @@ step, so a resumed run reaches the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,11 +23,11 @@ from skyreels_jax.data.loader import iterator_stats, make_iterator
 from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
-from skyreels_jax.tasks.examples import make_codecs
+from skyreels_jax.tasks.examples import make_codecs, text_trainable
 from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
 from skyreels_jax.train.metrics import MetricsWriter
 from skyreels_jax.train.state import (abstract_state, create_state, jit_train_step,
-                                      make_optimizer, make_train_step)
+                                      make_optimizer, make_train_step, place_frozen)
 
 
 def describe(config, mesh, params) -> str:
@@ -84,14 +85,19 @@ def train(config, workdir: str) -> dict[str, Any]:
       f.write(config.to_json_best_effort(indent=2))
 
   tx = make_optimizer(config)
-  codecs, tokenizer = make_codecs(config)
+  on_latents = config.data.format == "latents"
+  # On latents a frozen text encoder already ran (encode_latents): its weights stay unread.
+  codecs, tokenizer = make_codecs(config, text_encoder=not on_latents)
+  text_frozen = not text_trainable(config)
   # Each process reads only the rows of the global batch its devices hold.
   share, shares = multihost.data_shard(batch_sharding(mesh, 1, axis_rules),
                                        config.data.batch_size)
   latent_kw = {}
-  if config.data.format == "latents":
-    latent_kw = dict(encoders=latents.encoder_identity(config, text_frozen=False),
-                     video_latent_shape=codecs.latent_shape)
+  if on_latents:
+    latent_kw = dict(encoders=latents.encoder_identity(config, text_frozen=text_frozen),
+                     video_latent_shape=codecs.latent_shape, text_frozen=text_frozen)
+    if text_frozen:
+      codecs = dataclasses.replace(codecs, null_text=latents.read_null_text(config.data.path))
   iterator = make_iterator(config.data, tokenizer=tokenizer,
                            global_batch_size=config.data.batch_size, seed=config.seed,
                            process_index=share, process_count=shares, **latent_kw)
@@ -110,6 +116,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   _print(describe(config, mesh, state["params"]))
 
   train_step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
+  frozen, frozen_sharding = place_frozen(codecs, mesh, axis_rules)
   jitted: dict[tuple, Any] = {}
 
   def step_fn(state, batch):
@@ -118,8 +125,9 @@ def train(config, workdir: str) -> dict[str, Any]:
     key = tuple(sorted((k, v.ndim) for k, v in batch.items()))
     if key not in jitted:
       jitted[key] = jit_train_step(train_step, shardings, {
-          k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()})
-    return jitted[key](state, _global_batch(batch, mesh, axis_rules))
+          k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
+          frozen_sharding)
+    return jitted[key](state, _global_batch(batch, mesh, axis_rules), frozen)
 
   first = next(iterator)
   writer = MetricsWriter(workdir, resume_step=start)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import build_records
+from skyreels_jax.data import media as media_lib
 from skyreels_jax.data import records
 
 from media_files import (TONE_HZ, read_json, red_level, small_data_config,
@@ -176,11 +177,11 @@ def test_upright_applies_the_display_rotation():
   from PIL import Image  # pylint: disable=g-import-not-at-top
   pixels = np.zeros((48, 64, 3), np.uint8)
   pixels[0, -1] = 255  # top-right corner of a sideways frame
-  turned = np.asarray(build_records.upright(Image.fromarray(pixels), 90))
+  turned = np.asarray(media_lib.upright(Image.fromarray(pixels), 90))
   assert turned.shape == (64, 48, 3) and turned[0, 0, 0] == 255  # 90 deg counterclockwise
-  turned = np.asarray(build_records.upright(Image.fromarray(pixels), -90))
+  turned = np.asarray(media_lib.upright(Image.fromarray(pixels), -90))
   assert turned.shape == (64, 48, 3) and turned[-1, -1, 0] == 255
-  assert build_records.upright(Image.fromarray(pixels), 0).size == (64, 48)
+  assert media_lib.upright(Image.fromarray(pixels), 0).size == (64, 48)
 
 
 def _mtimes(out):

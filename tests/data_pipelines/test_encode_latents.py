@@ -120,7 +120,9 @@ def test_index_counts_bad_records_and_records_the_encoders(encoded):
   assert index["complete"] and index["dtype"] == "float32"
   assert index["encoders"] == latents.encoder_identity(config, text_frozen=False)
   assert index["encoders"]["video_ae"] == dict(kind="identity", spatial_factor=4,
-                                               temporal_factor=1, path="")
+                                               temporal_factor=1, path="", tile_height=0,
+                                               tile_width=0, tile_stride_height=0,
+                                               tile_stride_width=0)
   assert index["geometry"] == dict(height=16, width=16, num_frames=8, fps=8.0,
                                    sample_rate=8000, audio_channels=1)
   assert index["text"] == dict(length=24, embedding_width=None)

@@ -68,6 +68,11 @@ def forward(graphdef, state, inputs):
   return nnx.merge(graphdef, state)(**inputs)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def forward_keyframes(graphdef, state, inputs, times):
+  return nnx.merge(graphdef, state)(**inputs, keyframe_times=times)
+
+
 def graphdef_of(cfg):
   with nnx.use_eager_sharding(False):
     return nnx.split(nnx.eval_shape(lambda: MMDiT(cfg, rngs=nnx.Rngs(0))))
@@ -294,3 +299,49 @@ def test_remat_policies_give_the_same_gradients(video_only, no_remat_grads, poli
     np.testing.assert_allclose(got[p], r, rtol=1e-4, atol=1e-5, err_msg=p)
   # Almost every parameter gets a non-zero gradient (a non-trivial comparison).
   assert sum(float(np.abs(r).sum()) > 0 for r in ref.values()) > 0.9 * len(ref)
+
+
+def test_vsa_over_the_video_grid_equals_dense_with_all_cubes(graphdef, params):
+  """attention='vsa' reaches the video self-attention with this input's token grid: with
+  every key cube kept it is the dense model (references included); keeping one of the two
+  cubes changes the video output."""
+  from skyreels_jax.models.attention import AttentionSpec
+  inputs = with_refs(make_inputs(), [[True, False], [True, True]], [[True, True]] * 2)
+  dense = forward(graphdef, params, inputs)
+  outs = {}
+  for k in (0, 2, 1):
+    spec = AttentionSpec(impl="vsa", vsa_cube=(1, 2, 2), vsa_top_k=k)
+    g, _ = graphdef_of(dataclasses.replace(CFG, attention=spec))
+    outs[k] = forward(g, params, inputs)
+  for k in (0, 2):
+    assert max_diff(outs[k][0], dense[0]) < 1e-5 and max_diff(outs[k][1], dense[1]) < 1e-5
+  assert max_diff(outs[1][0], dense[0]) > 1e-3
+
+
+def test_keyframe_tokens_are_video_tokens_at_their_time_and_scaled_positions():
+  """A keyframe is one more video frame's tokens at its time, its high-res grid scaled onto
+  the low-res one: given the content of low-res frame t0 at the low resolution it is
+  indistinguishable from that frame (same input, same positions: same output, exactly as
+  attention is permutation-equivariant); at 2x its positions are the grid / 2; and the
+  low-res video attends to it."""
+  from skyreels_jax.models.rope import keyframe_positions
+  cfg = dataclasses.replace(CFG, patch_size_t=1)
+  g, state = graphdef_of(cfg)
+  state = randomize(state, seed=3)
+  inputs = make_inputs()
+  t0 = 2
+  plain = forward(g, state, inputs)
+  out = forward_keyframes(g, state, dict(inputs, keyframes=inputs["video"][:, t0:t0 + 1]),
+                          (t0,))
+  assert out[2].shape == (B, 1, H, W, 4)
+  assert max_diff(out[2][:, 0], out[0][:, t0]) < 1e-5
+  assert max_diff(out[0], plain[0]) > 1e-3          # the video attends to the keyframe
+  hi = normal(9, (B, 2, 2 * H, 2 * W, 9))
+  out = forward_keyframes(g, state, dict(inputs, keyframes=hi), (0, 3))
+  assert out[0].shape == (B, T, H, W, 4) and out[2].shape == (B, 2, 2 * H, 2 * W, 4)
+  pos = keyframe_positions((0, 3), (4, 4), (2, 2))
+  assert pos.shape == (32, 3) and sorted(set(pos[:, 0])) == [0.0, 3.0]
+  np.testing.assert_array_equal(np.unique(pos[:, 1]), [0.0, 0.5, 1.0, 1.5])
+  with pytest.raises(ValueError, match="patch_size_t=1"):
+    forward_keyframes(graphdef_of(CFG)[0], randomize(graphdef_of(CFG)[1], 1),
+                      dict(inputs, keyframes=hi[:, :1]), (0,))

@@ -1,7 +1,8 @@
 """Qwen2.5-VL encoder vs transformers on a tiny random model (CPU, float32): hidden states of
-the chosen layer for text with left and right padding and for text + images (M-RoPE, window
-attention), the strict loader, the save_pretrained -> load_hf_folder round trip (sharded), and
-the prompt template with a tiny local tokenizer / processor folder."""
+the chosen layer for text with left and right padding, for text + images (M-RoPE, window
+attention) and for text + videos (+ an image; temporal positions scaled by
+second_per_grid_ts), the strict loader, the save_pretrained -> load_hf_folder round trip
+(sharded), and the prompt template with a tiny local tokenizer / processor folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import dataclasses
 import json
 import os
 import pickle
+import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +29,9 @@ SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
             "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 PAD, VSTART, VEND, IMG, VIDEO = 0, 3, 4, 5, 6
 GRIDS = np.array([[1, 6, 10], [1, 4, 4]])   # 15 and 4 merged tokens; partial windows
+VIDEO_GRIDS = np.array([[3, 4, 4], [2, 4, 6]])   # 12 merged tokens each
+# tokens_per_second=4 in the model: temporal steps 2.67 (floored: 0, 2, 5) and 2.
+SECONDS = np.array([2 / 3, 0.5], np.float32)
 
 
 def _torch_model():
@@ -41,7 +47,7 @@ def _torch_model():
       vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
                          patch_size=4, temporal_patch_size=2, spatial_merge_size=2,
                          window_size=16, out_hidden_size=64, fullatt_block_indexes=[1],
-                         initializer_range=0.2),
+                         tokens_per_second=4, initializer_range=0.2),
       image_token_id=IMG, video_token_id=VIDEO, vision_start_token_id=VSTART,
       vision_end_token_id=VEND)
   # initializer_range 0.2 (not 0.02): attention logits of order one, so positions matter.
@@ -89,11 +95,35 @@ def _image_batch():
   return ids, mask, pixels
 
 
-def _torch_hidden(model, ids, mask, pixels=None, grids=GRIDS):
+def _video_batch():
+  """Row 0: text + 1 video (right padding); row 1: text + 1 image + 1 video (left padding)."""
+  rng = np.random.default_rng(3)
+  row0 = [15, 16, VSTART] + [VIDEO] * 12 + [VEND, 17, 18]                        # 18 tokens
+  row1 = [20, VSTART] + [IMG] * 4 + [VEND, 21, VSTART] + [VIDEO] * 12 + [VEND, 22, 23]  # 24
+  ids = np.full((2, 26), PAD, np.int32)
+  mask = np.zeros((2, 26), bool)
+  ids[0, :18], mask[0, :18] = row0, True
+  ids[1, -24:], mask[1, -24:] = row1, True
+  image = rng.standard_normal((16, 96)).astype(np.float32)                       # grid 1x4x4
+  videos = rng.standard_normal((int(VIDEO_GRIDS.prod(-1).sum()), 96)).astype(np.float32)
+  return ids, mask, image, videos
+
+
+def _mm_token_types(ids):
+  return torch.from_numpy(np.where(ids == IMG, 1, np.where(ids == VIDEO, 2, 0)))
+
+
+def _torch_hidden(model, ids, mask, pixels=None, grids=GRIDS, videos=None, video_grids=None,
+                  seconds=None):
   kw = {}
   if pixels is not None:
-    kw = dict(pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.from_numpy(grids),
-              mm_token_type_ids=torch.from_numpy((ids == IMG).astype(np.int64)))
+    kw = dict(pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.from_numpy(grids))
+  if videos is not None:
+    kw.update(pixel_values_videos=torch.from_numpy(videos),
+              video_grid_thw=torch.from_numpy(video_grids),
+              second_per_grid_ts=torch.from_numpy(seconds))
+  if kw:
+    kw["mm_token_type_ids"] = _mm_token_types(ids)
   with torch.no_grad():
     out = model.model(input_ids=torch.from_numpy(ids.astype(np.int64)),
                       attention_mask=torch.from_numpy(mask.astype(np.int64)),
@@ -159,6 +189,41 @@ def test_image_token_count_is_checked(models):
   ids[0, 4] = 9  # one image token fewer
   with pytest.raises(ValueError, match="tokens: 18, features: 19"):
     encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), GRIDS)
+
+
+def test_mrope_positions_with_videos_match_get_rope_index(models):
+  model, _, encoder = models
+  ids, mask, _, _ = _video_batch()
+  ref, _ = model.model.get_rope_index(
+      torch.from_numpy(ids.astype(np.int64)), mm_token_type_ids=_mm_token_types(ids),
+      image_grid_thw=torch.tensor([[1, 4, 4]]), video_grid_thw=torch.from_numpy(VIDEO_GRIDS),
+      second_per_grid_ts=torch.from_numpy(SECONDS), attention_mask=torch.from_numpy(mask))
+  ours = np.asarray(mrope_positions(jnp.asarray(ids), jnp.asarray(mask), np.array([[1, 4, 4]]),
+                                    encoder.config, VIDEO_GRIDS, SECONDS))
+  np.testing.assert_array_equal(ours[:, mask], ref.numpy()[:, mask])
+  # Row 0's video starts at 3: t = 3 + floor(k * 4 * 2/3) = 3, 5, 8 per temporal grid, and
+  # the text after it resumes at 3 + max(h, w) / merge = 5, below the video's last t.
+  np.testing.assert_array_equal(ours[0, 0, 3:15:4], [3, 5, 8])
+  np.testing.assert_array_equal(ours[:, 0, 15], [5, 5, 5])
+
+
+@pytest.mark.parametrize("layer", [-1, 0])
+def test_text_image_and_videos_match_transformers(models, layer):
+  model, _, encoder = models
+  ids, mask, image, videos = _video_batch()
+  grid = np.array([[1, 4, 4]])
+  ref = _torch_hidden(model, ids, mask, image, grid, videos, VIDEO_GRIDS, SECONDS)
+  hidden, _ = _with_layer(encoder, layer)(
+      jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(image), grid,
+      pixel_values_videos=jnp.asarray(videos), video_grid_thw=VIDEO_GRIDS,
+      second_per_grid_ts=SECONDS)
+  assert _max_err(hidden, ref[layer], mask) < 1e-5
+  with pytest.raises(ValueError, match="Video features and video tokens do not match, "
+                                       "tokens: 23, features: 24"):
+    bad = ids.copy()
+    bad[0, 5] = 9  # one video token fewer
+    encoder(jnp.asarray(bad), jnp.asarray(mask), jnp.asarray(image), grid,
+            pixel_values_videos=jnp.asarray(videos), video_grid_thw=VIDEO_GRIDS)
 
 
 def test_round_trip_is_sharded_and_exact(models):
@@ -246,6 +311,14 @@ def test_prompt_string_and_caption_tags():
     qwen_prompt.prompt_text(caption)
   with pytest.raises(ValueError, match="caption tags"):
     qwen_prompt.format_caption({"music": "x"})
+  text = qwen_prompt.prompt_text("<text>@video_1 after @image_1</text>", 1, 1,
+                                 system_prompt="SYS")
+  assert text == ("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n"
+                  "@image_1: <|vision_start|><|image_pad|><|vision_end|>\n"
+                  "@video_1: <|vision_start|><|video_pad|><|vision_end|>\n"
+                  "<text>@video_1 after @image_1</text><|im_end|>\n<|im_start|>assistant\n")
+  with pytest.raises(ValueError, match="@video_2 but 1 videos"):
+    qwen_prompt.prompt_text("<text>@video_2</text>", num_images=2, num_videos=1)
 
 
 def test_tokenizer_pads_truncates_and_pickles(tokenizer_dir):
@@ -256,8 +329,11 @@ def test_tokenizer_pads_truncates_and_pickles(tokenizer_dir):
   assert 0 < n < 400 and out["text_mask"][:n].all() and (out["text_ids"][n:] == PAD).all()
   assert tok.tokenizer.decode(out["text_ids"][:n]) == qwen_prompt.prompt_text(
       "<text>a man speaks</text>")
-  short = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=8)
-  assert short("<text>a man speaks</text>")["text_mask"].all()
+  template = int(tok("")["text_mask"].sum())     # the chat markup around an empty caption
+  short = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=template + 2)
+  assert short("<text>a man speaks</text>")["text_mask"].all()     # the caption is cut
+  with pytest.raises(ValueError, match="leaves no room for the caption"):
+    qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=template - 5)("x")
   clone = pickle.loads(pickle.dumps(tok))
   np.testing.assert_array_equal(clone("x y")["text_ids"], tok("x y")["text_ids"])
   assert tok.batch(["a", "b"])["text_ids"].shape == (2, 400)
@@ -265,7 +341,7 @@ def test_tokenizer_pads_truncates_and_pickles(tokenizer_dir):
 
 def test_prompt_with_image_runs_like_transformers(models, tokenizer_dir):
   model, _, encoder = models
-  tok = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=220)
+  tok = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=300)
   image = (np.random.default_rng(2).random((20, 28, 3)) * 255).astype(np.uint8)
   out = tok.encode("<text>@image_1 speaks</text><sfx>rain</sfx>", [image])
   grid = out["image_grid_thw"]
@@ -277,7 +353,68 @@ def test_prompt_with_image_runs_like_transformers(models, tokenizer_dir):
                       grid)
   assert _max_err(hidden, ref[-1], mask) < 1e-5
   with pytest.raises(ValueError, match="cuts the image tokens"):
-    qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=40).encode("x", [image])
+    template = int(tok("")["text_mask"].sum())
+    qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=template + 4).encode("x", [image])
+
+
+def _video_processor_patchify(monkeypatch):
+  """transformers' Qwen2VLVideoProcessor.patchify (pure torch). Its module imports
+  torchvision at the top, which is not installed: a stand-in module satisfies the import."""
+  import transformers.video_processing_utils  # noqa: F401  (before the stand-in)
+  for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.v2",
+               "torchvision.transforms.v2.functional"):
+    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+  name = "transformers.models.qwen2_vl.video_processing_qwen2_vl"
+  monkeypatch.delitem(sys.modules, name, raising=False)
+  from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+  monkeypatch.delitem(sys.modules, name)   # no stand-in-backed module left for other tests
+  return Qwen2VLVideoProcessor.patchify
+
+
+def test_video_patch_layout_matches_transformers(tokenizer_dir, monkeypatch):
+  proc = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, 8).image_processor
+  rng = np.random.default_rng(4)
+  # 16 x 32 frames need no resize (smart_resize keeps them): the reference normalises them.
+  video = (rng.random((3, 16, 32, 3)) * 255).astype(np.uint8)
+  ours, grid = qwen_prompt.video_patches(video, proc)
+  assert grid.tolist() == [2, 4, 8] and ours.shape == (64, 96)   # 3 frames padded to 4
+  frames = (video / 255.0 - np.array(proc.image_mean)) / np.array(proc.image_std)
+  frames = torch.from_numpy(frames.transpose(0, 3, 1, 2)[None].astype(np.float32))
+  ref, t, h, w = _video_processor_patchify(monkeypatch)(None, frames, 4, 2, 2)
+  assert (t, h, w) == (2, 4, 8)
+  np.testing.assert_allclose(ours, ref[0].numpy(), rtol=0, atol=1e-5)
+  # A still video of two identical frames is an image: the image path's layout, exactly.
+  image = (rng.random((20, 28, 3)) * 255).astype(np.uint8)
+  still, grid = qwen_prompt.video_patches(np.stack([image, image]), proc)
+  vis = proc(images=[image], return_tensors="np")
+  assert grid.tolist() == vis["image_grid_thw"][0].tolist() == [1, 4, 8]
+  np.testing.assert_array_equal(still, vis["pixel_values"])
+
+
+def test_prompt_with_image_and_video_runs_like_transformers(models, tokenizer_dir):
+  model, _, encoder = models
+  tok = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=400)
+  rng = np.random.default_rng(5)
+  image = (rng.random((20, 28, 3)) * 255).astype(np.uint8)
+  video = (rng.random((5, 20, 28, 3)) * 255).astype(np.uint8)   # padded to 6 frames
+  out = tok.encode("<text>@image_1 speaks</text><sfx>@video_1 rain</sfx>", [image], [video],
+                   video_fps=3.0)
+  assert out["video_grid_thw"].tolist() == [[3, 4, 8]]
+  np.testing.assert_array_equal(out["second_per_grid_ts"], np.float32([2 / 3]))
+  assert int((out["text_ids"] == VIDEO).sum()) == 24 == out["pixel_values_videos"].shape[0] // 4
+  assert int((out["text_ids"] == IMG).sum()) == 8
+  ids, mask = out["text_ids"][None], out["text_mask"][None]
+  ref = _torch_hidden(model, ids, mask, out["pixel_values"], out["image_grid_thw"],
+                      out["pixel_values_videos"], out["video_grid_thw"],
+                      out["second_per_grid_ts"])
+  hidden, _ = encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(out["pixel_values"]),
+                      out["image_grid_thw"], jnp.asarray(out["pixel_values_videos"]),
+                      out["video_grid_thw"], out["second_per_grid_ts"])
+  assert _max_err(hidden, ref[-1], mask) < 1e-5
+  last_video_token = int(np.flatnonzero(out["text_ids"] == VIDEO)[-1])
+  with pytest.raises(ValueError, match="cuts the video tokens"):
+    qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=last_video_token).encode(
+        "<text>@image_1 speaks</text><sfx>@video_1 rain</sfx>", [image], [video])
 
 
 def test_convert_then_encoder_parts(models, tokenizer_dir, tmp_path):

@@ -80,7 +80,7 @@ def test_missing_or_mismatched_checkpoints_are_config_errors(converted, tmp_path
     validate(config)
   config = _config(converted)
   config.audio_ae.path = ""
-  with pytest.raises(ConfigError, match=r"audio_ae\.path.*needs a path"):
+  with pytest.raises(ConfigError, match=r"audio_ae\.path.*weights need a path"):
     validate(config)
   config = _config(converted)
   config.data.sample_rate = 1600

@@ -61,11 +61,13 @@ def _loss_and_grads(config, devices, params_host, batch):
   b_shard = {k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()}
   codecs, _ = make_codecs(config)
   loss_fn = make_loss_fn(config, graphdef, codecs, use_audio=True)
-  fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), in_shardings=(shardings, b_shard, None))
+  frozen = codecs.frozen_params()      # identity codecs: none
+  fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
+               in_shardings=(shardings, b_shard, None, None))
   with jax.set_mesh(mesh):
-    lowered = fn.lower(params, batch, step_key(config, 0))
+    lowered = fn.lower(params, batch, step_key(config, 0), frozen)
     (loss, parts), grads = lowered.compile()(params, jax.device_put(batch, b_shard),
-                                             step_key(config, 0))
+                                             step_key(config, 0), frozen)
   return float(loss), jax.device_get(parts), jax.device_get(grads), lowered
 
 

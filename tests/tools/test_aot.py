@@ -113,8 +113,9 @@ def test_abstract_batch_matches_the_loader():
   config = _config(**{"data.batch_size": 16})
   mesh = make_mesh(config.mesh)        # the 8 simulated CPU devices
   _, tokenizer = make_codecs(config)
-  batch = aot.abstract_batch(config, mesh, rules(config), tokenizer)
+  batch = aot.abstract_batch(config, mesh, rules(config))
   length = config.text.max_length
+  assert tokenizer("")["text_ids"].shape == (length,)    # what the loader yields
   assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
       "video": ((16, 8, 16, 16, 3), "float32"),
       "audio": ((16, num_audio_samples(config.data), 1), "float32"),

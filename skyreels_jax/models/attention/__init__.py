@@ -13,6 +13,8 @@ output, and the context output too when context queries are given. Strategies:
   ulysses      all-to-all sequence <-> heads over `sequence`, local attention, all-to-all back
   ring         K/V blocks rotate around `sequence` (ppermute), online softmax
   splash       TPU Pallas flash kernel (no S x S scores; interpret mode off TPU)
+  vsa          Video Sparse Attention: top-K 3D cubes of the video grid (refiner; dense
+               elsewhere)
 
 Main lengths that do not divide the `sequence` axis are padded and masked, never truncated.
 """
@@ -25,7 +27,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-STRATEGY_NAMES = ("dot_product", "cudnn", "splash", "ulysses", "ring")
+STRATEGY_NAMES = ("dot_product", "cudnn", "splash", "ulysses", "ring", "vsa")
 SEQUENCE_PARALLEL = ("ulysses", "ring")
 
 
@@ -36,6 +38,10 @@ class AttentionSpec:
   batch_axes: tuple[str, ...] = ()
   sequence_axis: str | None = None
   head_axis: str | None = None
+  # Video Sparse Attention only (see vsa.py); the other strategies ignore these.
+  video_grid: tuple[int, int, int] | None = None   # (T, H, W) video token grid
+  vsa_cube: tuple[int, int, int] = (4, 4, 4)       # tokens per cube along (T, H, W)
+  vsa_top_k: int = 0                               # key cubes per query cube; 0 = all
 
 
 def _ones_mask(x: jax.Array) -> jax.Array:
@@ -59,7 +65,7 @@ def attention(q, k, v, kv_mask=None, *, q_ctx=None, k_ctx=None, v_ctx=None, ctx_
 
 
 def _strategy(spec: AttentionSpec) -> Callable:
-  from skyreels_jax.models.attention import cudnn, dot_product, ring, splash, ulysses
+  from skyreels_jax.models.attention import cudnn, dot_product, ring, splash, ulysses, vsa
   if spec.impl in SEQUENCE_PARALLEL:
     mesh = jax.sharding.get_abstract_mesh()
     axis = spec.sequence_axis
@@ -74,6 +80,8 @@ def _strategy(spec: AttentionSpec) -> Callable:
     return cudnn.attend
   if spec.impl == "splash":
     return lambda *a: splash.attend(*a, spec=spec)
+  if spec.impl == "vsa":
+    return lambda *a: vsa.attend(*a, spec=spec)
   return dot_product.local_attend
 
 

@@ -16,7 +16,8 @@ shapes: the first chunk is run outside the scan and seeds it), so activation mem
 grow with the clip length. diffusers' first-chunk rules are kept exactly: the temporal
 downsampler passes the first frame through without its time convolution, and the temporal
 upsampler does not double the first latent frame (1 + 4k frames out of 1 + k latents).
-Not done: spatial tiling (diffusers' `enable_tiling`); Wan 2.2 (`is_residual`, `patch_size`).
+Optional spatial tiling (diffusers' `enable_tiling`, in tiling.py) bounds memory by the tile
+instead of the frame. Not done: Wan 2.2 (`is_residual`, `patch_size`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from skyreels_jax.models.autoencoders import tiling
 
 # diffusers' defaults: the per-channel statistics of Wan 2.1 latents.
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -369,9 +372,13 @@ class WanVAE(nnx.Module):
   def decode(self, latents: jax.Array, chunk: int | None = 1) -> jax.Array:
     """Normalised (B, 1 + k, h, w, z_dim) -> (B, 1 + 4k, H, W, 3) clipped to [-1, 1].
     `chunk`: latent frames per scan step; None: one pass."""
+    return jnp.clip(self.decode_unclipped(latents, chunk), -1.0, 1.0)
+
+  def decode_unclipped(self, latents: jax.Array, chunk: int | None = 1) -> jax.Array:
+    """`decode` before the clip (tiles are blended unclipped, as in diffusers)."""
     mean, std = self._stats(latents.dtype)
     z = self.post_quant_conv.valid(latents * std + mean)
-    return jnp.clip(_causal_chunks(self.decoder, z, chunk), -1.0, 1.0)
+    return _causal_chunks(self.decoder, z, chunk)
 
 
 class WanVideoAutoencoder:
@@ -380,12 +387,19 @@ class WanVideoAutoencoder:
   Holds the module split into `graphdef` and `params`: `encode`/`decode` merge them inside
   the traced function, so they work under jit; pass `params=` to feed the weights as a jit
   argument instead of closing over them (closed-over arrays become compile-time constants).
-  No gradient flows into the autoencoder."""
+  No gradient flows into the autoencoder.
 
-  def __init__(self, vae: WanVAE, encode_chunk: int | None = 1, decode_chunk: int | None = 1):
+  `tile_size`, `tile_stride`: (height, width) in pixels of diffusers' spatial tiles
+  (tile_sample_min_*, tile_sample_stride_*); (0, 0) = no tiling. Tiling applies only to
+  inputs larger than the tile, as in diffusers."""
+
+  def __init__(self, vae: WanVAE, encode_chunk: int | None = 1, decode_chunk: int | None = 1,
+               tile_size: tuple[int, int] = (0, 0), tile_stride: tuple[int, int] = (0, 0)):
     cfg = vae.config
+    tiling.check_tiling(tile_size, tile_stride, cfg.spatial_factor)
     self.graphdef, self.params = nnx.split(vae)
     self.encode_chunk, self.decode_chunk = encode_chunk, decode_chunk
+    self.tile_size, self.tile_stride = tuple(tile_size), tuple(tile_stride)
     self.latent_channels = cfg.z_dim
     self.temporal_factor = cfg.temporal_factor
     self.spatial_factor = cfg.spatial_factor
@@ -410,12 +424,31 @@ class WanVideoAutoencoder:
   def module(self, params=None) -> WanVAE:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
+  def uses_tiles(self, height: int, width: int) -> bool:
+    """Whether a (height, width) pixel frame is cut into tiles."""
+    th, tw = self.tile_size
+    return self.tile_size != (0, 0) and (height > th or width > tw)
+
   def encode(self, video: jax.Array, params=None) -> jax.Array:
     self.latent_frames(video.shape[1])
     self.latent_hw(*video.shape[2:4])
-    z = self.module(params).encode(video.astype(jnp.float32), self.encode_chunk)
+    vae, video = self.module(params), video.astype(jnp.float32)
+    encode = lambda x: vae.encode(x, self.encode_chunk)
+    if self.uses_tiles(*video.shape[2:4]):
+      # blending normalised latents equals normalising blended ones: the blend is convex
+      z = tiling.tiled_encode(encode, video, self.tile_size, self.tile_stride,
+                              self.spatial_factor)
+    else:
+      z = encode(video)
     return jax.lax.stop_gradient(z)
 
   def decode(self, latents: jax.Array, params=None) -> jax.Array:
-    x = self.module(params).decode(latents.astype(jnp.float32), self.decode_chunk)
+    vae, latents = self.module(params), latents.astype(jnp.float32)
+    s = self.spatial_factor
+    if self.uses_tiles(latents.shape[2] * s, latents.shape[3] * s):
+      x = tiling.tiled_decode(lambda z: vae.decode_unclipped(z, self.decode_chunk), latents,
+                              self.tile_size, self.tile_stride, s)
+      x = jnp.clip(x, -1.0, 1.0)
+    else:
+      x = vae.decode(latents, self.decode_chunk)
     return jax.lax.stop_gradient(x)

@@ -1,0 +1,154 @@
+"""The efficiency cascade end to end at test size (SPEC section 5): a cascade base (low-res
+video + high-res keyframes + audio) and a refiner, each trained 2 steps, sampled together:
+the output has the refiner's size and frame rate and the base's audio; the base's keyframe
+latents reach the refiner's condition unchanged; the CLI writes the MP4; and sampling on a
+(1, 2, 2, 2) mesh equals one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import jax
+import numpy as np
+import pytest
+
+from conftest import small_refiner_config, small_run_config
+
+from skyreels_jax.parallel.mesh import make_mesh
+from skyreels_jax.sample.cascade import Cascade
+from skyreels_jax.sample.sampler import Sampler
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def base_config(data_path=""):
+  """configs/tiny_base.py at test size: 32x32 clips -> 16x16 video + 2 keyframes at 32x32."""
+  c = small_run_config(data_path)
+  c.data.height = c.data.width = 32
+  c.keyframes.count, c.keyframes.scale = 2, 2
+  c.model.patch_size_t = 1
+  c.train.checkpoint_every = 2
+  return c
+
+
+def refiner_config(data_path=""):
+  """configs/tiny_refiner.py at test size, 1 s: 32x32 at 16 fps from 16x16 at 8 fps."""
+  c = small_refiner_config(data_path)
+  c.data.num_frames, c.refiner.keyframes = 16, (0, 14)
+  c.train.checkpoint_every, c.sample.num_steps = 2, 2
+  return c
+
+
+def _train(config, root, name):
+  from data_pipelines.synthetic import geometry_from_config, write_dataset
+  from skyreels_jax.train.trainer import train
+  data = str(root / f"{name}_data")
+  config.data.path = data
+  write_dataset(data, num_clips=8, seed=0, **geometry_from_config(config.data))
+  return train(config, str(root / name))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cascade")
+  base = _train(base_config(), root, "base")
+  refiner = _train(refiner_config(), root, "refiner")
+  return str(root / "base"), str(root / "refiner"), base, refiner
+
+
+@pytest.fixture(scope="module")
+def cascade(runs):
+  return Cascade(runs[0], runs[1])
+
+
+def test_both_stages_train_with_their_losses(runs):
+  _, _, base, refiner = runs
+  assert np.isfinite(base["loss_keyframes"]) and base["loss_keyframes"] > 0
+  assert np.isfinite(refiner["loss"]) and refiner["loss_audio"] == 0.0   # audio is given
+
+
+def test_cascade_output_has_the_refiners_geometry_and_the_bases_audio(cascade):
+  g = cascade.refiner.geometry
+  assert (g.num_frames, g.height, g.width) == (16, 32, 32)
+  assert cascade.refiner.config.data.fps == 16.0
+  out = cascade.generate(["a red circle bounces"], seeds=[3])
+  base = out["base"]
+  assert base["video"].shape == (1, 8, 16, 16, 3)
+  assert base["keyframes"].shape == (1, 2, 32, 32, 3)
+  assert out["video"].shape == (1, 16, 32, 32, 3) and out["video"].dtype == np.uint8
+  # One second of sound, the base's track exactly.
+  assert out["audio"].shape == base["audio"].shape == (1, 8000, 1)
+  np.testing.assert_array_equal(out["audio_latent"], base["audio_latent"])
+  # The keyframe latents are swapped into the refiner's condition unchanged, and kept.
+  cond = cascade.condition(base, [3])
+  assert cascade.keyframe_times == (0, 14)
+  for k, t in enumerate(cascade.keyframe_times):
+    np.testing.assert_array_equal(cond["cond_latent"][:, t], base["keyframe_latent"][:, k])
+    np.testing.assert_array_equal(out["video_latent"][:, t], base["keyframe_latent"][:, k])
+  keep = cond["keep_v"][0, :, 0, 0, 0]
+  assert keep.tolist() == [1.0 if t in (0, 14) else 0.0 for t in range(16)]
+
+
+def test_cascade_cli_writes_the_refiners_mp4(runs, tmp_path):
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={runs[0]}",
+         f"--refiner_workdir={runs[1]}", "--prompt=a green triangle", f"--out={out}",
+         "--num_steps=2", "--refiner_num_steps=2"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with av.open(str(out / "sample_0.mp4")) as f:
+    video = f.streams.video[0]
+    # write_mp4 upscales tiny clips by a whole factor (min side 128) so they are watchable.
+    assert (video.codec_context.width, video.codec_context.height) == (128, 128)
+    assert float(video.average_rate) == 16.0
+    assert sum(1 for _ in f.decode(video=0)) == 16
+  with av.open(str(out / "sample_0.mp4")) as f:
+    samples = sum(frame.samples for frame in f.decode(audio=0))
+  assert abs(samples / 8000 - 1.0) < 0.15     # one second of sound (AAC frames of 1024)
+  meta = json.loads((out / "sample_0.json").read_text())
+  assert meta["fps"] == 16.0 and meta["size"] == [32, 32]
+  assert meta["refiner"]["num_steps"] == 2
+  bad = subprocess.run(cmd[:4] + [f"--refiner_workdir={tmp_path}"] + cmd[5:], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "--refiner_workdir" in bad.stderr
+
+
+def test_sampling_on_a_2x2x2_mesh_equals_one_device(trained_run):
+  """The same seed on (data 1, fsdp 2, sequence 2, tensor 2) with Ulysses attention and on
+  one device: the same clip (params restored into either layout from one checkpoint)."""
+  workdir, _, _ = trained_run
+  from skyreels_jax.sample.sampler import load_run_config
+  config = load_run_config(workdir)
+  config.attention = "ulysses"
+  one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1, 1),
+                          ("data", "fsdp", "sequence", "tensor"),
+                          axis_types=(jax.sharding.AxisType.Auto,) * 4)
+  big = make_mesh(dict(data=1, fsdp=2, sequence=2, tensor=2))
+  outs = []
+  for mesh in (one, big):
+    s = Sampler(workdir, config=config, mesh=mesh)
+    outs.append(s.generate(["a blue square"], seeds=[5], settings=s.settings(num_steps=2)))
+  np.testing.assert_allclose(outs[0]["video_latent"], outs[1]["video_latent"], atol=2e-4)
+  np.testing.assert_allclose(outs[0]["audio_latent"], outs[1]["audio_latent"], atol=2e-4)
+  assert np.abs(outs[0]["video_latent"]).mean() > 0.1
+
+
+def test_cascade_inpainting_keeps_the_high_res_source(cascade):
+  """Inpainting through the cascade: the base inpaints at low res; the refiner's kept cells
+  are the HIGH-res source's latents, not the base's upsampled render."""
+  from skyreels_jax.sample import conditions
+  rng = np.random.default_rng(8)
+  hi_src = rng.integers(0, 256, (16, 32, 32, 3), np.uint8)
+  mask = np.zeros((32, 32), np.uint8)
+  mask[8:24, 8:24] = 255                                   # regenerate the centre
+  lo_src = hi_src[::2].reshape(8, 16, 2, 16, 2, 3).mean(axis=(2, 4)).astype(np.uint8)
+  lo = conditions.inpaint(cascade.base.geometry, 1, lo_src, mask[::2, ::2])
+  hi = conditions.inpaint(cascade.refiner.geometry, 1, hi_src, mask)
+  out = cascade.generate(["a red circle"], condition=lo, refiner_condition=hi, seeds=[1])
+  z_src = np.asarray(cascade.refiner.codecs.video_ae.encode(conditions.to_unit(hi_src)[None]))
+  kept = np.broadcast_to(hi.keep_v > 0.5, z_src.shape)
+  assert 0 < kept.mean() < 1
+  np.testing.assert_allclose(out["video_latent"][kept], z_src[kept], atol=1e-5)
+  assert np.abs(out["video_latent"][~kept] - z_src[~kept]).mean() > 0.05

@@ -1,0 +1,180 @@
+"""Every sampling task from media files: keep masks on the latent grid, kept latents equal to
+the source's after sampling, references as model inputs, the CLI's usage errors and prompt
+files. The tiny run's autoencoders are identities (latent = space-to-depth pixels), so
+expected latents are exact."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app
+from PIL import Image
+
+from skyreels_jax.sample import conditions as C
+from skyreels_jax.sample import export
+from skyreels_jax.sample import __main__ as cli
+from skyreels_jax.sample.sampler import Sampler
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def sampler(trained_run):
+  return Sampler(trained_run[0])
+
+
+@pytest.fixture(scope="module")
+def source(sampler, tmp_path_factory):
+  """An MP4 (blocky frames that change every frame, a tone) and what the reader makes of it."""
+  g, d = sampler.geometry, sampler.config.data
+  rng = np.random.default_rng(0)
+  cells = rng.integers(0, 256, (g.num_frames, 4, 4, 3), dtype=np.uint8)
+  video = np.repeat(np.repeat(cells, g.height // 4, 1), g.width // 4, 2)
+  t = np.arange(g.num_samples) / d.sample_rate
+  audio = (0.5 * np.sin(2 * np.pi * 440 * t))[:, None].astype(np.float32)
+  path = str(tmp_path_factory.mktemp("src") / "src.mp4")
+  export.write_mp4(path, video, d.fps, audio, d.sample_rate)
+  frames, wave = C.read_video(path, fps=d.fps, height=g.height, width=g.width,
+                              sample_rate=d.sample_rate, channels=d.audio_channels)
+  return path, frames, wave
+
+
+def _latent(sampler, frames):
+  return np.asarray(sampler.codecs.video_ae.encode(frames))
+
+
+def test_read_video_at_run_geometry(sampler, source):
+  g = sampler.geometry
+  _, frames, wave = source
+  assert frames.shape == (g.num_frames, g.height, g.width, 3)
+  assert wave.shape == (g.num_samples, 1)
+  assert np.abs(wave).max() == pytest.approx(0.5, abs=0.1)   # AAC ripple
+
+
+def test_extend_keeps_exactly_k_source_latents(sampler, source):
+  g = sampler.geometry
+  _, frames, wave = source
+  cond = C.extend(g, 1, sampler.config.data.fps, 1, frames, wave, 3)
+  assert cond.keep_v[0, :, 0, 0, 0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+  # 3 of 8 frames at 8 fps = 0.375 s = 3000 samples: 18 whole 160-sample audio latents.
+  assert cond.keep_a.sum() == 18 and cond.keep_a[0, :18].all()
+  out = sampler.generate(["a red circle"], condition=cond, seeds=[4])
+  src = _latent(sampler, cond.frames)
+  np.testing.assert_allclose(out["video_latent"][0, :3], src[0, :3], atol=1e-6)
+  assert np.abs(out["video_latent"][0, 3:] - src[0, 3:]).mean() > 0.05
+  src_a = np.asarray(sampler.codecs.audio_ae.encode(cond.audio))
+  np.testing.assert_allclose(out["audio_latent"][0, :18], src_a[0, :18], atol=1e-6)
+  # The kept frames decode to the source's pixels (+-1 rounding).
+  assert np.abs(out["video"][0, :3].astype(int) - frames[:3].astype(int)).max() <= 1
+
+
+def test_inpaint_keeps_the_inverse_of_the_white_mask(sampler, source, tmp_path):
+  g = sampler.geometry
+  _, frames, _ = source
+  white = np.zeros((g.height, g.width), np.uint8)
+  white[:8, :8] = 255                       # latent cells (0..1, 0..1) of the 4x4 grid
+  Image.fromarray(white).save(tmp_path / "mask.png")
+  mask = C.read_mask(str(tmp_path / "mask.png"), g.height, g.width)
+  cond = C.inpaint(g, 1, frames, mask)
+  expected = np.ones((4, 4))
+  expected[:2, :2] = 0
+  for t in range(g.video_grid[0]):
+    np.testing.assert_array_equal(cond.keep_v[0, t, :, :, 0], expected)
+  assert cond.keep_a.sum() == 0             # the audio is regenerated
+  out = sampler.generate(["a blue square"], condition=cond, seeds=[5])
+  src = _latent(sampler, cond.frames)[0]
+  keep = cond.keep_v[0, ..., 0] > 0.5
+  np.testing.assert_allclose(out["video_latent"][0][keep], src[keep], atol=1e-6)
+  assert np.abs(out["video_latent"][0][~keep] - src[~keep]).mean() > 0.05
+
+
+def test_start_end_keeps_the_first_and_last_latent_frames(sampler):
+  g = sampler.geometry
+  first = np.full((g.height, g.width, 3), 10, np.uint8)
+  last = np.full((g.height, g.width, 3), 240, np.uint8)
+  cond = C.start_end(g, 1, first, last)
+  assert cond.keep_v[0, :, 0, 0, 0].tolist() == [1, 0, 0, 0, 0, 0, 0, 1]
+  assert cond.frames[0, 0].max() == pytest.approx(10 / 127.5 - 1)
+  assert cond.frames[0, -1].min() == pytest.approx(240 / 127.5 - 1)
+  assert cond.frames[0, 1:-1].max() == -1.0
+
+
+def test_references_arrive_as_clean_valid_tokens(sampler, source):
+  g = sampler.geometry
+  _, frames, wave = source
+  ims = [frames[0], frames[5]]
+  cond = C.add_references(C.text_to_video(g), g, 1, images=ims, video=frames[:4], audio=wave,
+                          vae_frames=C.block_prefix(1))
+  inputs = sampler.condition_inputs(cond, batch=2)
+  ch = g.video_channels
+  refs = inputs["video_refs"]
+  assert refs.shape == (2, 6, *g.video_grid[1:], 2 * ch + 1)
+  assert inputs["video_ref_valid"].shape == (2, 6) and inputs["video_ref_valid"].all()
+  pixels = np.concatenate([np.stack(ims), frames[:4]])[None].astype(np.float32) / 127.5 - 1
+  want = _latent(sampler, pixels)[0]
+  np.testing.assert_allclose(refs[1, ..., :ch], want, atol=1e-6)      # V = I = the reference
+  np.testing.assert_allclose(refs[1, ..., ch:2 * ch], want, atol=1e-6)
+  assert (refs[..., -1] == 1).all()                                   # M = 1: clean
+  a_refs = inputs["audio_refs"]
+  assert a_refs.shape[:2] == (2, g.audio_length) and inputs["audio_ref_valid"].all()
+  want_a = np.asarray(sampler.codecs.audio_ae.encode(wave[None]))[0]
+  np.testing.assert_allclose(a_refs[0, :, :want_a.shape[-1]], want_a, atol=1e-6)
+
+
+def test_usage_errors_name_the_flag(sampler, trained_run, source, tmp_path):
+  png = str(tmp_path / "a.png")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+  mp4 = source[0]
+  cases = [({"prompt": ["x"], "extend": 2}, "--extend"),
+           ({"prompt": ["x"], "mask": png}, "--mask"),
+           ({"prompt": ["x"], "image": png, "first": png, "last": png}, "--image"),
+           ({"prompt": ["x"], "first": png}, "--last"),
+           ({"prompt": ["x"], "video": mp4}, "--video"),
+           ({"prompt": ["x"], "ref_image": ["/missing.png"]}, "--ref_image=/missing.png"),
+           ({"prompt": ["x"], "video": "/missing.mp4", "extend": 1}, "--video=/missing.mp4"),
+           ({}, "--prompt")]
+  for values, flag in cases:
+    with pytest.raises(app.UsageError) as e:
+      cli.task_of(values)
+    assert flag in str(e.value) and e.value.exitcode == 2, values
+  assert cli.task_of({"prompt": ["x"], "video": mp4, "extend": 1}) == "extend"
+  # K must leave something to generate: 8 latent frames here.
+  values = {"prompt": ["x"], "video": mp4, "extend": 8, "ref_image": []}
+  with pytest.raises(app.UsageError, match="--extend=8"):
+    cli.build_condition("extend", values, sampler.config, sampler.geometry)
+  # End to end: exit code 2, the flag in stderr, before any checkpoint is read.
+  proc = subprocess.run(
+      [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={trained_run[0]}",
+       "--prompt=x", f"--out={tmp_path}", "--extend=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "--extend needs --video" in proc.stderr
+
+
+def test_cli_prompt_file_in_batches_records_seeds(trained_run, tmp_path):
+  workdir, config, _ = trained_run
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "a red circle"}\n\n{"prompt": "a blue square", "seed": 100}\n'
+                     "a green triangle\n")
+  ref = tmp_path / "ref.png"
+  Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(ref)
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={workdir}",
+       f"--prompt_file={prompts}", "--batch_size=2", f"--out={out}", "--seed=7",
+       f"--ref_image={ref}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  names = sorted(os.listdir(out))
+  assert names == sorted(["contact_sheet.png"] + [f"sample_{i}.{e}" for i in range(3)
+                                                  for e in ("json", "mp4", "wav")])
+  rows = [json.load(open(out / f"sample_{i}.json")) for i in range(3)]
+  assert [r["prompt"] for r in rows] == ["a red circle", "a blue square", "a green triangle"]
+  assert [r["seed"] for r in rows] == [7, 100, 9]
+  assert all(r["task"] == "t2av" and r["ref_image"] == [str(ref)] for r in rows)
+  assert all(r["checkpoint_step"] == config.train.steps and r["num_steps"] == 3 for r in rows)
+  videos = [export.read_mp4(str(out / f"sample_{i}.mp4"))["video"] for i in range(3)]
+  assert all(v.shape[0] == config.data.num_frames for v in videos)
+  assert np.abs(videos[0].astype(int) - videos[2].astype(int)).mean() > 1.0
