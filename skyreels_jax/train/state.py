@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -136,6 +137,15 @@ def frozen_shardings(codecs: Codecs, mesh, axis_rules) -> dict:
 
 def place_frozen(codecs: Codecs, mesh, axis_rules) -> tuple[dict, dict]:
   """(frozen weights on the mesh, their shardings). Every process loaded the same weights,
-  so each one places its own shards from its copy."""
+  so each one builds the shards its devices hold from its own copy (multi-host safe: no
+  process needs another's data)."""
   shardings = frozen_shardings(codecs, mesh, axis_rules)
-  return jax.device_put(codecs.frozen_params(), shardings), shardings
+  is_var = lambda x: isinstance(x, nnx.Variable)
+
+  def place(x, sharding):
+    host = np.asarray(x[...] if is_var(x) else x)
+    arr = jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return x.replace(arr) if is_var(x) else arr
+
+  params = codecs.frozen_params()
+  return jax.tree.map(place, params, shardings, is_leaf=is_var), shardings
