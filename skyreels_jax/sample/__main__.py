@@ -244,7 +244,7 @@ def main(argv):
     padded = chunk + [chunk[-1]] * (batch - len(chunk))   # same shapes: one program
     prompts, seeds = [r["prompt"] for r in padded], [r["seed"] for r in padded]
     if cascade is not None:
-      out = cascade.generate(prompts, condition=cond, refiner_condition=refiner_cond,
+      out = cascade.generate(prompts, condition=cond, high_res=refiner_cond,
                              seeds=seeds, base_settings=settings,
                              refiner_settings=refiner_settings)
     else:

@@ -99,19 +99,18 @@ class Cascade:
       out["given_audio"] = base_out["audio_latent"]
     return out
 
-  def generate(self, prompts: list[str], *, condition=None, refiner_condition=None,
+  def generate(self, prompts: list[str], *, condition=None, high_res=None,
                seeds: list[int] | None = None,
                base_settings: SampleSettings | None = None,
                refiner_settings: SampleSettings | None = None) -> dict[str, Any]:
     """The refiner's output (uint8 video at its size and frame rate, the base's audio) with
     the base's under "base". `condition`: the base's task (sample/conditions.py);
-    `refiner_condition`: the same task at the refiner's geometry (see `condition`)."""
+    `high_res`: the same task at the refiner's geometry (see `condition`)."""
     base_settings = base_settings or self.base.settings()
     seeds = seeds or [base_settings.seed + i for i in range(len(prompts))]
     base = self.base.generate(prompts, condition=condition, seeds=seeds,
                               settings=base_settings)
     out = self.refiner.generate(prompts, seeds=seeds, settings=refiner_settings,
-                                latent_condition=self.condition(base, seeds,
-                                                                refiner_condition))
+                                latent_condition=self.condition(base, seeds, high_res))
     out["base"] = base
     return out

@@ -74,6 +74,10 @@ class Sampler:
     # Frozen encoder / VAE weights are arguments of the sampling program, not constants.
     self.frozen, _ = place_frozen(self.codecs, self.mesh, axis_rules)
     self._fn = jax.jit(self._generate, static_argnums=(0,))
+    # One program per batch size (the cascade asks once per batch): not a new jit per call.
+    self._condition_fn = jax.jit(
+        lambda batch, frozen, cond: self._encode_condition(self.codecs.bind(frozen), cond,
+                                                           batch), static_argnums=(0,))
 
   def settings(self, **overrides) -> SampleSettings:
     s = self.config.sample
@@ -187,10 +191,8 @@ class Sampler:
 
   def condition_inputs(self, condition, batch: int = 1) -> dict[str, np.ndarray]:
     """What the model receives for a condition (for inspection and tests)."""
-    fn = jax.jit(lambda frozen, cond: self._encode_condition(self.codecs.bind(frozen), cond,
-                                                             batch))
     with jax.set_mesh(self.mesh):
-      out = fn(self.frozen, self._condition_arrays(condition))
+      out = self._condition_fn(batch, self.frozen, self._condition_arrays(condition))
     return {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
 
   def _condition_arrays(self, condition) -> dict:

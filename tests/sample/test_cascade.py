@@ -146,7 +146,7 @@ def test_cascade_inpainting_keeps_the_high_res_source(cascade):
   lo_src = hi_src[::2].reshape(8, 16, 2, 16, 2, 3).mean(axis=(2, 4)).astype(np.uint8)
   lo = conditions.inpaint(cascade.base.geometry, 1, lo_src, mask[::2, ::2])
   hi = conditions.inpaint(cascade.refiner.geometry, 1, hi_src, mask)
-  out = cascade.generate(["a red circle"], condition=lo, refiner_condition=hi, seeds=[1])
+  out = cascade.generate(["a red circle"], condition=lo, high_res=hi, seeds=[1])
   z_src = np.asarray(cascade.refiner.codecs.video_ae.encode(conditions.to_unit(hi_src)[None]))
   kept = np.broadcast_to(hi.keep_v > 0.5, z_src.shape)
   assert 0 < kept.mean() < 1
