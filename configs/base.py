@@ -133,6 +133,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.max_to_keep = 3
   c.train.async_checkpointing = True
+  c.train.checkpoint_every_secs = 0.0   # also save when this much wall time passed (0: off)
+  c.train.restore_step = -1         # resume from this saved step (-1: the newest that restores)
+  # A step whose loss or gradient norm is not finite is not applied (train/state.py); this many
+  # in a row stop the run.
+  c.train.max_skipped_steps = 20
+  c.train.loss_spike_factor = 0.0   # > 1: also skip a step whose loss > factor x running mean
+  c.train.loss_spike_window = 100   # steps in that running mean
+  c.train.fault_nonfinite_steps = ()  # fault injection: infinite gradients at these steps
 
   # --- Sampling defaults (CLI flags override).
   c.sample = ml_collections.ConfigDict()

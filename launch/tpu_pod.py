@@ -32,8 +32,10 @@ def _quote_path(word: str) -> str:
 
 def host_command(args: list[str], *, module: str = "skyreels_jax.train",
                  repo_dir: str | None = None, venv: str | None = None,
-                 env: list[str] = ()) -> str:
-  """The shell line every host runs."""
+                 env: list[str] = (), max_restarts: int = 0) -> str:
+  """The shell line every host runs. With `max_restarts`, the train command runs again after a
+  crash or a preemption (any status but 0, 2 = usage error, 3 = halted run): when one host's
+  process dies the others stop too (JAX's heartbeat), so every host restarts together."""
   parts = []
   if repo_dir:
     parts.append(f"cd {_quote_path(repo_dir)}")
@@ -44,20 +46,28 @@ def host_command(args: list[str], *, module: str = "skyreels_jax.train",
       raise ValueError(f"--env={item!r}: expected KEY=VALUE")
   assignments = ["SKYREELS_DISTRIBUTED=tpu"] + [
       k + "=" + shlex.quote(v) for k, v in (item.split("=", 1) for item in env)]
-  parts.append(" ".join(assignments + ["python", "-m", module] + [shlex.quote(a) for a in args]))
+  run = " ".join(assignments + ["python", "-m", module] + [shlex.quote(a) for a in args])
+  if max_restarts < 0:
+    raise ValueError(f"--max_restarts={max_restarts} must be >= 0")
+  if max_restarts:
+    run = (f"for i in $(seq 0 {max_restarts}); do {run}; s=$?; case $s in 0|2|3) break;; esac; "
+           f"echo \"exit $s: restart $((i + 1)) of {max_restarts}\"; done; exit $s")
+  parts.append(run)
   return " && ".join(parts)
 
 
 def gcloud_command(args: list[str], *, tpu: str, zone: str, project: str | None = None,
                    repo_dir: str | None = "~/skyreels_jax", venv: str | None = ".venv",
-                   module: str = "skyreels_jax.train", env: list[str] = ()) -> list[str]:
+                   module: str = "skyreels_jax.train", env: list[str] = (),
+                   max_restarts: int = 0) -> list[str]:
   """`gcloud compute tpus tpu-vm ssh` running the host command on all workers at once."""
   if not tpu or not zone:
     raise ValueError("--tpu and --zone are required (or --xpk)")
   cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}"]
   if project:
     cmd.append(f"--project={project}")
-  remote = host_command(args, module=module, repo_dir=repo_dir, venv=venv, env=env)
+  remote = host_command(args, module=module, repo_dir=repo_dir, venv=venv, env=env,
+                        max_restarts=max_restarts)
   return cmd + ["--worker=all", f"--command={remote}"]
 
 
@@ -65,8 +75,10 @@ def xpk_command(args: list[str], *, cluster: str, workload: str, tpu_type: str =
                 num_slices: int = 1, docker_image: str | None = None,
                 base_docker_image: str | None = None, project: str | None = None,
                 zone: str | None = None, repo_dir: str | None = None, venv: str | None = None,
-                module: str = "skyreels_jax.train", env: list[str] = ()) -> list[str]:
-  """`xpk workload create` running the host command in every pod of every slice."""
+                module: str = "skyreels_jax.train", env: list[str] = (),
+                max_restarts: int = 0) -> list[str]:
+  """`xpk workload create` running the host command in every pod of every slice; xpk
+  restarts the whole workload after a failure or a preemption (`--max-restarts`)."""
   if not cluster or not workload:
     raise ValueError("--xpk needs --cluster and --workload")
   if num_slices < 1:
@@ -81,6 +93,8 @@ def xpk_command(args: list[str], *, cluster: str, workload: str, tpu_type: str =
     cmd.append(f"--project={project}")
   if zone:
     cmd.append(f"--zone={zone}")
+  if max_restarts:
+    cmd.append(f"--max-restarts={max_restarts}")
   remote = host_command(args, module=module, repo_dir=repo_dir, venv=venv, env=env)
   return cmd + ["--command", remote]
 
@@ -103,9 +117,12 @@ def main(argv: list[str]) -> int:
                  ".venv on TPU VMs, none with xpk; '' for none)")
   p.add_argument("--module", default="skyreels_jax.train", help="module every host runs")
   p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the hosts (repeat)")
+  p.add_argument("--max_restarts", type=int, default=0,
+                 help="restart after a crash or a preemption this many times (xpk: the "
+                 "workload; TPU VMs: the command on every host)")
   p.add_argument("--dry_run", action="store_true", help="print the command, do not run it")
   o, args = cli.parse(p, argv)
-  common = dict(module=o.module, env=o.env, project=o.project)
+  common = dict(module=o.module, env=o.env, project=o.project, max_restarts=o.max_restarts)
   try:
     if o.xpk:
       cmd = xpk_command(args, cluster=o.cluster, workload=o.workload, tpu_type=o.tpu_type,

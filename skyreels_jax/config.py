@@ -138,6 +138,14 @@ def validate(config, *, abstract: bool = False) -> None:
   _check(t.steps >= 1, "train.steps", "must be >= 1")
   _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
   _check(t.log_every >= 1, "train.log_every", "must be >= 1")
+  _check(t.checkpoint_every_secs >= 0, "train.checkpoint_every_secs", "must be >= 0 (0: off)")
+  _check(t.max_skipped_steps >= 1, "train.max_skipped_steps", "must be >= 1")
+  _check(t.loss_spike_factor == 0 or t.loss_spike_factor > 1, "train.loss_spike_factor",
+         "must be 0 (off) or > 1")
+  _check(t.loss_spike_window >= 1, "train.loss_spike_window", "must be >= 1")
+  _check(t.restore_step >= -1, "train.restore_step", "must be a saved step, or -1 (newest)")
+  _check(all(isinstance(s, int) and s >= 1 for s in t.fault_nonfinite_steps),
+         "train.fault_nonfinite_steps", "must be a tuple of steps >= 1")
 
   fills = [a for a in MESH_AXES if config.mesh[a] == -1]
   _check(len(fills) <= 1, "mesh", f"at most one axis may be -1, got {fills}")

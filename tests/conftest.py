@@ -71,6 +71,16 @@ def trained_run(synthetic_data, tmp_path_factory):
   return workdir, config, result
 
 
+@pytest.fixture(scope="session")
+def long_run(synthetic_data, tmp_path_factory):
+  """An uninterrupted 12-step run: the reference of the runs that are preempted and killed."""
+  from skyreels_jax.train.trainer import train
+  workdir = str(tmp_path_factory.mktemp("long_run"))
+  config = small_run_config(synthetic_data, **{"train.steps": 12})
+  train(config, workdir)
+  return workdir, config
+
+
 def restore_train_state(workdir: str, config, step: int):
   """The full train state of a checkpoint, on the config's mesh."""
   from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings

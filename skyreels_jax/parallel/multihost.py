@@ -17,9 +17,12 @@ one of `none | explicit | slurm | tpu`, the default `auto` detects):
             `jax.distributed.initialize()` with no arguments, which reads the TPU metadata.
   none      nothing to do: a single process (the default on a machine with no cluster).
 
-Other knobs: SKYREELS_LOCAL_DEVICE_IDS=0,1 (GPUs this process drives) and
+Other knobs: SKYREELS_LOCAL_DEVICE_IDS=0,1 (GPUs this process drives),
 SKYREELS_NUM_CPU_DEVICES=K (simulated CPU devices per process, `jax_num_cpu_devices`; the
-local launcher sets it). Command-line flags override the environment.
+local launcher sets it) and SKYREELS_HEARTBEAT_TIMEOUT_S (default 100, JAX's): when a process
+dies, every other one stops (JAX's coordination service aborts it, naming the lost task) at
+most this many seconds later; when process 0 (the coordinator) dies, the others stop at once.
+Command-line flags override the environment.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ ENV_NUM_PROCESSES = "SKYREELS_NUM_PROCESSES"
 ENV_PROCESS_ID = "SKYREELS_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "SKYREELS_LOCAL_DEVICE_IDS"
 ENV_NUM_CPU_DEVICES = "SKYREELS_NUM_CPU_DEVICES"
+ENV_HEARTBEAT_TIMEOUT = "SKYREELS_HEARTBEAT_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,15 +173,16 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   if (spec.mode == "none" or (spec.mode != "tpu" and spec.num_processes == 1)
       or jax.distributed.is_initialized()):
     return spec
+  heartbeat = _int_env(os.environ, ENV_HEARTBEAT_TIMEOUT) or DEFAULT_HEARTBEAT_TIMEOUT_S
   if spec.mode == "tpu":
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
   else:
     jax.distributed.initialize(
         coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
         process_id=spec.process_id,
         local_device_ids=list(spec.local_device_ids) if spec.local_device_ids else None,
         # Everything is resolved here; jax's own detection would pin one GPU per process.
-        cluster_detection_method="deactivate")
+        cluster_detection_method="deactivate", heartbeat_timeout_seconds=heartbeat)
   return spec
 
 

@@ -1,9 +1,16 @@
 """Train state, optimiser and the jitted train step.
 
-The state is a plain dict pytree: {"step", "params", "opt_state", "ema"}; params and EMA are
-nnx.State trees of the SkyReelsV4 module (fp32 master weights; the compute dtype is the
-model config's). Per-step randomness is fold_in(seed key, step), so a resumed run draws the
+The state is a plain dict pytree: {"step", "params", "opt_state", "ema", "guard"}; params
+and EMA are nnx.State trees of the SkyReelsV4 module (fp32 master weights; the compute dtype is
+the model config's). Per-step randomness is fold_in(seed key, step), so a resumed run draws the
 same numbers as an uninterrupted one.
+
+The guard: a step whose loss or gradient norm is not finite (or, with
+train.loss_spike_factor > 0, whose loss exceeds that factor times its running mean) is not
+applied. Params, optimizer state (Adam moments and its update count) and EMA stay bit-identical;
+`step` still advances, so the data position and the per-step key move on and the bad batch is
+not retried. The learning-rate schedule follows the optimizer's count of APPLIED updates
+(step - skipped), so a skipped step does not eat into warmup.
 """
 
 from __future__ import annotations
@@ -53,8 +60,14 @@ def abstract_state(config, tx) -> tuple[nnx.GraphDef, dict]:
   graphdef, params = nnx.split(model, nnx.Param)
   opt_state = jax.eval_shape(tx.init, params)
   state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
-           "opt_state": opt_state, "ema": params}
+           "opt_state": opt_state, "ema": params, "guard": jax.eval_shape(init_guard)}
   return graphdef, state
+
+
+def init_guard() -> dict:
+  """Counters of the non-finite / spike guard (in the state, so they survive a resume)."""
+  return {"skipped": jnp.zeros((), jnp.int32), "consecutive": jnp.zeros((), jnp.int32),
+          "loss_mean": jnp.zeros((), jnp.float32)}
 
 
 def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]:
@@ -66,7 +79,7 @@ def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]
     model = build_model(config, rngs=nnx.Rngs(config.seed))
     params = nnx.state(model, nnx.Param)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "ema": jax.tree.map(jnp.copy, params)}
+            "ema": jax.tree.map(jnp.copy, params), "guard": init_guard()}
 
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=shardings)()
@@ -102,25 +115,57 @@ def step_key(config, step) -> jax.Array:
   return jax.random.fold_in(jax.random.key(config.seed), step)
 
 
+def _apply_ok(config, loss, grad_norm, guard) -> tuple[jax.Array, dict]:
+  """(apply this update?, the next guard counters)."""
+  t = config.train
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  applied = guard["loss_mean"] > 0     # a running mean exists once one step was applied
+  if t.loss_spike_factor > 0:
+    ok &= ~(applied & (loss > t.loss_spike_factor * guard["loss_mean"]))
+  # Running mean over about loss_spike_window applied steps (first one: the loss itself).
+  rate = jnp.where(applied, 1.0 / t.loss_spike_window, 1.0)
+  mean = jnp.where(ok, guard["loss_mean"] + rate * (loss - guard["loss_mean"]),
+                   guard["loss_mean"])
+  skip = (~ok).astype(jnp.int32)
+  return ok, {"skipped": guard["skipped"] + skip,
+              "consecutive": (guard["consecutive"] + skip) * skip, "loss_mean": mean}
+
+
 def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Callable:
   schedule = lr_schedule(config)
   ema_decay = config.optim.ema_decay
   loss_fn = make_loss_fn(config, graphdef, codecs, use_audio)
+  faults = tuple(config.train.fault_nonfinite_steps)
 
   def step(state, batch, frozen):
     rng = step_key(config, state["step"])
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], batch, rng, frozen)
+    if faults:   # fault injection (tests, drills): an infinite gradient at these steps
+      hit = jnp.isin(state["step"] + 1, jnp.asarray(faults))
+      grads = jax.tree.map(lambda g: jnp.where(hit, jnp.inf, g), grads)
+    grad_norm = optax.tree.norm(grads)
+    ok, guard = _apply_ok(config, loss, grad_norm, state["guard"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: e * ema_decay + (1.0 - ema_decay) * p, state["ema"], params)
-    metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads),
-               "lr": schedule(state["step"])}
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "ema": ema}
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    metrics = {"loss": loss, **parts, "grad_norm": grad_norm,
+               "lr": schedule(state["step"] - state["guard"]["skipped"]),
+               "skipped_steps": guard["skipped"], "consecutive_skips": guard["consecutive"]}
+    new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
+                 "opt_state": keep(opt_state, state["opt_state"]),
+                 "ema": keep(ema, state["ema"]), "guard": guard}
     return new_state, metrics
 
   return step
+
+
+def all_finite(state) -> jax.Array:
+  """One on-device reduction: True when every floating-point leaf of `state` is finite."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
 def jit_train_step(step: Callable, state_sharding, batch_sharding, frozen_sharding) -> Callable:

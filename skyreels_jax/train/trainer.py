@@ -1,7 +1,15 @@
 """The training loop: config -> mesh -> sharded state -> jitted step over grain batches, with
-metrics and orbax checkpoints. Rerunning on the same workdir resumes from the latest
-checkpoint (state, EMA, optimizer, data position); per-step randomness is a function of the
-step, so a resumed run reaches the same parameters as an uninterrupted one.
+metrics and orbax checkpoints. Rerunning on the same workdir resumes from the newest checkpoint
+that restores (state, EMA, optimizer, data position; train/resume.py); per-step randomness is
+a function of the step, so a resumed run reaches the same parameters as an uninterrupted one.
+
+Faults, and what the loop does (README, "Runs that survive"):
+- SIGTERM / SIGINT: the step in flight finishes, every process saves that step (blocking) and
+  the run returns `preempted` (train/preemption.py; the CLI exits EXIT_PREEMPTED).
+- a non-finite step is not applied (train/state.py); `max_skipped_steps` in a row halt the run
+  (RunHalted). The guard counters are read one step behind, so the host never stalls the device.
+- no checkpoint is written holding a non-finite value (one on-device reduction before a save).
+Everything that happens is a line of WORKDIR/events.jsonl (train/events.py, tools/goodput.py).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
+from jax.experimental import multihost_utils
 
 from skyreels_jax.config import ConfigError, count_params, derive, hybrid_mesh_shape, validate
 from skyreels_jax.data import latents
@@ -24,10 +32,20 @@ from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
 from skyreels_jax.tasks.examples import make_codecs, text_trainable
+from skyreels_jax.train import resume
 from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
+from skyreels_jax.train.events import EventLog
 from skyreels_jax.train.metrics import MetricsWriter
-from skyreels_jax.train.state import (abstract_state, create_state, jit_train_step,
+from skyreels_jax.train.preemption import PreemptionWatch
+from skyreels_jax.train.state import (abstract_state, all_finite, create_state, jit_train_step,
                                       make_optimizer, make_train_step, place_frozen)
+
+# Guard counters: not metrics to average or plot per step, read one step behind instead.
+_GUARD_KEYS = ("skipped_steps", "consecutive_skips")
+
+
+class RunHalted(RuntimeError):
+  """The run cannot go on without a person: diverged, or a state that is not finite."""
 
 
 def describe(config, mesh, params) -> str:
@@ -58,19 +76,72 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def _total_bad_records(iterator, shares: int) -> int:
-  """Bad records skipped so far by all processes (a collective: every process calls it).
-  Processes that read the same share (`shares` < process count) count it once."""
+def _sync_log_step(iterator, shares: int, time_due: bool) -> tuple[int, bool]:
+  """(bad records skipped so far by all processes, does any process want a timed save?). A
+  collective on several processes: every process calls it on the same (log) steps, which is
+  also how they agree on wall-clock saves. Processes that read the same share (`shares` <
+  process count) count its bad records once."""
   count = iterator_stats(iterator)["bad_records"]
   if jax.process_count() == 1:
-    return count
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  counts = multihost_utils.process_allgather(np.int32(count))
-  return int(np.sum(counts)) * shares // jax.process_count()
+    return count, time_due
+  rows = multihost_utils.process_allgather(np.asarray([count, int(time_due)], np.int64))
+  rows = np.asarray(rows).reshape(jax.process_count(), 2)
+  return int(rows[:, 0].sum()) * shares // jax.process_count(), bool(rows[:, 1].any())
 
 
-def train(config, workdir: str) -> dict[str, Any]:
-  """Trains until `config.train.steps`; returns the last logged metrics."""
+class _Loop:
+  """The state of one run of the loop that its helpers share: saves, the one-behind guard
+  check and the event log."""
+
+  def __init__(self, config, ckpt, iterator, events, meta, finite_fn):
+    self.config, self.ckpt, self.iterator, self.events = config, ckpt, iterator, events
+    self.meta, self.finite_fn = meta, finite_fn
+    self.last_saved, self.last_save_time, self.blocked_s = -1, time.time(), 0.0
+    self.pending = None   # (step, guard metrics on device) of the step before the current
+
+  def save(self, step: int, state, reason: str, *, block: bool = False) -> None:
+    if step == self.last_saved:
+      return
+    t = time.time()
+    if not bool(jax.device_get(self.finite_fn(state))):   # one scalar off the device
+      raise RunHalted(f"the train state holds non-finite values at step {step}; not saved "
+                      f"(newest checkpoint: {self.ckpt.latest_step()})")
+    self.ckpt.save(step, state, self.iterator, {**self.meta, "step": step})
+    if block:
+      self.ckpt.wait()
+    blocked = time.time() - t
+    self.blocked_s += blocked
+    self.last_saved, self.last_save_time = step, time.time()
+    self.events.log("save", step=step, blocked_s=round(blocked, 4), reason=reason)
+
+  def check_pending(self) -> None:
+    """Reads the previous step's guard counters (by now its device work is done or next)."""
+    if self.pending is None:
+      return
+    step, metrics = self.pending
+    self.pending = None
+    got = jax.device_get(metrics)
+    consecutive = int(got["consecutive_skips"])
+    if consecutive:
+      self.events.log("skipped", step=step, loss=float(got["loss"]),
+                      grad_norm=float(got["grad_norm"]),
+                      skipped_steps=int(got["skipped_steps"]))
+      logging.warning("step %d skipped: loss %s, grad norm %s", step, got["loss"],
+                      got["grad_norm"])
+    limit = self.config.train.max_skipped_steps
+    if consecutive >= limit:
+      raise RunHalted(f"{consecutive} consecutive steps were not finite (steps "
+                      f"{step - consecutive + 1}-{step}; train.max_skipped_steps={limit}): "
+                      f"the run stopped at step {step}; newest checkpoint: "
+                      f"{self.ckpt.latest_step()}")
+
+
+def train(config, workdir: str, *, restore_step: int | None = None,
+          started_at: float | None = None) -> dict[str, Any]:
+  """Trains until `config.train.steps`; returns the last logged metrics, with `preempted`
+  set when a signal stopped the run (its step saved). `restore_step` overrides
+  config.train.restore_step."""
+  started_at = started_at or time.time()
   validate(config)
   _, mcfg = derive(config)
   mesh = make_mesh(config.mesh)
@@ -80,6 +151,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     raise ConfigError("data.batch_size", f"{config.data.batch_size} does not divide over "
                       f"{dp} data-parallel shards of mesh {dict(mesh.shape)}")
   os.makedirs(workdir, exist_ok=True)
+  events = EventLog(workdir)
+  events.log("start", t_process=started_at, processes=jax.process_count())
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -102,67 +175,115 @@ def train(config, workdir: str) -> dict[str, Any]:
                            global_batch_size=config.data.batch_size, seed=config.seed,
                            process_index=share, process_count=shares, **latent_kw)
   ckpt = Checkpointer(workdir, max_to_keep=config.train.max_to_keep,
-                      async_save=config.train.async_checkpointing)
-  start = ckpt.latest_step()
-  if start is None:
-    graphdef, state, shardings = create_state(config, tx, mesh, axis_rules)
-    start = 0
-  else:
+                      async_save=config.train.async_checkpointing, owner=True)
+  watch = PreemptionWatch()
+  writer = None
+  try:
     graphdef, abstract = abstract_state(config, tx)
     shardings = state_shardings(abstract, mesh, axis_rules)
-    state = ckpt.restore(start, with_shardings(abstract, shardings), iterator)
-    logging.info("resumed from step %d", start)
-    _print(f"resuming from checkpoint step {start}")
-  _print(describe(config, mesh, state["params"]))
+    start, state = resume.restore(
+        ckpt, with_shardings(abstract, shardings), iterator,
+        restore_step=config.train.restore_step if restore_step is None else restore_step,
+        data_shares=shares, events=events, say=_print)
+    if state is None:
+      graphdef, state, shardings = create_state(config, tx, mesh, axis_rules)
+      start = 0
+    else:
+      _print(f"resuming from checkpoint step {start}")
+    _print(describe(config, mesh, state["params"]))
 
-  train_step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
-  frozen, frozen_sharding = place_frozen(codecs, mesh, axis_rules)
-  jitted: dict[tuple, Any] = {}
+    train_step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
+    frozen, frozen_sharding = place_frozen(codecs, mesh, axis_rules)
+    jitted: dict[tuple, Any] = {}
 
-  def step_fn(state, batch):
-    """One jitted step per batch structure (image batches have no audio field); jit
-    compiles once per bucket shape within it."""
-    key = tuple(sorted((k, v.ndim) for k, v in batch.items()))
-    if key not in jitted:
-      jitted[key] = jit_train_step(train_step, shardings, {
-          k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
-          frozen_sharding)
-    return jitted[key](state, _global_batch(batch, mesh, axis_rules), frozen)
+    def step_fn(state, batch):
+      """One jitted step per batch structure (image batches have no audio field); jit
+      compiles once per bucket shape within it."""
+      key = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+      if key not in jitted:
+        jitted[key] = jit_train_step(train_step, shardings, {
+            k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
+            frozen_sharding)
+      return jitted[key](state, _global_batch(batch, mesh, axis_rules), frozen)
 
-  first = next(iterator)
-  writer = MetricsWriter(workdir, resume_step=start)
-  meta = {"config": json.loads(config.to_json_best_effort()), "model": mcfg.__class__.__name__}
-
-  last: dict[str, Any] = {}
-  total = config.train.steps
-  t_last, steps_since = time.time(), 0
-  batch = first
-  try:
-    with jax.set_mesh(mesh):
-      for step in range(start, total):
-        if batch is None:
-          batch = next(iterator)
-        state, metrics = step_fn(state, batch)
-        batch = None
-        steps_since += 1
-        done = step + 1
-        if done % config.train.log_every == 0 or done == total:
-          metrics = jax.device_get(metrics)
-          now = time.time()
-          last = {**{k: float(np.asarray(v)) for k, v in metrics.items()},
-                  "steps_per_sec": steps_since / max(now - t_last, 1e-9),
-                  "bad_records": _total_bad_records(iterator, shares)}
-          if not np.isfinite(last["loss"]):
-            raise FloatingPointError(f"loss is {last['loss']} at step {done}")
-          writer.write(done, last)
-          t_last, steps_since = now, 0
-        if done % config.train.checkpoint_every == 0 or done == total:
-          ckpt.save(done, state, iterator, {**meta, "step": done})
+    writer = MetricsWriter(workdir, resume_step=start)
+    meta = {"config": json.loads(config.to_json_best_effort()),
+            "model": mcfg.__class__.__name__, "data_shares": shares,
+            "process_count": jax.process_count()}
+    loop = _Loop(config, ckpt, iterator, events, meta,
+                 jax.jit(all_finite, in_shardings=(shardings,)))
+    result = _run(config, mesh, state, step_fn, loop, watch, writer, start, shares,
+                  started_at)
     ckpt.wait()
+    return result
+  except BaseException as e:
+    if not isinstance(e, (resume.ResumeError, ConfigError)):
+      events.log("exit", status="halted" if isinstance(e, RunHalted) else "error",
+                 reason=resume.first_line(e))
+    raise
   finally:
+    watch.close()
     ckpt.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     close = getattr(iterator, "close", None)
     if close:
       close()
-  return {"step": total, **last}
+
+
+def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writer: MetricsWriter,
+         start: int, shares: int, started_at: float) -> dict[str, Any]:
+  """Steps `start`..train.steps; returns the last logged metrics (+ `preempted`)."""
+  t = config.train
+  total, events = t.steps, loop.events
+  last: dict[str, Any] = {}
+  events.log("ready", step=start, startup_s=round(time.time() - started_at, 4))
+  # steps_per_sec: since the last log (the first interval includes the compile); progress
+  # events (goodput): step time only, the first step and saves left out.
+  t_ready = t_rate = t_acc = time.time()
+  rate_steps, blocked_acc, interval_from = 0, 0.0, start + 1
+  with jax.set_mesh(mesh):
+    for step in range(start, total):
+      state, metrics = step_fn(state, next(loop.iterator))
+      done = step + 1
+      loop.check_pending()
+      loop.pending = (done, {k: metrics[k] for k in ("loss", "grad_norm", *_GUARD_KEYS)})
+      rate_steps += 1
+      if done == start + 1:   # the first step of this start pays for the compile
+        jax.block_until_ready(metrics)
+        t_acc, blocked_acc, interval_from = time.time(), loop.blocked_s, done + 1
+        events.log("first_step", step=done, seconds=round(t_acc - t_ready, 4))
+      preempted = watch.reached(done)
+      due = (t.checkpoint_every_secs > 0
+             and time.time() - loop.last_save_time >= t.checkpoint_every_secs)
+      if done % t.log_every == 0 or done == total:
+        got = jax.device_get(metrics)
+        now = time.time()
+        bad, due = _sync_log_step(loop.iterator, shares, due)
+        last = {**{k: float(np.asarray(v)) for k, v in got.items() if k not in _GUARD_KEYS},
+                "skipped_steps": int(got["skipped_steps"]),
+                "steps_per_sec": rate_steps / max(now - t_rate, 1e-9), "bad_records": bad}
+        writer.write(done, last)
+        if done >= interval_from:
+          events.log("progress", step=done, steps=done - interval_from + 1,
+                     step_s=round(now - t_acc - (loop.blocked_s - blocked_acc), 4))
+        t_rate, rate_steps = now, 0
+        t_acc, blocked_acc, interval_from = now, loop.blocked_s, done + 1
+      elif jax.process_count() > 1:
+        due = False   # processes agree on timed saves at log steps only
+      if preempted:
+        loop.check_pending()
+        watch.arm_second_signal()
+        loop.save(done, state, "preemption", block=True)
+        events.log("preempted", step=done, signal=watch.signal)
+        events.log("exit", step=done, status="preempted")
+        return {"step": done, **last, "preempted": True}
+      if done % t.checkpoint_every == 0 or done == total:
+        loop.check_pending()
+        loop.save(done, state, "final" if done == total else "interval")
+      elif due:
+        loop.check_pending()
+        loop.save(done, state, "time")
+  loop.check_pending()
+  events.log("exit", step=total, status="done")
+  return {"step": total, **last, "preempted": False}

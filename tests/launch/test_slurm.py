@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from launch.slurm.__main__ import sbatch_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,3 +54,28 @@ def test_sbatch_script_sets_the_coordinator_and_passes_args(tmp_path):
   assert args == ["--kill-on-bad-exit=1", "python", "-m", "skyreels_jax.train", *TRAIN_ARGS]
   assert shlex.join(args[4:]) == "--config=configs/small.py '--workdir=/shared/run 1' " \
       "--config.seed=3"
+
+
+def _fake_slurm(tmp_path, srun_status):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "scontrol").write_text(
+      '#!/bin/bash\nif [[ "$1" == requeue ]]; then echo "REQUEUE $2"; else echo gpu007; fi\n')
+  (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {srun_status}\n")
+  for f in bin_dir.iterdir():
+    f.chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="77",
+             SLURM_JOB_NODELIST="gpu007", SLURM_SUBMIT_DIR=REPO, SKYREELS_VENV="none")
+  return subprocess.run(["bash", os.path.join(REPO, "launch/slurm/train.sbatch")],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (0, False), (1, False), (3, False)])
+def test_a_preempted_job_is_requeued(tmp_path, status, requeued):
+  """SIGTERM before the time limit (#SBATCH --signal) -> the run saves and exits 75 -> the
+  script requeues the job; other statuses pass through."""
+  proc = _fake_slurm(tmp_path, status)
+  assert proc.returncode == status, proc.stderr
+  assert ("REQUEUE 77" in proc.stdout) == requeued
+  script = open(os.path.join(REPO, "launch/slurm/train.sbatch")).read()
+  assert "#SBATCH --signal=TERM@120" in script and "#SBATCH --requeue" in script

@@ -61,3 +61,26 @@ def test_missing_flags_are_usage_errors():
   proc = subprocess.run([sys.executable, "-m", "launch.tpu_pod", "--xpk", "--dry_run"],
                         cwd=REPO, capture_output=True, text=True, timeout=60)
   assert proc.returncode != 0 and "--cluster and --workload" in proc.stderr
+
+
+def test_restarts_on_xpk_and_on_tpu_vms(tmp_path):
+  cmd = tpu_pod.xpk_command(["--out=o"], cluster="c", workload="w", max_restarts=5)
+  assert "--max-restarts=5" in cmd
+  remote = tpu_pod.host_command(["--workdir=/r"], module="fake_train", max_restarts=2)
+  # Run the host loop with a stand-in train module: crash, preempted (75), then done.
+  (tmp_path / "fake_train.py").write_text(
+      "import os, sys\nn = len(os.listdir(sys.argv[1].split('=')[1]))\n"
+      "open(os.path.join(sys.argv[1].split('=')[1], str(n)), 'w').close()\n"
+      "sys.exit([1, 75, 0][n])\n")
+  os.makedirs(tmp_path / "r")
+  proc = subprocess.run(["bash", "-c", remote.replace("/r", str(tmp_path / "r"))],
+                        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "restart 2 of 2" in proc.stdout and len(os.listdir(tmp_path / "r")) == 3
+  # A usage error (2) is not retried.
+  (tmp_path / "fake_train.py").write_text("import sys\nsys.exit(2)\n")
+  proc = subprocess.run(["bash", "-c", remote], cwd=tmp_path,
+                        env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2 and "restart" not in proc.stdout
