@@ -111,6 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.flow.logit_mean = 0.0
   c.flow.logit_std = 1.0
   c.flow.shift = 1.0                # resolution shift (SD3/Wan); 1.0 = none
+  # fixed: flow.shift for every bucket; auto: flow.shift * sqrt(video tokens / base tokens)
+  # (diffusion/flow_matching.resolution_shift). sample.shift_mode mirrors it at sampling.
+  c.flow.shift_mode = "fixed"
+  c.flow.shift_base_tokens = 4096
   c.flow.video_loss_weight = 1.0
   c.flow.audio_loss_weight = 1.0
 
@@ -147,6 +151,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.num_steps = 30
   c.sample.solver = "euler"
   c.sample.shift = 1.0
+  c.sample.shift_mode = "fixed"     # auto: sample.shift scaled like flow.shift_mode=auto
   c.sample.video_guidance = 5.0
   c.sample.audio_guidance = 4.0
   c.sample.batch_size = 1

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.diffusion.flow_matching import SAMPLERS
+from skyreels_jax.diffusion.flow_matching import SAMPLERS, SHIFT_MODES
 from skyreels_jax.diffusion.solvers import SOLVERS
 from skyreels_jax.models import autoencoders
 from skyreels_jax.models.attention import STRATEGY_NAMES, AttentionSpec
@@ -89,6 +89,9 @@ def validate(config, *, abstract: bool = False) -> None:
   _check(m.num_dual_blocks >= 1, "model.num_dual_blocks", "need at least one dual block")
   _check(m.num_single_blocks >= 0, "model.num_single_blocks", "must be >= 0")
   _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+  _check(not m.guidance_embed, "model.guidance_embed",
+         "no trainer or sampler passes a guidance value yet (it comes with loading "
+         "HunyuanVideo's guidance-distilled weights); leave it False")
   for f in ("patch_size", "patch_size_t", "audio_patch_size"):
     _check(m[f] >= 1, f"model.{f}", "must be >= 1")
   _choice(m.dtype, "model.dtype", DTYPES)
@@ -108,6 +111,9 @@ def validate(config, *, abstract: bool = False) -> None:
              f"mesh.sequence={seq}")
   _choice(config.flow.timestep_sampling, "flow.timestep_sampling", SAMPLERS)
   _check(config.flow.shift > 0, "flow.shift", "must be positive")
+  _choice(config.flow.shift_mode, "flow.shift_mode", SHIFT_MODES)
+  _choice(config.sample.shift_mode, "sample.shift_mode", SHIFT_MODES)
+  _check(config.flow.shift_base_tokens >= 1, "flow.shift_base_tokens", "must be >= 1")
   _choice(config.sample.solver, "sample.solver", SOLVERS)
   _check(config.sample.num_steps >= 1, "sample.num_steps", "must be >= 1")
 

@@ -53,6 +53,15 @@ BAD = {
     "unknown_video_ae": ({"video_ae.kind": "vqgan"}, "video_ae.kind"),
     "unknown_audio_task": ({"data.audio_tasks.a_remix": 1.0}, "data.audio_tasks"),
     "zero_audio_task_weights": ({"data.audio_tasks.none": 0.0}, "data.audio_tasks"),
+    "guidance_embed_not_wired": ({"model.guidance_embed": True}, "model.guidance_embed"),
+    # The resilience fields (train/trainer.py).
+    "max_skipped_steps_zero": ({"train.max_skipped_steps": 0}, "train.max_skipped_steps"),
+    "checkpoint_every_secs_negative": ({"train.checkpoint_every_secs": -1.0},
+                                       "train.checkpoint_every_secs"),
+    "loss_spike_factor_below_one": ({"train.loss_spike_factor": 0.5},
+                                    "train.loss_spike_factor"),
+    "restore_step_below_minus_one": ({"train.restore_step": -2}, "train.restore_step"),
+    "fault_step_zero": ({"train.fault_nonfinite_steps": (0,)}, "train.fault_nonfinite_steps"),
 }
 
 

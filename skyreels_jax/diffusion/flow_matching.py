@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 SAMPLERS = ("uniform", "logit_normal")
+SHIFT_MODES = ("fixed", "auto")
 
 
 def model_timestep(t: jax.Array) -> jax.Array:
@@ -23,6 +24,24 @@ def model_timestep(t: jax.Array) -> jax.Array:
 
 def shift_sigma(sigma: jax.Array, shift: float) -> jax.Array:
   return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def resolution_shift(shift: float, tokens: int, *, mode: str, base_tokens: int) -> float:
+  """The timestep shift for a clip of `tokens` video tokens (latent frames x rows x columns
+  after patching). fixed: `shift`, for every size. auto: SD3's resolution rule (Esser et al.
+  2024, section 5.3.2), shift * sqrt(tokens / base_tokens): `shift` holds at `base_tokens`,
+  4x the tokens doubles it, so a 1080p clip is noised more than a 256px one at the same t."""
+  if mode == "fixed":
+    return float(shift)
+  if mode == "auto":
+    return float(shift) * (tokens / base_tokens) ** 0.5
+  raise ValueError(f"shift_mode={mode!r}: choose one of {SHIFT_MODES}")
+
+
+def video_tokens(grid, patch_size_t: int, patch_size: int) -> int:
+  """Video tokens of a latent grid (T, h, w) with the model's patch sizes."""
+  t, h, w = grid
+  return (t // patch_size_t) * (h // patch_size) * (w // patch_size)
 
 
 def sample_t(rng: jax.Array, batch: int, *, sampling: str, shift: float = 1.0,
@@ -44,6 +63,7 @@ def sampling_times(num_steps: int, shift: float = 1.0) -> jax.Array:
 
 
 def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
+  t = jnp.asarray(t)
   return t.reshape(t.shape + (1,) * (x.ndim - t.ndim)).astype(x.dtype)
 
 
@@ -62,14 +82,17 @@ def predict_data(z_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def masked_mse(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array:
-  """Mean squared error over the positions to generate (keep == 0), per example, then
-  averaged over the examples that have any; `keep` broadcasts against pred (1 = no loss)."""
+  """Mean squared error over the positions to generate (keep == 0) of each example, summed
+  over the examples and divided by the batch size; `keep` broadcasts against pred (1 = no
+  loss). Every example weighs 1 / batch whatever else is in its batch: an example with
+  nothing to generate (a dropped stream, everything kept) adds 0, and does not raise the
+  weight of the others (a lone audio example among T2V ones weighs what it weighs in an
+  all-audio batch)."""
   w = jnp.broadcast_to(1.0 - keep.astype(jnp.float32), pred.shape)
   err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)) * w
   axes = tuple(range(1, pred.ndim))
   per_example = err.sum(axes) / jnp.maximum(w.sum(axes), 1.0)
-  has = (w.sum(axes) > 0).astype(jnp.float32)
-  return (per_example * has).sum() / jnp.maximum(has.sum(), 1.0)
+  return per_example.sum() / pred.shape[0]
 
 
 def flow_matching_loss(*, video_pred, video_z0, video_eps, video_keep, audio_pred=None,

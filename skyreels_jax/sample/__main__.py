@@ -224,8 +224,7 @@ def main(argv):
   if _REFINER.value:
     from skyreels_jax.sample.cascade import Cascade
     try:
-      cascade = Cascade(_WORKDIR.value, _REFINER.value, base_step=_STEP.value,
-                        refiner_step=_REFINER_STEP.value, mesh=sampler.mesh)
+      cascade = Cascade(None, _REFINER.value, refiner_step=_REFINER_STEP.value, base=sampler)
     except ValueError as e:
       raise usage(f"--refiner_workdir={_REFINER.value}: {e}") from None
     # The same task at the refiner's size and frame rate: what it keeps (a source video's

@@ -62,9 +62,12 @@ def refiner_geometry_config(base_config, base_geometry, refiner_config):
 class Cascade:
   """Generates with a base run and a refiner run (latest or given checkpoints) on one mesh."""
 
-  def __init__(self, base_workdir: str, refiner_workdir: str, *, mesh=None,
-               base_step: int | None = None, refiner_step: int | None = None):
-    self.base = Sampler(base_workdir, step=base_step, mesh=mesh)
+  def __init__(self, base_workdir: str | None, refiner_workdir: str, *, mesh=None,
+               base_step: int | None = None, refiner_step: int | None = None,
+               base: Sampler | None = None):
+    """`base`: an already built base Sampler (the CLI's), so that its EMA params and frozen
+    encoders are not restored and placed a second time; then base_workdir is not read."""
+    self.base = base if base is not None else Sampler(base_workdir, step=base_step, mesh=mesh)
     config = refiner_geometry_config(self.base.config, self.base.geometry,
                                      load_run_config(refiner_workdir))
     self.refiner = Sampler(refiner_workdir, step=refiner_step, config=config,

@@ -80,14 +80,23 @@ class Sampler:
                                                            batch), static_argnums=(0,))
 
   def settings(self, **overrides) -> SampleSettings:
-    s = self.config.sample
-    base = dict(num_steps=s.num_steps, solver=s.solver, shift=s.shift,
+    """The run's sampling defaults (config.sample) with `overrides`; with
+    sample.shift_mode=auto the shift follows this geometry's token count, as in training."""
+    s, m = self.config.sample, self.config.model
+    tokens = fm.video_tokens(self.geometry.video_grid, m.patch_size_t, m.patch_size)
+    shift = fm.resolution_shift(s.shift, tokens, mode=s.shift_mode,
+                                base_tokens=self.config.flow.shift_base_tokens)
+    base = dict(num_steps=s.num_steps, solver=s.solver, shift=shift,
                 video_guidance=s.video_guidance, audio_guidance=s.audio_guidance, seed=0)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return SampleSettings(**base)
 
-  def _generate(self, settings: SampleSettings, params, frozen, text_ids, text_mask, cond,
-                keys):
+  def _generate(self, static: tuple[int, str], params, frozen, text_ids, text_mask, cond,
+                keys, scalars):
+    """static: (num_steps, solver), the program's shape; scalars: (shift, video guidance,
+    audio guidance), traced, so new values do not recompile."""
+    num_steps, solver = static
+    shift, video_guidance, audio_guidance = scalars[0], scalars[1], scalars[2]
     model = nnx.merge(self.graphdef, params)
     codecs = self.codecs.bind(frozen)
     g = self.geometry
@@ -121,31 +130,47 @@ class Sampler:
       empty_k = jnp.broadcast_to(codecs.empty_video_latent(1, *g.keyframe_size), z_k.shape)
       fixed["keyframe_times"] = kf_times
 
+    # Kept positions (I2V frames, extension prefix, the outside of an inpainting mask) follow
+    # what training fed the model there: the interpolant t I + (1 - t) eps of the condition
+    # with this sample's starting noise, and its exact velocity I - eps. So every solver step
+    # sees a state the model was trained on, and t = 1 lands on the condition itself.
+    kept_v = c["keep_v"] > 0.5
+    eps_v = z_v
+    kept_a = c["keep_a"] > 0.5 if z_a is not None else None
+    eps_a = z_a
+
+    on_path = lambda z, cond, eps, kept, t: jnp.where(kept, fm.noisy(cond, eps, t), z)
+    path_velocity = lambda v, cond, eps, kept: jnp.where(kept, fm.velocity_target(cond, eps), v)
+
     def velocity(z, t):
       zv, za, zk = z
+      zv = on_path(zv, c["cond_video"], eps_v, kept_v, t)
       ts = jnp.full((2 * b,), fm.model_timestep(t))
       inputs = {"video": two(channel_concat(zv, c["cond_video"], c["keep_v"])),
                 "video_timestep": ts, **fixed}
       if za is not None:
+        za = on_path(za, c["cond_audio"], eps_a, kept_a, t)
         inputs["audio"] = two(channel_concat(za, c["cond_audio"], c["keep_a"]))
         inputs["audio_timestep"] = ts
       if zk is not None:
         inputs["keyframes"] = two(channel_concat(zk, empty_k, jnp.zeros(zk.shape[:-1] + (1,))))
       v, a, *k = model(text=text, text_mask=tmask, **inputs)
-      v = guide(v[:b], v[b:], settings.video_guidance)
-      a = guide(a[:b], a[b:], settings.audio_guidance) if za is not None else None
-      k = guide(k[0][:b], k[0][b:], settings.video_guidance) if zk is not None else None
+      v = path_velocity(guide(v[:b], v[b:], video_guidance), c["cond_video"], eps_v,
+                        kept_v)
+      a = (path_velocity(guide(a[:b], a[b:], audio_guidance), c["cond_audio"],
+                         eps_a, kept_a) if za is not None else None)
+      k = guide(k[0][:b], k[0][b:], video_guidance) if zk is not None else None
       return v, a, k
 
-    times = fm.sampling_times(settings.num_steps, settings.shift)
-    z_v, z_a, z_k = solve(settings.solver, velocity, (z_v, z_a, z_k), times)
-    # Kept regions are the condition exactly, not the solver's approximation of it.
-    z_v = jnp.where(c["keep_v"] > 0.5, c["cond_video"], z_v)
+    times = fm.sampling_times(num_steps, shift)
+    z_v, z_a, z_k = solve(solver, velocity, (z_v, z_a, z_k), times)
+    # The interpolant at t = 1 is the condition: exact, not up to the float sum of the steps.
+    z_v = on_path(z_v, c["cond_video"], eps_v, kept_v, 1.0)
     out = {"video": codecs.video_ae.decode(z_v), "audio": None, "video_latent": z_v,
            "audio_latent": None}
     if use_audio:
-      z_a = given_a if given_a is not None else jnp.where(c["keep_a"] > 0.5, c["cond_audio"],
-                                                          z_a)
+      z_a = (given_a if given_a is not None
+             else on_path(z_a, c["cond_audio"], eps_a, kept_a, 1.0))
       out["audio"] = codecs.audio_ae.decode(z_a)[:, :g.num_samples]
       out["audio_latent"] = z_a
     if z_k is not None:
@@ -228,13 +253,16 @@ class Sampler:
       seeds = [settings.seed + i for i in range(len(prompts))]
     tokens = self.tokenizer.batch(prompts)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    # The seed is not part of the program: a new seed must not recompile.
-    static = dataclasses.replace(settings, seed=0)
+    # Only the step count and the solver shape the program: a new seed, shift or guidance
+    # scale does not recompile.
+    static = (settings.num_steps, settings.solver)
+    scalars = jnp.asarray([settings.shift, settings.video_guidance, settings.audio_guidance],
+                          jnp.float32)
     with jax.set_mesh(self.mesh):
       cond = (latent_condition if latent_condition is not None
               else self._condition_arrays(condition))
       out = self._fn(static, self.params, self.frozen, jnp.asarray(tokens["text_ids"]),
-                     jnp.asarray(tokens["text_mask"]), cond, keys)
+                     jnp.asarray(tokens["text_mask"]), cond, keys, scalars)
     out = jax.device_get(out)
     as_uint8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(
         np.uint8)

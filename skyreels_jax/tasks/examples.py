@@ -38,6 +38,11 @@ class Codecs:
   # (embedding (L, D), mask (L,)) of the empty prompt: caption dropout of precomputed
   # embeddings (data.format = "latents" with a frozen text encoder).
   null_text: tuple[Any, Any] | None = None
+  # The condition latents of a black clip / silence (what I holds where nothing is kept),
+  # by shape: precomputed once per bucket outside the train step and bound with the frozen
+  # weights (`bind({..., "empties": ...})`), so no step encodes them again. None: computed
+  # where asked (sampling); an EmptyLatentRecorder: computed and their shapes recorded.
+  empties: Any = None
 
   FROZEN = ("video_ae", "audio_ae", "text_encoder")
 
@@ -46,8 +51,12 @@ class Codecs:
     return {k: v for k, v in params.items() if v is not None}
 
   def bind(self, params: dict[str, Any]) -> "Codecs":
-    return dataclasses.replace(self, **{k: frozen.bind(getattr(self, k), v)
-                                        for k, v in params.items()})
+    """Codecs using `params` (frozen_params()' structure, plus optionally "empties")."""
+    params = dict(params)
+    empties = params.pop("empties", None)
+    bound = dataclasses.replace(self, **{k: frozen.bind(getattr(self, k), v)
+                                         for k, v in params.items()})
+    return bound if empties is None else dataclasses.replace(bound, empties=empties)
 
   def encode_text(self, model, text_ids, text_mask):
     """(embeddings, mask): the frozen encoder, or the model's own trainable one."""
@@ -56,16 +65,67 @@ class Codecs:
     return model.encode_text(text_ids, text_mask)
 
   def empty_video_latent(self, num_frames: int, height: int, width: int) -> jax.Array:
-    return self.video_ae.encode(-jnp.ones((1, num_frames, height, width, 3), jnp.float32))
+    return self._empty("video", (num_frames, height, width))
 
   def empty_audio_latent(self, num_samples: int, channels: int) -> jax.Array:
-    return self.audio_ae.encode(jnp.zeros((1, num_samples, channels), jnp.float32))
+    return self._empty("audio", (num_samples, channels))
+
+  def _empty(self, kind: str, shape: tuple[int, ...]) -> jax.Array:
+    key = empty_key(kind, shape)
+    if isinstance(self.empties, dict):
+      if key not in self.empties:
+        raise KeyError(f"empty {kind} latent of shape {shape} was not precomputed (have "
+                       f"{sorted(self.empties)}): list it with needed_empty_latents")
+      return self.empties[key]
+    if isinstance(self.empties, EmptyLatentRecorder):
+      self.empties.shapes[key] = (kind, shape)
+    return self.compute_empty(kind, shape)
+
+  def compute_empty(self, kind: str, shape: tuple[int, ...]) -> jax.Array:
+    """The latent of a black clip (kind "video", shape (frames, height, width)) or of
+    silence ("audio", (samples, channels)), batch 1."""
+    if kind == "video":
+      return self.video_ae.encode(-jnp.ones((1, *shape, 3), jnp.float32))
+    return self.audio_ae.encode(jnp.zeros((1, *shape), jnp.float32))
 
   def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
     """(T, h, w, C) of the video latent of a clip (the loader's stand-in for sound-only
     latents)."""
     vae = self.video_ae
     return (vae.latent_frames(num_frames), *vae.latent_hw(height, width), vae.latent_channels)
+
+
+def empty_key(kind: str, shape: tuple[int, ...]) -> str:
+  return f"{kind}/{'x'.join(str(int(n)) for n in shape)}"
+
+
+@dataclasses.dataclass
+class EmptyLatentRecorder:
+  """Set as Codecs.empties while tracing for shapes: collects which empty latents a
+  function asks for ({key: (kind, shape)})."""
+  shapes: dict[str, tuple[str, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+
+
+def needed_empty_latents(config, codecs: Codecs, batch: dict, frozen_params,
+                         use_audio: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """The empty latents `training_inputs` asks for on batches shaped like `batch` (arrays or
+  ShapeDtypeStructs): traced for shapes only, nothing runs."""
+  recorder = EmptyLatentRecorder()
+
+  def trace(batch, frozen_params):
+    c = dataclasses.replace(codecs.bind(frozen_params), empties=recorder)
+    return training_inputs(batch, jax.random.key(0), config=config, codecs=c,
+                           use_audio=use_audio)
+
+  jax.eval_shape(trace, batch, frozen_params)
+  return recorder.shapes
+
+
+def compute_empty_latents(codecs: Codecs, frozen_params,
+                          shapes: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+  """{key: latent} for the listed shapes (jit it; `frozen_params` as its argument)."""
+  bound = codecs.bind(frozen_params)
+  return {k: bound.compute_empty(kind, shape) for k, (kind, shape) in shapes.items()}
 
 
 def drop_captions(rng, text, text_mask, null_text, null_mask, rate: float):
@@ -143,6 +203,13 @@ def _text_inputs(rng, batch: dict, codecs: Codecs, dropout: float) -> dict:
   return {"text": text, "text_mask": mask}
 
 
+def _shift(config, z0_v) -> float:
+  """flow.shift for this batch's video size (flow.shift_mode; sampling uses the same rule)."""
+  f, m = config.flow, config.model
+  tokens = fm.video_tokens(z0_v.shape[1:4], m.patch_size_t, m.patch_size)
+  return fm.resolution_shift(f.shift, tokens, mode=f.shift_mode, base_tokens=f.shift_base_tokens)
+
+
 def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
   """Returns (model inputs, loss terms). batch: video (B, F, H, W, 3) in [-1, 1],
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
@@ -165,7 +232,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     z0_v = codecs.video_ae.encode(batch["video"])
     nf, hh, ww = batch["video"].shape[1:4]
   b = z0_v.shape[0]
-  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=f.shift,
+  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=_shift(config, z0_v),
                   logit_mean=f.logit_mean, logit_std=f.logit_std)
   eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
   z0_a = eps_a = keep_a = loss_keep_a = None
@@ -223,7 +290,7 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   z0_v, cond_v, keep_v = refiner_video(video, k_low, refiner=config.refiner,
                                        video_ae=codecs.video_ae)
   b = z0_v.shape[0]
-  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=f.shift,
+  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=_shift(config, z0_v),
                   logit_mean=f.logit_mean, logit_std=f.logit_std)
   eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
   drop_v = ~jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)

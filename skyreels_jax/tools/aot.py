@@ -33,7 +33,7 @@ from skyreels_jax.tasks.examples import make_codecs
 from skyreels_jax.tools.flops import mmdit_train_flops
 from skyreels_jax.train.checkpoint import with_shardings
 from skyreels_jax.train.state import (abstract_state, frozen_shardings, jit_train_step,
-                                      make_optimizer, make_train_step)
+                                      make_optimizer, make_train_step, with_empty_latents)
 
 # HBM per JAX device (a chip; megacore on v4/v5p) by `device_kind`: the abstract devices
 # expose no memory size. v5p and v5e: what XLA reports as available in its OOM message
@@ -94,6 +94,8 @@ def lower_train_step(config, devices):
   batch = abstract_batch(config, mesh, axis_rules)
   frozen_sharding = frozen_shardings(codecs, mesh, axis_rules)
   frozen = with_shardings(codecs.frozen_params(), frozen_sharding)
+  frozen, frozen_sharding = with_empty_latents(config, codecs, batch, frozen, frozen_sharding,
+                                               mesh, mcfg.use_audio, abstract=True)
   step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
   step = jit_train_step(step, shardings, {k: v.sharding for k, v in batch.items()},
                         frozen_sharding)

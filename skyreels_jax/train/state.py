@@ -15,6 +15,7 @@ not retried. The learning-rate schedule follows the optimizer's count of APPLIED
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -26,7 +27,8 @@ from flax import nnx
 from skyreels_jax.diffusion.flow_matching import flow_matching_loss
 from skyreels_jax.models import abstract_model, build_model
 from skyreels_jax.parallel.mesh import state_shardings
-from skyreels_jax.tasks.examples import Codecs, training_inputs
+from skyreels_jax.tasks.examples import (Codecs, compute_empty_latents, needed_empty_latents,
+                                         training_inputs)
 
 
 def lr_schedule(config) -> optax.Schedule:
@@ -194,3 +196,20 @@ def place_frozen(codecs: Codecs, mesh, axis_rules) -> tuple[dict, dict]:
 
   params = codecs.frozen_params()
   return jax.tree.map(place, params, shardings, is_leaf=is_var), shardings
+
+
+def with_empty_latents(config, codecs: Codecs, batch: dict, frozen: dict, frozen_sharding,
+                       mesh, use_audio: bool, *, abstract: bool = False) -> tuple[dict, dict]:
+  """(frozen weights + "empties", their shardings) for batches shaped like `batch`: the
+  empty condition latents (a black clip, silence) the step needs, encoded once here instead
+  of in every step (on every device), replicated. abstract: ShapeDtypeStructs (AOT)."""
+  shapes = needed_empty_latents(config, codecs, batch, frozen, use_audio)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  encode = functools.partial(compute_empty_latents, codecs, shapes=shapes)
+  if abstract:
+    empties = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                           jax.eval_shape(encode, frozen))
+  else:
+    empties = jax.jit(encode, out_shardings=replicated)(frozen)
+  return ({**frozen, "empties": empties},
+          {**frozen_sharding, "empties": {k: replicated for k in shapes}})

@@ -38,7 +38,8 @@ from skyreels_jax.train.events import EventLog
 from skyreels_jax.train.metrics import MetricsWriter
 from skyreels_jax.train.preemption import PreemptionWatch
 from skyreels_jax.train.state import (abstract_state, all_finite, create_state, jit_train_step,
-                                      make_optimizer, make_train_step, place_frozen)
+                                      make_optimizer, make_train_step, place_frozen,
+                                      with_empty_latents)
 
 # Guard counters: not metrics to average or plot per step, read one step behind instead.
 _GUARD_KEYS = ("skipped_steps", "consecutive_skips")
@@ -197,14 +198,17 @@ def train(config, workdir: str, *, restore_step: int | None = None,
     jitted: dict[tuple, Any] = {}
 
     def step_fn(state, batch):
-      """One jitted step per batch structure (image batches have no audio field); jit
-      compiles once per bucket shape within it."""
-      key = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+      """One jitted step (and one set of empty condition latents) per batch shape: a bucket
+      compiles once."""
+      key = tuple(sorted((k, v.shape) for k, v in batch.items()))
       if key not in jitted:
-        jitted[key] = jit_train_step(train_step, shardings, {
+        args, args_sharding = with_empty_latents(config, codecs, batch, frozen,
+                                                 frozen_sharding, mesh, mcfg.use_audio)
+        jitted[key] = args, jit_train_step(train_step, shardings, {
             k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
-            frozen_sharding)
-      return jitted[key](state, _global_batch(batch, mesh, axis_rules), frozen)
+            args_sharding)
+      args, fn = jitted[key]
+      return fn(state, _global_batch(batch, mesh, axis_rules), args)
 
     writer = MetricsWriter(workdir, resume_step=start)
     meta = {"config": json.loads(config.to_json_best_effort()),

@@ -45,15 +45,15 @@ def test_model_timestep_is_the_noise_level_in_thousandths():
 
 # --- Loss.
 
-def test_masked_mse_ignores_kept_positions_and_averages_generated_ones():
+def test_masked_mse_ignores_kept_positions_and_averages_over_the_batch():
   pred, target = normal(6, (3, 4, 2, 2)), normal(7, (3, 4, 2, 2))
   keep = np.zeros((3, 4, 1, 1), np.float32)
   keep[0, 0] = 1.0          # example 0: frame 0 kept
   keep[1, :2] = 1.0         # example 1: frames 0, 1 kept
-  keep[2] = 1.0             # example 2: everything kept -> no loss, not in the average
+  keep[2] = 1.0             # example 2: everything kept -> adds no loss
   loss = float(fm.masked_mse(pred, target, keep))
   err = (pred - target) ** 2
-  expected = np.mean([err[0, 1:].mean(), err[1, 2:].mean()])
+  expected = (err[0, 1:].mean() + err[1, 2:].mean()) / 3
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   # Any prediction where keep = 1 leaves the loss unchanged.
   pred2 = np.where(keep > 0.5, 100.0 + normal(8, pred.shape), pred)
@@ -64,6 +64,18 @@ def test_masked_mse_ignores_kept_positions_and_averages_generated_ones():
   assert abs(float(fm.masked_mse(pred3, target, keep)) - loss) > 1e-3
   # Nothing generated anywhere: zero loss, not NaN.
   assert float(fm.masked_mse(pred, target, np.ones_like(keep))) == 0.0
+
+
+def test_an_examples_weight_does_not_depend_on_its_batch():
+  """The gradient reaching example 0's prediction is the same whether the other examples of
+  its batch generate everything or nothing (e.g. a lone audio example among T2V ones)."""
+  pred, target = normal(20, (4, 6, 3)), normal(21, (4, 6, 3))
+  keep_all = np.zeros((4, 6, 1), np.float32)
+  keep_lone = keep_all.copy()
+  keep_lone[1:] = 1.0       # examples 1-3: nothing to generate
+  grad = lambda keep: np.asarray(jax.grad(fm.masked_mse)(jnp.asarray(pred), target, keep))
+  np.testing.assert_allclose(grad(keep_lone)[0], grad(keep_all)[0], rtol=1e-6)
+  assert np.abs(grad(keep_all)[1:]).max() > 0 and np.abs(grad(keep_lone)[1:]).max() == 0
 
 
 def test_flow_matching_loss_weights_both_streams():
@@ -123,3 +135,18 @@ def test_sampling_times_run_from_noise_to_data():
   ts = np.asarray(fm.sampling_times(10, shift=3.0))
   np.testing.assert_allclose(ts[[0, -1]], [0.0, 1.0], atol=1e-6)
   assert np.all(np.diff(ts) > 0) and np.all(ts <= t + 1e-7) and ts[5] < 0.3
+
+
+def test_resolution_shift_documented_values():
+  """fixed: the configured shift at every size; auto: shift * sqrt(tokens / base tokens)."""
+  assert fm.resolution_shift(3.0, 100_000, mode="fixed", base_tokens=4096) == 3.0
+  assert fm.resolution_shift(2.0, 4096, mode="auto", base_tokens=4096) == pytest.approx(2.0)
+  assert fm.resolution_shift(2.0, 4 * 4096, mode="auto", base_tokens=4096) == pytest.approx(4.0)
+  assert fm.resolution_shift(1.0, 1024, mode="auto", base_tokens=4096) == pytest.approx(0.5)
+  # 720p, 5 s at 16 fps through Wan (21 x 90 x 160 latents, patch 1 x 2 x 2): ~4.3.
+  tokens = fm.video_tokens((21, 90, 160), 1, 2)
+  assert tokens == 75_600
+  assert fm.resolution_shift(1.0, tokens, mode="auto", base_tokens=4096) == pytest.approx(
+      4.296, abs=1e-3)
+  with pytest.raises(ValueError, match="shift_mode"):
+    fm.resolution_shift(1.0, 1, mode="sqrt", base_tokens=1)

@@ -1,6 +1,7 @@
 """ODE solvers (skyreels_jax/diffusion/solvers.py) on flows with known solutions."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,3 +49,16 @@ def test_heun_beats_euler_on_a_curved_flow():
                              solvers.euler(lambda z, t: lam * z, z_init, one), rtol=1e-6)
   with pytest.raises(ValueError, match="solver"):
     solvers.solve("rk4", lambda z, t: z, z_init, times)
+
+
+def test_heun_does_not_evaluate_at_the_end():
+  """N steps: 2N - 1 velocity evaluations (the last step is Euler's), none at t = 1."""
+  seen = []
+
+  def velocity(z, t):
+    jax.debug.callback(lambda t: seen.append(float(t)), t)
+    return -z
+
+  times = jnp.linspace(0.0, 1.0, 5)
+  jax.block_until_ready(jax.jit(lambda z: solvers.heun(velocity, z, times))(jnp.ones(3)))
+  assert len(seen) == 7 and max(seen) == pytest.approx(0.75)

@@ -8,12 +8,16 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from absl import app
+from flax import nnx
 from PIL import Image
 
 from skyreels_jax.sample import conditions as C
+from skyreels_jax.parallel.mesh import make_mesh
+from skyreels_jax.sample import sampler as sampler_lib
 from skyreels_jax.sample import export
 from skyreels_jax.sample import __main__ as cli
 from skyreels_jax.sample.sampler import Sampler
@@ -178,3 +182,60 @@ def test_cli_prompt_file_in_batches_records_seeds(trained_run, tmp_path):
   videos = [export.read_mp4(str(out / f"sample_{i}.mp4"))["video"] for i in range(3)]
   assert all(v.shape[0] == config.data.num_frames for v in videos)
   assert np.abs(videos[0].astype(int) - videos[2].astype(int)).mean() > 1.0
+
+
+def test_kept_positions_follow_the_training_interpolant_at_every_step(trained_run, source,
+                                                                      monkeypatch):
+  """What the model is fed at every solver step (a spy around the real model): at kept
+  positions, video and audio, the interpolant t I + (1 - t) eps that training feeds, with
+  eps the sample's starting noise; elsewhere the solver's own state."""
+  calls = []
+  real_merge = nnx.merge
+
+  class Spy:
+    def __init__(self, model):
+      self._model = model
+
+    def __getattr__(self, name):
+      return getattr(self._model, name)
+
+    def __call__(self, **inputs):
+      jax.debug.callback(lambda *a: calls.append(a), inputs["video"],
+                         inputs["video_timestep"], inputs["audio"])
+      return self._model(**inputs)
+
+  # A new jit, traced with the spy; on one device (a host callback inside a program with
+  # collectives can stall the CPU runtime's device threads).
+  config = sampler_lib.load_run_config(trained_run[0])
+  sampler = Sampler(trained_run[0], config=config,
+                    mesh=make_mesh(config.mesh, devices=jax.devices()[:1]))
+  # Only the sampler's own merge of the whole model (the model merges its layers too).
+  monkeypatch.setattr(sampler_lib.nnx, "merge", lambda graphdef, *a, **k: (
+      Spy(real_merge(graphdef, *a, **k)) if graphdef is sampler.graphdef
+      else real_merge(graphdef, *a, **k)))
+  g = sampler.geometry
+  _, frames, wave = source
+  cond = C.extend(g, 1, sampler.config.data.fps, 1, frames, wave, 3)
+  settings = sampler.settings(num_steps=4, solver="heun")
+  sampler.generate(["a red circle"], condition=cond, seeds=[4], settings=settings)
+  assert len(calls) == 2 * 4 - 1        # Heun: two evaluations a step, one at the last
+  calls = [[np.asarray(x) for x in call] for call in calls]
+  kept_v = cond.keep_v[0] > 0.5
+  kept_a = cond.keep_a[0] > 0.5
+  [(v0, _, a0)] = [c for c in calls if c[1][0] == 1000.0]   # t = 0: the starting noise
+  c_ch = v0.shape[-1] // 2              # Concat(noisy, condition, mask)
+  eps_v, eps_a = v0[0, ..., :c_ch], a0[0, ..., :a0.shape[-1] // 2]
+  seen = set()
+  for video, ts, audio in calls:
+    t = 1.0 - ts[0] / 1000.0
+    seen.add(round(float(t), 4))
+    z, cond_v = video[0, ..., :c_ch], video[0, ..., c_ch:2 * c_ch]
+    want = t * cond_v + (1 - t) * eps_v
+    np.testing.assert_allclose(np.where(kept_v, z, 0), np.where(kept_v, want, 0), atol=1e-5)
+    ca = audio.shape[-1] // 2
+    za, cond_a = audio[0, ..., :ca], audio[0, ..., ca:2 * ca]
+    want_a = t * cond_a + (1 - t) * eps_a
+    np.testing.assert_allclose(np.where(kept_a, za, 0), np.where(kept_a, want_a, 0), atol=1e-5)
+    if t > 0:   # not a copy of the condition where generated
+      assert np.abs(np.where(kept_v, 0, z - want)).mean() > 1e-3
+  assert len(seen) == 4 and min(seen) == 0.0   # t = 0, then three later times

@@ -7,6 +7,7 @@ import pytest
 from configs import tiny
 from skyreels_jax.config import derive, validate
 from skyreels_jax.tasks import VIDEO_TASKS
+from skyreels_jax.tasks import examples
 from skyreels_jax.tasks.examples import make_codecs, training_inputs
 
 B = 4
@@ -195,3 +196,40 @@ def test_image_batches_have_no_audio_stream():
   inputs, terms = fn(batch, jax.random.key(0))
   assert "audio" not in inputs and terms["audio_keep"] is None
   assert inputs["video"].shape[1] == 1
+
+
+def test_training_shift_follows_the_batch_size_in_auto_mode():
+  """flow.shift_mode=auto: the shift of a batch is flow.shift * sqrt(video tokens / base)."""
+  config = tiny.get_config()
+  z0 = np.zeros((2, 8, 8, 8, 4), np.float32)     # 8 x (8/2) x (8/2) = 128 video tokens
+  assert examples._shift(config, z0) == config.flow.shift
+  config.flow.shift_mode, config.flow.shift, config.flow.shift_base_tokens = "auto", 2.0, 32
+  assert examples._shift(config, z0) == pytest.approx(4.0)
+
+
+def test_empty_latents_are_listed_once_and_the_step_uses_the_given_ones():
+  """training_inputs asks for the black clip's and silence's latents; bound precomputed ones
+  (here a sentinel) are what lands in the condition channels, with no encode in the step."""
+  config = config_with(tasks={"i2v": 1.0, "t2av": 0.0}, caption_dropout=0.0)
+  codecs, tokenizer = make_codecs(config)
+  batch = make_batch(config, tokenizer)
+  geom, _ = derive(config)
+  d = config.data
+  shapes = examples.needed_empty_latents(config, codecs, batch, codecs.frozen_params(), True)
+  assert shapes == {
+      f"video/{d.num_frames}x{d.height}x{d.width}": ("video", (d.num_frames, d.height, d.width)),
+      f"audio/{geom.num_samples}x{d.audio_channels}": ("audio", (geom.num_samples,
+                                                                   d.audio_channels))}
+  real = examples.compute_empty_latents(codecs, codecs.frozen_params(), shapes)
+  np.testing.assert_array_equal(real[f"video/{d.num_frames}x{d.height}x{d.width}"],
+                                codecs.empty_video_latent(d.num_frames, d.height, d.width))
+  sentinel = {k: np.full(v.shape, 123.0, np.float32) for k, v in real.items()}
+  bound = codecs.bind({**codecs.frozen_params(), "empties": sentinel})
+  inputs, terms = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=bound,
+                                                       use_audio=True))(batch,
+                                                                        jax.random.key(0))
+  c = geom.video_channels
+  cond, keep = np.asarray(inputs["video"][..., c:2 * c]), np.asarray(inputs["video"][..., -1:])
+  assert np.all(np.where(keep < 0.5, cond, 123.0) == 123.0) and (keep < 0.5).any()
+  with pytest.raises(KeyError, match="was not precomputed"):
+    bound.empty_video_latent(1, d.height, d.width)

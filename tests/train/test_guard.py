@@ -14,7 +14,7 @@ from skyreels_jax.parallel.mesh import batch_sharding, make_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs
 from skyreels_jax.train.events import read_events
 from skyreels_jax.train.state import (all_finite, create_state, jit_train_step, make_optimizer,
-                                      make_train_step, place_frozen)
+                                      make_train_step, place_frozen, with_empty_latents)
 from skyreels_jax.train.trainer import RunHalted, train
 
 # One config for both tests (one compiled step): one skip, then two in a row.
@@ -35,6 +35,9 @@ def test_a_non_finite_step_leaves_the_state_bit_identical(synthetic_data):
   codecs, tokenizer = make_codecs(config)
   frozen, frozen_sharding = place_frozen(codecs, mesh, axis_rules)
   batch = next(make_iterator(config.data, tokenizer=tokenizer, global_batch_size=8, seed=0))
+  # The trainer's program: frozen weights and precomputed empty latents as arguments.
+  frozen, frozen_sharding = with_empty_latents(config, codecs, batch, frozen, frozen_sharding,
+                                               mesh, True)
   batch = {k: jax.device_put(v, batch_sharding(mesh, v.ndim, axis_rules))
            for k, v in batch.items()}
   step = jit_train_step(make_train_step(config, graphdef, codecs, tx, True), shardings,

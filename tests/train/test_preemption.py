@@ -14,7 +14,7 @@ import numpy as np
 
 from conftest import restore_train_state
 from skyreels_jax.train.events import read_events
-from skyreels_jax.train.preemption import EXIT_PREEMPTED
+from skyreels_jax.train.preemption import EXIT_PREEMPTED, PreemptionWatch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
 from run_args import small_run_args  # noqa: E402
@@ -118,3 +118,41 @@ def test_goodput_cli_on_a_missing_run_is_a_usage_error(tmp_path):
                         timeout=120)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().count("\n") == 0 and "events.jsonl" in proc.stderr
+
+
+_SIGNAL_SCRIPT = """
+import os, signal, sys
+from skyreels_jax.train.preemption import PreemptionWatch
+watch = PreemptionWatch()
+os.kill(os.getpid(), signal.SIG{first})
+print("first", watch.signal, watch.reached(1), flush=True)
+if "{arm}" == "arm":
+  watch.arm_second_signal()
+os.kill(os.getpid(), signal.SIG{second})
+print("still running", flush=True)
+"""
+
+
+def _signal_script(first, second, arm=""):
+  return subprocess.run([sys.executable, "-c", _SIGNAL_SCRIPT.format(first=first, second=second,
+                                                                     arm=arm)],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_second_signal_exits_at_once():
+  # Before the save: the first signal is recorded, the second (any of the two) exits.
+  proc = _signal_script("TERM", "INT")
+  assert proc.stdout.splitlines() == [f"first {int(signal.SIGTERM)} True"]
+  assert proc.returncode == 128 + signal.SIGINT
+  # During the save (armed), one more SIGTERM exits.
+  proc = _signal_script("INT", "TERM", arm="arm")
+  assert proc.stdout.splitlines() == [f"first {int(signal.SIGINT)} True"]
+  assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_the_watch_puts_the_previous_handlers_back():
+  before = signal.getsignal(signal.SIGTERM)
+  watch = PreemptionWatch()
+  assert signal.getsignal(signal.SIGTERM) != before and not watch.reached(0)
+  watch.close()
+  assert signal.getsignal(signal.SIGTERM) == before
