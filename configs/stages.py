@@ -62,7 +62,8 @@ def _stage(c, stage: str):
   elif stage == "audio":
     d.resolutions, d.durations = P256, (5.0, 10.0, 15.0)
     d.tasks = dict(t2a=1.0)
-    d.num_audio_refs, d.audio_ref_rate = 43, 0.2   # ~1 s voice / music references
+    # 43 latents: ~2 s of voice / music (21.5 latents/s: 44.1 kHz, Oobleck hop 2048).
+    d.num_audio_refs, d.audio_ref_rate = 43, 0.2
     _weights(c, video=0.0, image=0.0, audio=1.0)
   elif stage in ("joint", "sft1", "sft2"):
     d.resolutions, d.durations = P720 + P1080, (5.0, 10.0, 15.0)
