@@ -1,7 +1,7 @@
 """WORKDIR/events.jsonl: what happened to a run, one JSON line per event, appended by process 0
 and flushed to disk at once (a kill -9 loses at most the line being written).
 
-Kinds (every row has `event`, `t` = unix time, `pid`): start, restore (step, requested),
+Strict JSON: a non-finite float (a skipped step's loss) is null. Kinds (every row has `event`, `t` = unix time, `pid`): start, restore (step, requested),
 fallback (step, error, moved_to), superseded (steps, moved_to), ready (step, startup_s),
 first_step (step, seconds: the compile), progress (step, steps, step_s: on log steps),
 save (step, blocked_s, reason), skipped (step, loss, grad_norm, skipped_steps), preempted
@@ -16,6 +16,8 @@ import time
 
 import jax
 
+from skyreels_jax.train.metrics import json_float
+
 FILENAME = "events.jsonl"
 
 
@@ -28,7 +30,8 @@ class EventLog:
   def log(self, event: str, **fields) -> None:
     if not self.enabled:
       return
-    row = {"event": event, "t": time.time(), "pid": os.getpid(), **fields}
+    row = {"event": event, "t": time.time(), "pid": os.getpid(),
+           **{k: json_float(v) if isinstance(v, float) else v for k, v in fields.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
       f.flush()

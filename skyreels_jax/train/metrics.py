@@ -1,14 +1,22 @@
-"""Run metrics: WORKDIR/metrics.jsonl (one JSON object per logged step), TensorBoard events
-(tensorboardX, no TensorFlow) and a console line. Only process 0 writes."""
+"""Run metrics: WORKDIR/metrics.jsonl (one JSON object per logged step; strict JSON, a
+non-finite value is null), TensorBoard events (tensorboardX, no TensorFlow) and a console
+line. Only process 0 writes."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 
 import jax
+
+
+def json_float(value) -> float | None:
+  """A float for strict JSON: a non-finite value (a skipped step's loss) becomes null."""
+  value = float(value)
+  return value if math.isfinite(value) else None
 
 
 class MetricsWriter:
@@ -43,7 +51,7 @@ class MetricsWriter:
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()},
+    row = {"step": int(step), **{k: json_float(v) for k, v in scalars.items()},
            "time": time.time()}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")

@@ -12,7 +12,8 @@ from conftest import restore_train_state, small_run_config
 from skyreels_jax.data.loader import make_iterator
 from skyreels_jax.parallel.mesh import batch_sharding, make_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs
-from skyreels_jax.train.events import read_events
+from skyreels_jax.train.events import EventLog, read_events
+from skyreels_jax.train.metrics import MetricsWriter
 from skyreels_jax.train.state import (all_finite, create_state, jit_train_step, make_optimizer,
                                       make_train_step, place_frozen, with_empty_latents)
 from skyreels_jax.train.trainer import RunHalted, train
@@ -85,3 +86,15 @@ def test_skipped_steps_are_counted_and_a_run_of_them_halts(synthetic_data, tmp_p
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4]
   state = restore_train_state(workdir, config, 4)
   assert bool(all_finite(state)) and int(state["guard"]["skipped"]) == 1
+
+
+def test_logs_are_strict_json_with_non_finite_values_as_null(tmp_path):
+  writer = MetricsWriter(str(tmp_path))
+  writer.write(3, {"loss": float("nan"), "grad_norm": float("inf"), "lr": 0.5})
+  writer.close()
+  EventLog(str(tmp_path)).log("skipped", step=3, loss=float("nan"), grad_norm=2.0)
+  strict = lambda line: json.loads(line, parse_constant=lambda c: pytest.fail(c))
+  [row] = [strict(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert (row["loss"], row["grad_norm"], row["lr"]) == (None, None, 0.5)
+  [event] = [strict(l) for l in open(tmp_path / "events.jsonl")]
+  assert event["loss"] is None and event["grad_norm"] == 2.0
