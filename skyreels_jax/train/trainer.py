@@ -131,7 +131,8 @@ class _Loop:
                       got["grad_norm"])
     limit = self.config.train.max_skipped_steps
     if consecutive >= limit:
-      raise RunHalted(f"{consecutive} consecutive steps were not finite (steps "
+      why = "not finite" + (" or loss spikes" if self.config.train.loss_spike_factor else "")
+      raise RunHalted(f"{consecutive} consecutive steps were {why} (steps "
                       f"{step - consecutive + 1}-{step}; train.max_skipped_steps={limit}): "
                       f"the run stopped at step {step}; newest checkpoint: "
                       f"{self.ckpt.latest_step()}")

@@ -74,7 +74,8 @@ def test_a_non_finite_step_leaves_the_state_bit_identical(synthetic_data):
 def test_skipped_steps_are_counted_and_a_run_of_them_halts(synthetic_data, tmp_path):
   config = small_run_config(synthetic_data, **GUARDED)
   workdir = str(tmp_path)
-  with pytest.raises(RunHalted, match=r"2 consecutive steps were not finite \(steps 5-6; "
+  with pytest.raises(RunHalted, match=r"2 consecutive steps were not finite or loss spikes "
+                     r"\(steps 5-6; "
                      r"train.max_skipped_steps=2\): the run stopped at step 6"):
     train(config, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
