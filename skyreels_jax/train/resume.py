@@ -33,8 +33,7 @@ class ResumeError(ValueError):
 def _path_str(path) -> str:
   """'a/b/0/value' for dict, sequence and attribute keys alike (orbax's metadata tree has
   dicts where the state has nnx.Variable / optax NamedTuple attributes)."""
-  return "/".join(str(next(getattr(p, a) for a in ("key", "idx", "name") if hasattr(p, a)))
-                  for p in path)
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def shape_mismatch(metadata: Any, abstract: Any, limit: int = 3) -> list[str]:

@@ -283,12 +283,11 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
         events.log("preempted", step=done, signal=watch.signal)
         events.log("exit", step=done, status="preempted")
         return {"step": done, **last, "preempted": True}
-      if done % t.checkpoint_every == 0 or done == total:
-        loop.check_pending()
-        loop.save(done, state, "final" if done == total else "interval")
-      elif due:
-        loop.check_pending()
-        loop.save(done, state, "time")
+      reason = ("final" if done == total else "interval" if done % t.checkpoint_every == 0
+                else "time" if due else None)
+      if reason:
+        loop.check_pending()   # never save past a run of skips that should halt
+        loop.save(done, state, reason)
   loop.check_pending()
   events.log("exit", step=total, status="done")
   return {"step": total, **last, "preempted": False}
