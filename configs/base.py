@@ -188,8 +188,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.refiner.scale = 2               # spatial factor low-res -> target (pixels and latents)
   c.refiner.time_scale = 2          # frame-rate factor (16 -> 32 fps): the low-res clip has
                                     # every time_scale-th target frame
-  c.refiner.keyframes = (0,)        # target frames whose high-res latents are given (the base
-                                    # model's high-res keyframes); kept, no loss
+  c.refiner.num_keyframes = 2       # high-res stills given as their own tokens (the base's
+                                    # keyframes), drawn at random frames in training; must
+                                    # equal the base run's keyframes.count
   # Noise augmentation of the low-res condition, (1 - n) z_low + n eps: keeps the refiner from
   # copying the base model's low-res artefacts; sampling must use the same n.
   c.refiner.noise_low = 0.0

@@ -3,8 +3,10 @@ unchanged (so it can start from tiny weights), trained on super-resolution + fra
 interpolation (skyreels_jax/tasks/refiner.py).
 
 Target clips: 64x64 at 16 fps (tiny doubled in space and frame rate); the low-res input is
-32x32 at 8 fps, tiny's own geometry. 16 target frames (1 s; 8 low-res frames), not 32:
-1024 video tokens per clip (tiny: 256), which still trains on a 2-core CPU.
+32x32 at 8 fps, tiny's own geometry. 32 target frames (2 s, 16 low-res frames): the
+duration of configs/tiny_base.py's output, so the base's 2 keyframes (its frames 0 and 15,
+target frames 0 and 30) fall where this refiner's random training keyframes do
+(sample/cascade.py checks). 2048 video tokens per clip (tiny: 256).
 
   python -m data_pipelines.synthetic --out=D --num_clips=64 --config=configs/tiny_refiner.py
   python -m skyreels_jax.train --config=configs/tiny_refiner.py --workdir=W --config.data.path=D
@@ -19,8 +21,8 @@ def get_config():
   c.refiner.enabled = True
   c.refiner.scale = 2
   c.refiner.time_scale = 2
-  c.refiner.keyframes = (0,)
+  c.refiner.num_keyframes = 2
   c.data.height = c.data.width = 64
   c.data.fps = 16.0
-  c.data.num_frames = 16
+  c.data.num_frames = 32
   return c

@@ -168,7 +168,7 @@ def validate(config, *, abstract: bool = False) -> None:
 
 def _check_refiner(config, abstract: bool = False) -> None:
   """refiner.*: the low-res view of the data clip (tasks/refiner.py) must be a clip the
-  video autoencoder encodes, and the keyframes must be frames of the clip."""
+  video autoencoder encodes, and its keyframes single latent frames."""
   r, d = config.get("refiner"), config.data
   if r is None or not r.enabled:
     return
@@ -178,8 +178,11 @@ def _check_refiner(config, abstract: bool = False) -> None:
   _check(d.height % r.scale == 0 and d.width % r.scale == 0, "refiner.scale",
          f"data {d.height}x{d.width} (the target) does not divide by {r.scale}")
   _check(0.0 <= r.noise_low < 1.0, "refiner.noise_low", "must be in [0, 1)")
-  bad = [k for k in r.keyframes if not (isinstance(k, int) and 0 <= k < d.num_frames)]
-  _check(not bad, "refiner.keyframes", f"{bad} not frame indices in [0, {d.num_frames})")
+  k = r.get("num_keyframes", 0)
+  _check(isinstance(k, int) and 0 <= k <= d.num_frames, "refiner.num_keyframes",
+         f"must be an int in [0, data.num_frames={d.num_frames}], got {k!r}")
+  _check(not k or config.model.patch_size_t == 1, "model.patch_size_t",
+         "refiner keyframes are single latent frames: need 1")
   # The low-res view is cut from each pixel clip: not from latents, nor per bucket.
   _check(d.format == "clips", "data.format", "the refiner trains on clips")
   _check(not d.resolutions and not d.durations, "data.resolutions",

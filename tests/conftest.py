@@ -46,7 +46,7 @@ def small_refiner_config(data_path=""):
   c.data.height = c.data.width = 32
   c.data.num_frames = 8
   c.data.batch_size = 8
-  c.refiner.keyframes = (0, 5)
+  c.refiner.num_keyframes = 2
   c.model.num_dual_blocks, c.model.num_single_blocks = 1, 1
   c.train.steps, c.train.log_every, c.train.checkpoint_every = 2, 1, 1000
   c.optim.warmup_steps = 1

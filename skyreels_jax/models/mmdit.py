@@ -147,8 +147,9 @@ def pad_tokens(x: jax.Array, valid: jax.Array, positions: np.ndarray, multiple: 
   pad = -x.shape[1] % multiple
   if not pad:
     return x, valid, positions
+  pad_positions = np.pad if isinstance(positions, np.ndarray) else jnp.pad
   return (jnp.pad(x, ((0, 0), (0, pad), (0, 0))), jnp.pad(valid, ((0, 0), (0, pad))),
-          np.pad(positions, ((0, pad), (0, 0)), mode="edge"))
+          pad_positions(positions, ((0, pad), (0, 0)), mode="edge"))
 
 
 def _run_layers(layers: nnx.Module, carry, ctx, *, remat: str, scan: bool, num: int):
@@ -197,11 +198,13 @@ class MMDiT(nnx.Module):
     (skyreels_jax.diffusion.flow_matching.model_timestep). Returns (video (B, T, H, W, C),
     audio (B, Ta, Ca) or None).
 
-    Cascade base (SPEC section 5): `keyframes` (B, K, Hk, Wk, 2C+1) are high-res latent
-    frames generated jointly as extra video tokens after the low-res ones, keyframe k at
-    latent frame `keyframe_times[k]` (static) with its spatial positions scaled onto the
-    low-res grid (rope.keyframe_positions). They share the video timestep and the video
-    branch's weights; the output then has a third entry, keyframes (B, K, Hk, Wk, C).
+    Keyframes (SPEC section 5): `keyframes` (B, K, Hk, Wk, 2C+1) are single latent frames
+    as extra video tokens after the video's, keyframe k at token time `keyframe_times[k]`
+    (static ints or a traced (K,) array shared by the batch) with its spatial positions
+    scaled onto the video's grid (rope.keyframe_positions). The cascade base generates
+    them (high-res, noised); the refiner is given them (Concat(k, k, 1), tasks/refiner.py).
+    They share the video timestep and the video branch's weights; the output then has a
+    third entry, keyframes (B, K, Hk, Wk, C).
     """
     cfg = self.cfg
     if audio is not None and not cfg.use_audio:
@@ -240,7 +243,8 @@ class MMDiT(nnx.Module):
                       cfg.video_patch).reshape(b, -1, v_in.shape[-1])
       v_in = jnp.concatenate([v_in, k_in], axis=1)
       v_valid = jnp.concatenate([v_valid, jnp.ones((b, k_in.shape[1]), bool)], axis=1)
-      v_pos = np.concatenate([v_pos, keyframe_positions(keyframe_times, kgrid, (h, w))])
+      v_pos = jnp.concatenate([jnp.asarray(v_pos),
+                               keyframe_positions(keyframe_times, kgrid, (h, w))])
     n_v = v_in.shape[1]
     v_in, v_valid, v_pos = pad_tokens(v_in, v_valid, v_pos, multiple)
     ctx["v_rope"] = rope_cos_sin(v_pos, cfg.rope_axes_dim, cfg.rope_theta)

@@ -54,17 +54,20 @@ def video_positions(grid: Sequence[int], num_ref_frames: int = 0) -> np.ndarray:
   return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=-1)
 
 
-def keyframe_positions(times: Sequence[int], keyframe_grid: Sequence[int],
-                       video_grid: Sequence[int]) -> np.ndarray:
-  """(t, h, w) positions of high-res keyframe tokens (SPEC section 5, [ours]): keyframe k at
-  the time of its token frame `times[k]`, its (Hk, Wk) token grid scaled onto the low-res
-  (H, W) grid, so a keyframe token sits where its pixels are in the low-res frame. (S, 3)."""
+def keyframe_positions(times, keyframe_grid: Sequence[int],
+                       video_grid: Sequence[int]) -> jax.Array:
+  """(t, h, w) positions of keyframe tokens (SPEC section 5, [ours]): keyframe k at the
+  (possibly fractional) token time `times[k]` (static ints or a traced (K,) array), its
+  (Hk, Wk) token grid scaled onto the (H, W) grid of the video stream, so a keyframe token
+  sits where its pixels are in the video's frame. (K * Hk * Wk, 3)."""
   hk, wk = keyframe_grid
   h, w = video_grid
-  tt, hh, ww = np.meshgrid(np.asarray(times, np.float32),
-                           np.arange(hk, dtype=np.float32) * (h / hk),
-                           np.arange(wk, dtype=np.float32) * (w / wk), indexing="ij")
-  return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=-1)
+  times = jnp.asarray(times, jnp.float32)
+  hh, ww = np.meshgrid(np.arange(hk, dtype=np.float32) * (h / hk),
+                       np.arange(wk, dtype=np.float32) * (w / wk), indexing="ij")
+  space = np.stack([hh.ravel(), ww.ravel()], axis=-1)                    # (Hk * Wk, 2)
+  tt = jnp.repeat(times, space.shape[0])[:, None]
+  return jnp.concatenate([tt, jnp.tile(jnp.asarray(space), (times.shape[0], 1))], axis=-1)
 
 
 def audio_positions(num_tokens: int, time_scale: float, num_ref_tokens: int = 0) -> np.ndarray:

@@ -7,10 +7,13 @@ refiner  a run with refiner.enabled (configs/tiny_refiner.py), sampled at the ge
          size), its frame rate x refiner.time_scale, the same duration. The MMDiT takes any
          token grid, so this need not be the geometry the refiner trained at.
 The refiner's condition is the base's low-res latents upsampled onto the target latent grid
-in space and time with the base's keyframe latents swapped in at their frames
-(tasks/refiner.refiner_condition, as in its training); the base's audio is given to it clean
-and kept, so the output's track is the base's. Both runs must share the autoencoders: the
-keyframes and the low-res video are handed over as latents.
+in space and time (tasks/refiner.refiner_condition, as in its training), and the base's
+high-res keyframe latents as the refiner's own keyframe tokens at the RoPE positions of their
+target frames (tasks/refiner.keyframe_positions): the same function of the same inputs as
+in its training, at positions it trained on (checked here: the base's keyframe count is the
+refiner's refiner.num_keyframes, and their target frames lie in its training clips). The
+base's audio is given to it clean and kept, so the output's track is the base's. Both runs
+must share the autoencoders: the keyframes and the low-res video are handed over as latents.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import jax
 import numpy as np
 
 from skyreels_jax.sample.sampler import SampleSettings, Sampler, load_run_config
-from skyreels_jax.tasks.refiner import keyframe_latent_frames, low_res_frames, refiner_condition
+from skyreels_jax.tasks.refiner import keyframe_positions, low_res_frames, refiner_condition
 
 # Settings that must agree for latents to pass from one run to the other.
 _SHARED = (("video_ae", ("kind", "path", "spatial_factor", "temporal_factor")),
@@ -52,11 +55,29 @@ def refiner_geometry_config(base_config, base_geometry, refiner_config):
   frames = (g.num_frames - 1) * ts + 1 if endpoint else g.num_frames * ts
   if low_res_frames(frames, ts) != g.num_frames:
     raise ValueError(f"{frames} target frames have no {g.num_frames}-frame low-res view")
+  _check_keyframes(g, r, int(refiner_config.data.num_frames))
   c = refiner_config.copy_and_resolve_references()
   c.data.height, c.data.width = size
   c.data.num_frames, c.data.fps = frames, float(base_config.data.fps) * ts
   c.data.endpoint_frame = endpoint
   return c
+
+
+def _check_keyframes(base_geometry, r, trained_frames: int) -> None:
+  """The base's keyframes must be what the refiner trained with: as many, at target frames
+  inside its training clips (where its random training keyframes fell)."""
+  made = len(base_geometry.keyframe_frames)
+  count = int(r.get("num_keyframes", 0))
+  if made != count:
+    raise ValueError(f"refiner.num_keyframes={count}: the refiner trained with {count} "
+                     f"keyframes, the base run makes {made} (keyframes.count); train them to "
+                     "match")
+  late = [f * int(r.time_scale) for f in base_geometry.keyframe_frames
+          if f * int(r.time_scale) >= trained_frames]
+  if late:
+    raise ValueError(f"the base's keyframes fall at target frames {late}, past the refiner's "
+                     f"training clips (data.num_frames={trained_frames}): train the refiner "
+                     "on clips as long as the base's output")
 
 
 class Cascade:
@@ -73,8 +94,10 @@ class Cascade:
     self.refiner = Sampler(refiner_workdir, step=refiner_step, config=config,
                            mesh=self.base.mesh)
     r, g = config.refiner, self.base.geometry
-    self.keyframe_times = keyframe_latent_frames(
-        self.refiner.codecs.video_ae, [f * int(r.time_scale) for f in g.keyframe_frames])
+    # The base's keyframes at the refiner's frame rate, and their RoPE positions there.
+    self.keyframe_frames = tuple(f * int(r.time_scale) for f in g.keyframe_frames)
+    self.keyframe_times = np.asarray(keyframe_positions(self.refiner.codecs.video_ae,
+                                                        self.keyframe_frames))
 
   def condition(self, base_out: dict[str, Any], seeds: list[int],
                 high_res=None) -> dict[str, np.ndarray]:
@@ -88,16 +111,16 @@ class Cascade:
       eps = np.stack([np.asarray(jax.random.normal(jax.random.key(s + 7919), z_low.shape[1:]))
                       for s in seeds])
       z_low = (1.0 - n) * z_low + n * eps
-    keyframes = base_out.get("keyframe_latent")
-    cond, keep = refiner_condition(z_low, self.refiner.geometry.video_grid, keyframes,
-                                   self.keyframe_times if keyframes is not None else ())
-    cond, keep = np.asarray(cond), np.asarray(keep)
+    cond, keep = map(np.asarray, refiner_condition(z_low, self.refiner.geometry.video_grid))
     if high_res is not None:
       hi = self.refiner.condition_inputs(high_res, batch=cond.shape[0])
       kept = hi["keep_v"] > 0.5
       cond = np.where(kept, hi["cond_video"], cond)
       keep = np.maximum(keep, hi["keep_v"])
     out = {"cond_latent": cond, "keep_v": keep}
+    if self.keyframe_frames:
+      out["keyframes"] = base_out["keyframe_latent"]
+      out["keyframe_times"] = self.keyframe_times
     if base_out.get("audio_latent") is not None and self.refiner.mcfg.use_audio:
       out["given_audio"] = base_out["audio_latent"]
     return out

@@ -28,6 +28,7 @@ from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings
 from skyreels_jax.tasks.examples import make_codecs
 from skyreels_jax.sample import conditions
 from skyreels_jax.tasks.masks import channel_concat, condition_latent
+from skyreels_jax.tasks.refiner import keyframe_tokens
 from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
 from skyreels_jax.train.state import abstract_state, make_optimizer, place_frozen
 
@@ -126,6 +127,9 @@ class Sampler:
       ones = jnp.ones(given_a.shape[:-1] + (1,))
       fixed["audio"] = two(channel_concat(given_a, given_a, ones))
       fixed["audio_timestep"] = jnp.full((2 * b,), fm.model_timestep(1.0))
+    if "keyframes" in c:    # the cascade refiner's given keyframes (tasks/refiner.py)
+      fixed["keyframes"] = two(keyframe_tokens(c["keyframes"]))
+      fixed["keyframe_times"] = c["keyframe_times"]
     if kf_times:
       empty_k = jnp.broadcast_to(codecs.empty_video_latent(1, *g.keyframe_size), z_k.shape)
       fixed["keyframe_times"] = kf_times
@@ -188,6 +192,9 @@ class Sampler:
     keep_v = wide(cond["keep_v"])
     if "cond_latent" in cond:    # a latent condition given as it is (the cascade refiner's)
       out = {"keep_v": keep_v, "cond_video": wide(cond["cond_latent"])}
+      if "keyframes" in cond:
+        out["keyframes"] = wide(cond["keyframes"])
+        out["keyframe_times"] = jnp.asarray(cond["keyframe_times"], jnp.float32)
     else:
       out = {"keep_v": keep_v,
              "cond_video": wide(condition_latent(codecs.video_ae.encode(cond["frames"]),
@@ -245,7 +252,8 @@ class Sampler:
     latents; a cascade base also uint8 `keyframes` (B, K, Hk, Wk, 3) and their latents.
     seeds: one per prompt (default settings.seed + index). image: shorthand for an
     image-to-video condition (uint8 H x W x 3). latent_condition: the condition as latents,
-    {"cond_latent", "keep_v"[, "given_audio"]} with a batch axis (sample/cascade.py)."""
+    {"cond_latent", "keep_v"[, "given_audio", "keyframes", "keyframe_times"]} with a batch
+    axis (but keyframe_times (K,), shared) (sample/cascade.py)."""
     settings = settings or self.settings()
     if image is not None:
       condition = conditions.image_to_video(self.geometry, self.temporal_factor, image)

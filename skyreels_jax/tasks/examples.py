@@ -21,7 +21,7 @@ from skyreels_jax.models import frozen
 from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent,
                                       sample_task_masks)
 from skyreels_jax.tasks import keyframes as keyframes_lib
-from skyreels_jax.tasks.refiner import refiner_video
+from skyreels_jax.tasks.refiner import keyframe_tokens, refiner_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,8 +278,9 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
 
 def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
   """training_inputs of the cascade refiner (config.refiner.enabled; SPEC section 5 step 2):
-  its own task, no task mixture, no references. Video: Concat(z_t, upsampled low-res +
-  high-res keyframes, keyframe mask) (tasks/refiner.py); loss everywhere but the keyframes.
+  its own task, no task mixture, no references. Video: Concat(z_t, upsampled low-res, 0),
+  loss everywhere, plus the high-res keyframe stills as their own clean tokens
+  (tasks/refiner.py).
   Audio: the base model's track is given, not regenerated: fed clean (t = 1) as its own
   condition with keep = 1 everywhere, so no audio loss; the joint attention still lets the
   refined frames follow the sound (lip and hit timing at the doubled frame rate)."""
@@ -287,8 +288,8 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   k_t, k_ev, k_ea, k_low, k_cap = jax.random.split(rng, 5)
   use_audio = use_audio and "audio" in batch
   video = batch["video"]
-  z0_v, cond_v, keep_v = refiner_video(video, k_low, refiner=config.refiner,
-                                       video_ae=codecs.video_ae)
+  pieces = refiner_video(video, k_low, refiner=config.refiner, video_ae=codecs.video_ae)
+  z0_v, cond_v, keep_v = pieces["z0"], pieces["cond"], pieces["keep"]
   b = z0_v.shape[0]
   t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=_shift(config, z0_v),
                   logit_mean=f.logit_mean, logit_std=f.logit_std)
@@ -297,6 +298,9 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   inputs = {}
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
       z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(*video.shape[1:4]), cond=cond_v)
+  if "keyframes" in pieces:   # given high-res stills: own tokens, clean, no loss
+    inputs["keyframes"] = keyframe_tokens(pieces["keyframes"])
+    inputs["keyframe_times"] = pieces["keyframe_times"]
   inputs.update(_text_inputs(k_cap, batch, codecs, config.data.caption_dropout))
   z0_a = eps_a = loss_keep_a = None
   drop_a = jnp.ones((b,), bool)

@@ -25,7 +25,7 @@ import numpy as np
 
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.tasks.masks import channel_concat
-from skyreels_jax.tasks.refiner import keyframe_latent_frames, low_res_view
+from skyreels_jax.tasks.refiner import keyframe_latent_frames, low_res_view, still_latents
 
 
 def enabled(config) -> bool:
@@ -58,11 +58,8 @@ def low_res(video: jax.Array, keyframes_config) -> jax.Array:
 
 
 def keyframe_latents(video_ae, video: jax.Array, frames: Sequence[int]) -> jax.Array:
-  """(B, K, h, w, C): each high-res frame of `frames` encoded alone (a 1-frame clip)."""
-  b, _, hh, ww, c = video.shape
-  stills = video[:, list(frames)].reshape(b * len(frames), 1, hh, ww, c)
-  z = video_ae.encode(stills)
-  return z.reshape(b, len(frames), *z.shape[2:])
+  """(B, K, h, w, C): each high-res frame of `frames` encoded alone (a still)."""
+  return still_latents(video_ae, video[:, list(frames)])
 
 
 def keyframe_stream(z0: jax.Array, eps: jax.Array, t: jax.Array, drop: jax.Array,

@@ -4,9 +4,18 @@ on this one task; nothing here is a second model.
 
 Video input Concat(V, I, M):
 - V the noisy HIGH-res latent of the target clip;
-- I the LOW-res latents linearly upsampled onto the target latent grid, in space and time,
-  with the base model's high-res keyframe latents swapped in at their latent frames;
-- M = 1 at those keyframe latent frames (given exactly: no loss), 0 elsewhere.
+- I the LOW-res latents linearly upsampled onto the target latent grid, in space and time;
+- M = 0 (every target latent is generated and carries loss).
+
+Keyframes (the base model's high-res stills) are their own video tokens, Concat(k, k, 1)
+like a reference (never noised, no loss), each at the temporal RoPE position of its pixel
+frame, `frame / temporal_factor` (models/mmdit.py `keyframes`). They are not swapped into a
+latent frame: with a causal 4x VAE a latent frame covers 4 pixel frames and a still's latent
+is not theirs. A still is encoded alone, exactly as the base model's keyframes are (one
+latent frame: `still_latents`). In training the `refiner.num_keyframes` frames are drawn at
+random per batch over the clip, so the refiner learns keyframes at any position of a clip
+of its training length; the cascade checks that the base's keyframes fall there
+(sample/cascade.py).
 
 In training the low-res clip is derived from the high-res data clip (`low_res_view`) and
 both are encoded by the run's video VAE, so the condition sees the latents the base model
@@ -29,6 +38,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from skyreels_jax.tasks.masks import channel_concat
 
 
 def low_res_view(video: jax.Array, scale: int, time_scale: int) -> jax.Array:
@@ -83,40 +94,74 @@ def keyframe_latent_frames(video_ae, frames: Sequence[int]) -> tuple[int, ...]:
   frames t*j .. t*j + t - 1, so f // t. Causal is told by one latent decoding to one frame;
   with t = 1 both give f."""
   t = video_ae.temporal_factor
-  causal = video_ae.pixel_shape((1, 1, 1))[0] == 1
+  causal = still_frames(video_ae) == 1
   return tuple(sorted({-(-int(f) // t) if causal else int(f) // t for f in frames}))
 
 
-def refiner_condition(z_low: jax.Array, target_grid: Sequence[int], keyframe_latents: jax.Array,
-                      keyframe_index: Sequence[int]):
-  """(condition latent (B, *target_grid, C), keep mask (B, *target_grid, 1)).
+def still_frames(video_ae) -> int:
+  """Pixel frames of a still image as a clip of one latent frame: 1 for a causal VAE (its
+  first latent is one frame), the temporal factor for a non-causal one (the image repeated)."""
+  return int(video_ae.pixel_shape((1, 1, 1))[0])
 
-  z_low: (B, T_low, h_low, w_low, C) low-res latents; keyframe_latents: (B, K, h, w, C)
-  high-res latent frames placed at target latent frames keyframe_index (K static ints).
-  The condition is the upsampled z_low with the keyframes swapped in; keep = 1 exactly at
-  the keyframe frames."""
+
+def still_latents(video_ae, images: jax.Array) -> jax.Array:
+  """(B, K, H, W, 3) images -> (B, K, h, w, C): each encoded alone as a one-latent-frame clip
+  (a still). Base keyframes, refiner keyframes and image references all use this, in
+  training and at sampling."""
+  b, k = images.shape[:2]
+  clips = jnp.repeat(images.reshape(b * k, 1, *images.shape[2:]), still_frames(video_ae), 1)
+  z = video_ae.encode(clips)
+  return z.reshape(b, k, *z.shape[2:])
+
+
+def keyframe_positions(video_ae, frames) -> jax.Array:
+  """Temporal RoPE positions (latent frame units) of keyframes at pixel `frames` (static
+  ints or a traced array): frame / temporal_factor. Exact for frame 0 and every frame that
+  ends a latent frame of a causal VAE (4j -> j); in between it sits between its neighbours."""
+  return jnp.asarray(frames, jnp.float32) / video_ae.temporal_factor
+
+
+def keyframe_tokens(z_k: jax.Array) -> jax.Array:
+  """The keyframes' model input Concat(k, k, 1): given, clean, kept (as a reference)."""
+  return channel_concat(z_k, z_k, jnp.ones(z_k.shape[:-1] + (1,), z_k.dtype))
+
+
+def draw_keyframe_frames(rng: jax.Array, num_frames: int, count: int) -> jax.Array:
+  """`count` distinct pixel frames of a `num_frames` clip, uniformly at random, sorted: the
+  refiner's training keyframes (one draw per batch: positions are shared by the batch)."""
+  return jnp.sort(jax.random.choice(rng, num_frames, (count,), replace=False))
+
+
+def refiner_condition(z_low: jax.Array, target_grid: Sequence[int]):
+  """(condition latent (B, *target_grid, C), keep mask (B, *target_grid, 1) of zeros): the
+  low-res latents upsampled onto the target grid; every target latent is generated."""
   cond = upsample_latents(z_low, target_grid)
-  keep = np.zeros((z_low.shape[0], *target_grid, 1), np.float32)
-  idx = list(keyframe_index)
-  if idx:
-    cond = cond.at[:, idx].set(keyframe_latents.astype(cond.dtype))
-    keep[:, idx] = 1.0
-  return cond, jnp.asarray(keep)
+  return cond, jnp.zeros((*cond.shape[:-1], 1), cond.dtype)
 
 
-def refiner_video(video: jax.Array, rng: jax.Array, *, refiner, video_ae):
-  """Training's video stream pieces from a high-res clip (B, F, H, W, 3) in [-1, 1]:
-  (target z0, condition latent, keep mask). `refiner` is config.refiner.
+def refiner_video(video: jax.Array, rng: jax.Array, *, refiner, video_ae, frames=None):
+  """Training's video stream pieces from a high-res clip (B, F, H, W, 3) in [-1, 1]: a dict
+  of the target z0, the condition latent and keep mask, and the keyframes (stills of
+  `frames`, default `refiner.num_keyframes` random frames) with their RoPE positions.
+  `refiner` is config.refiner.
 
   refiner.noise_low > 0 augments the low-res latents (before upsampling, not the
   keyframes) to (1 - n) z_low + n eps, the flow-matching path at t = 1 - n: the standard
   cascade trick (noise conditioning augmentation) so the refiner does not copy the base
   model's low-res artefacts; the sampler must feed the same level."""
+  k_noise, k_frames = jax.random.split(rng)
   z0 = video_ae.encode(video)
   z_low = video_ae.encode(low_res_view(video, refiner.scale, refiner.time_scale))
   if refiner.noise_low > 0:
-    eps = jax.random.normal(rng, z_low.shape, z_low.dtype)
+    eps = jax.random.normal(k_noise, z_low.shape, z_low.dtype)
     z_low = (1.0 - refiner.noise_low) * z_low + refiner.noise_low * eps
-  idx = keyframe_latent_frames(video_ae, refiner.keyframes)
-  cond, keep = refiner_condition(z_low, z0.shape[1:4], z0[:, list(idx)], idx)
-  return z0, cond, keep
+  cond, keep = refiner_condition(z_low, z0.shape[1:4])
+  out = dict(z0=z0, cond=cond, keep=keep)
+  count = int(refiner.get("num_keyframes", 0))
+  if frames is None and count:
+    frames = draw_keyframe_frames(k_frames, video.shape[1], count)
+  if frames is not None:
+    frames = jnp.asarray(frames, jnp.int32)
+    out["keyframes"] = still_latents(video_ae, jnp.take(video, frames, axis=1))
+    out["keyframe_times"] = keyframe_positions(video_ae, frames)
+  return out

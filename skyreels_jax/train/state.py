@@ -99,7 +99,9 @@ def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
                                     use_audio=use_audio)
     v_pred, a_pred, *k_pred = model(**inputs)
     keyframes = {}
-    if k_pred:     # the cascade base's high-res keyframes (tasks/keyframes.py)
+    # The cascade base's generated keyframes carry a loss (tasks/keyframes.py); the
+    # refiner's are given (no keyframe_z0) and carry none.
+    if k_pred and "keyframe_z0" in terms:
       keyframes = dict(keyframe_pred=k_pred[0], keyframe_z0=terms["keyframe_z0"],
                        keyframe_eps=terms["keyframe_eps"], keyframe_keep=terms["keyframe_keep"],
                        keyframe_weight=config.keyframes.loss_weight)

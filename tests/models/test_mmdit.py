@@ -339,7 +339,12 @@ def test_keyframe_tokens_are_video_tokens_at_their_time_and_scaled_positions():
   hi = normal(9, (B, 2, 2 * H, 2 * W, 9))
   out = forward_keyframes(g, state, dict(inputs, keyframes=hi), (0, 3))
   assert out[0].shape == (B, T, H, W, 4) and out[2].shape == (B, 2, 2 * H, 2 * W, 4)
-  pos = keyframe_positions((0, 3), (4, 4), (2, 2))
+  # Traced times (the refiner's random training keyframes) give what static ones give.
+  traced = jax.jit(lambda times: nnx.merge(g, state)(**inputs, keyframes=hi,
+                                                    keyframe_times=times))(
+                                                        jnp.asarray([0.0, 3.0]))
+  assert max_diff(traced[0], out[0]) < 1e-5 and max_diff(traced[2], out[2]) < 1e-5
+  pos = np.asarray(keyframe_positions((0, 3), (4, 4), (2, 2)))
   assert pos.shape == (32, 3) and sorted(set(pos[:, 0])) == [0.0, 3.0]
   np.testing.assert_array_equal(np.unique(pos[:, 1]), [0.0, 0.5, 1.0, 1.5])
   with pytest.raises(ValueError, match="patch_size_t=1"):

@@ -36,7 +36,7 @@ def base_config(data_path=""):
 def refiner_config(data_path=""):
   """configs/tiny_refiner.py at test size, 1 s: 32x32 at 16 fps from 16x16 at 8 fps."""
   c = small_refiner_config(data_path)
-  c.data.num_frames, c.refiner.keyframes = 16, (0, 14)
+  c.data.num_frames, c.refiner.num_keyframes = 16, 2
   c.train.checkpoint_every, c.sample.num_steps = 2, 2
   return c
 
@@ -81,14 +81,85 @@ def test_cascade_output_has_the_refiners_geometry_and_the_bases_audio(cascade):
   # One second of sound, the base's track exactly.
   assert out["audio"].shape == base["audio"].shape == (1, 8000, 1)
   np.testing.assert_array_equal(out["audio_latent"], base["audio_latent"])
-  # The keyframe latents are swapped into the refiner's condition unchanged, and kept.
+  # The keyframe latents are handed to the refiner unchanged, as tokens at frames 0 and 14.
   cond = cascade.condition(base, [3])
-  assert cascade.keyframe_times == (0, 14)
-  for k, t in enumerate(cascade.keyframe_times):
-    np.testing.assert_array_equal(cond["cond_latent"][:, t], base["keyframe_latent"][:, k])
-    np.testing.assert_array_equal(out["video_latent"][:, t], base["keyframe_latent"][:, k])
-  keep = cond["keep_v"][0, :, 0, 0, 0]
-  assert keep.tolist() == [1.0 if t in (0, 14) else 0.0 for t in range(16)]
+  assert cascade.keyframe_frames == (0, 14)
+  np.testing.assert_array_equal(cond["keyframe_times"], [0.0, 14.0])
+  np.testing.assert_array_equal(cond["keyframes"], base["keyframe_latent"])
+  assert not cond["keep_v"].any()      # every target latent is generated
+
+
+def test_refiner_keyframe_conditioning_at_sampling_equals_training(runs, cascade, monkeypatch):
+  """For one high-res clip and keyframe frames: what the refiner's model is fed at sampling
+  (a spy around the real model) is what its training builds (tasks/refiner.refiner_video):
+  the upsampled low-res condition, the keyframe stills as Concat(k, k, 1) tokens, their RoPE
+  times."""
+  from flax import nnx
+  from skyreels_jax.sample import sampler as sampler_lib
+  from skyreels_jax.tasks.refiner import keyframe_tokens, low_res_view, refiner_video, still_latents
+  rng = np.random.default_rng(11)
+  clip = rng.uniform(-1, 1, (1, 16, 32, 32, 3)).astype(np.float32)   # the refiner's target
+  vae = cascade.refiner.codecs.video_ae
+  train = jax.tree.map(np.asarray, refiner_video(
+      clip, jax.random.key(0), refiner=cascade.refiner.config.refiner, video_ae=vae,
+      frames=cascade.keyframe_frames))
+  # What the base would hand over for this clip: its low-res view's latents and its own
+  # keyframes (base frames 0 and 7 of the base's high-res clip = target frames 0 and 14).
+  base_clip = clip[:, ::2]
+  base_out = {"video_latent": np.asarray(vae.encode(low_res_view(clip, 2, 2))),
+              "keyframe_latent": np.asarray(still_latents(vae, base_clip[:, [0, 7]])),
+              "audio_latent": rng.normal(size=(1, cascade.base.geometry.audio_length,
+                                               cascade.base.geometry.audio_channels))}
+  cond = cascade.condition(base_out, [0])
+  np.testing.assert_allclose(cond["cond_latent"], train["cond"], atol=1e-6)
+  np.testing.assert_array_equal(cond["keep_v"], train["keep"])
+  np.testing.assert_allclose(cond["keyframes"], train["keyframes"], atol=1e-6)
+  np.testing.assert_array_equal(cond["keyframe_times"], train["keyframe_times"])
+
+  calls = []
+  real_merge = nnx.merge
+  refiner = sampler_lib.Sampler(runs[1], config=cascade.refiner.config,
+                                mesh=make_mesh(cascade.refiner.config.mesh,
+                                               devices=jax.devices()[:1]))
+
+  class Spy:
+    def __init__(self, model):
+      self._model = model
+
+    def __getattr__(self, name):
+      return getattr(self._model, name)
+
+    def __call__(self, **inputs):
+      jax.debug.callback(lambda *a: calls.append(a), inputs["video"], inputs["keyframes"],
+                         inputs["keyframe_times"])
+      return self._model(**inputs)
+
+  monkeypatch.setattr(sampler_lib.nnx, "merge", lambda graphdef, *a, **k: (
+      Spy(real_merge(graphdef, *a, **k)) if graphdef is refiner.graphdef
+      else real_merge(graphdef, *a, **k)))
+  refiner.generate(["x"], seeds=[0], settings=refiner.settings(num_steps=2),
+                   latent_condition=cond)
+  assert len(calls) == 2
+  c = train["z0"].shape[-1]
+  for video, keyframes, times in calls:
+    video, keyframes, times = map(np.asarray, (video, keyframes, times))
+    np.testing.assert_allclose(video[:1, ..., c:], np.concatenate(
+        [train["cond"], train["keep"]], -1), atol=1e-6)
+    np.testing.assert_allclose(keyframes[:1], keyframe_tokens(train["keyframes"]), atol=1e-6)
+    np.testing.assert_array_equal(times, train["keyframe_times"])
+
+
+def test_cascade_rejects_keyframes_the_refiner_did_not_train_on(runs):
+  from skyreels_jax.sample.cascade import refiner_geometry_config
+  from skyreels_jax.sample.sampler import load_run_config
+  base = Sampler(runs[0])
+  config = load_run_config(runs[1])
+  config.refiner.num_keyframes = 3
+  with pytest.raises(ValueError, match="refiner.num_keyframes=3"):
+    refiner_geometry_config(base.config, base.geometry, config)
+  config.refiner.num_keyframes, config.data.num_frames = 2, 8
+  with pytest.raises(ValueError, match=r"target frames \[14\].*data.num_frames=8"):
+    refiner_geometry_config(base.config, base.geometry, config)
 
 
 def test_cascade_cli_writes_the_refiners_mp4(runs, tmp_path):

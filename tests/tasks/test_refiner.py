@@ -9,7 +9,8 @@ from conftest import small_refiner_config
 from configs import tiny_refiner
 from skyreels_jax.config import ConfigError, derive, validate
 from skyreels_jax.tasks.examples import make_codecs, training_inputs
-from skyreels_jax.tasks.refiner import (keyframe_latent_frames, low_res_view, refiner_condition,
+from skyreels_jax.tasks.refiner import (draw_keyframe_frames, keyframe_latent_frames,
+                                        keyframe_positions, low_res_view, refiner_condition,
                                         upsample_latents)
 
 
@@ -29,19 +30,14 @@ def reference_upsample(z, grid):
   return z
 
 
-def test_condition_is_keyframes_exactly_and_linear_upsampling_elsewhere():
+def test_condition_is_linear_upsampling_and_nothing_is_kept():
   rng = np.random.default_rng(0)
   z_low = rng.normal(size=(2, 4, 3, 3, 5)).astype(np.float32)
   grid = (7, 6, 6)
-  keyframes = rng.normal(size=(2, 2, 6, 6, 5)).astype(np.float32)
-  cond, keep = map(np.asarray, refiner_condition(z_low, grid, keyframes, (0, 5)))
+  cond, keep = map(np.asarray, refiner_condition(z_low, grid))
   assert cond.shape == (2, 7, 6, 6, 5) and keep.shape == (2, 7, 6, 6, 1)
-  np.testing.assert_array_equal(cond[:, [0, 5]], keyframes)
-  np.testing.assert_array_equal(keep[:, :, 0, 0, 0], [[1, 0, 0, 0, 0, 1, 0]] * 2)
-  assert set(np.unique(keep)) == {0.0, 1.0} and np.all(keep == keep[:, :, :1, :1])
-  ref = reference_upsample(z_low, grid)
-  others = [1, 2, 3, 4, 6]
-  np.testing.assert_allclose(cond[:, others], ref[:, others], atol=1e-5)
+  assert not keep.any()
+  np.testing.assert_allclose(cond, reference_upsample(z_low, grid), atol=1e-5)
   # Spot numbers: low frame i sits at target frame 2i (align corners, 4 -> 7 frames); target
   # cell 0 clamps to low cell 0, target cell 1 = 3/4 low cell 0 + 1/4 low cell 1 (position
   # 0.25 with half-pixel centres).
@@ -51,12 +47,22 @@ def test_condition_is_keyframes_exactly_and_linear_upsampling_elsewhere():
                              atol=1e-6)
 
 
-def test_scale_one_without_keyframes_is_the_low_res_latent():
+def test_scale_one_is_the_low_res_latent():
   z = np.random.default_rng(1).normal(size=(2, 5, 4, 3, 6)).astype(np.float32)
-  cond, keep = refiner_condition(z, z.shape[1:4], z[:, []], ())
+  cond, _ = refiner_condition(z, z.shape[1:4])
   np.testing.assert_allclose(np.asarray(cond), z, atol=1e-6)
-  assert not np.asarray(keep).any()
   np.testing.assert_allclose(np.asarray(upsample_latents(z, (5, 4, 3))), z, atol=1e-6)
+
+
+def test_keyframe_positions_and_random_training_frames():
+  # frame / temporal factor: exact at frame 0 and at the frames that end a causal latent.
+  np.testing.assert_allclose(np.asarray(keyframe_positions(_CausalVAE(), (0, 4, 6, 16))),
+                             [0.0, 1.0, 1.5, 4.0])
+  draws = np.stack([np.asarray(draw_keyframe_frames(jax.random.key(i), 9, 3))
+                    for i in range(200)])
+  assert all(len(set(d)) == 3 and list(d) == sorted(d) for d in draws)
+  assert set(draws.ravel()) == set(range(9))     # every frame of the clip gets drawn
+  assert draws.min() == 0 and draws.max() == 8
 
 
 def test_low_res_view_subsamples_frames_and_averages_blocks():
@@ -87,7 +93,7 @@ def test_keyframe_pixel_frames_map_to_their_latent_frames():
   assert keyframe_latent_frames(codecs.video_ae, (0, 7, 3)) == (0, 3, 7)
 
 
-def test_training_inputs_feed_noisy_condition_and_keyframe_mask():
+def test_training_inputs_feed_noisy_condition_and_keyframe_tokens():
   config = small_refiner_config()
   config.data.batch_size = 2
   validate(config)
@@ -108,16 +114,22 @@ def test_training_inputs_feed_noisy_condition_and_keyframe_mask():
   z_low = np.asarray(codecs.video_ae.encode(low_res_view(batch["video"], 2, 2)))
   assert z_low.shape == (2, 4, 4, 4, c)
   cond = inputs["video"][..., c:2 * c]
-  np.testing.assert_array_equal(cond[:, [0, 5]], z0[:, [0, 5]])
-  np.testing.assert_allclose(cond[:, [1, 2, 3, 4, 6, 7]],
-                             reference_upsample(z_low, (8, 8, 8))[:, [1, 2, 3, 4, 6, 7]],
-                             atol=1e-5)
-  keep = inputs["video"][..., 2 * c]
-  np.testing.assert_array_equal(keep[:, :, 0, 0], [[1, 0, 0, 0, 0, 1, 0, 0]] * 2)
-  np.testing.assert_array_equal(terms["video_keep"][..., 0], keep)   # no loss at keyframes
+  np.testing.assert_allclose(cond, reference_upsample(z_low, (8, 8, 8)), atol=1e-5)
+  assert not inputs["video"][..., 2 * c].any() and not terms["video_keep"].any()  # loss everywhere
   t = terms["t"][:, None, None, None, None]
   np.testing.assert_allclose(inputs["video"][..., :c], t * z0 + (1 - t) * terms["video_eps"],
                              atol=1e-5)
+  # Keyframes: 2 random frames (tiny: 1 latent frame = 1 pixel frame), each still's latent as
+  # its own clean token Concat(k, k, 1) at RoPE time = its frame.
+  times = inputs["keyframe_times"]
+  frames = times.astype(int)
+  assert times.shape == (2,) and len(set(frames)) == 2 and np.all(times == frames)
+  k = inputs["keyframes"]
+  assert k.shape == (2, 2, 8, 8, 2 * c + 1)
+  np.testing.assert_allclose(k[..., :c], z0[:, frames], atol=1e-6)
+  np.testing.assert_allclose(k[..., c:2 * c], z0[:, frames], atol=1e-6)
+  assert np.all(k[..., 2 * c] == 1)
+  assert "keyframe_z0" not in terms            # given, not generated: no keyframe loss
   # Audio: the base model's track, clean (timestep 0 = t 1), kept whole, no loss.
   ca = geom.audio_channels
   np.testing.assert_allclose(inputs["audio"][..., :ca], terms["audio_z0"], atol=1e-6)
@@ -132,8 +144,8 @@ def test_training_inputs_feed_noisy_condition_and_keyframe_mask():
     ("scale", 32, "refiner.scale"),          # low-res 2x2: below the AE's spatial factor 4
     ("scale", 0, "refiner.scale"),
     ("time_scale", 0, "refiner.time_scale"),
-    ("time_scale", 6, "refiner.time_scale"),  # 3 low-res frames: the 2x temporal AE needs even
-    ("keyframes", (0, 16), "refiner.keyframes"),
+    ("time_scale", 5, "refiner.time_scale"),  # 7 low-res frames: the 2x temporal AE needs even
+    ("num_keyframes", 33, "refiner.num_keyframes"),   # more than the clip's 32 frames
     ("noise_low", 1.0, "refiner.noise_low"),
 ])
 def test_config_errors_name_refiner_fields(field, value, expect):
