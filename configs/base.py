@@ -100,10 +100,14 @@ def get_config() -> ml_collections.ConfigDict:
   # a_extend = keep a prefix (continuation), a_inpaint = regenerate one span.
   c.data.audio_tasks = ml_collections.ConfigDict(dict(none=1.0, a_extend=0.0, a_inpaint=0.0))
   c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
-  c.data.num_video_refs = 0         # prepended reference frames per example (0: none)
-  c.data.num_audio_refs = 0         # prepended reference audio latent frames (0: none)
-  c.data.video_ref_rate = 0.5       # chance that each video reference slot is used
-  c.data.audio_ref_rate = 0.5       # chance that an example gets its audio reference
+  # In-context references (SPEC section 3; skyreels_jax/data/references.py), cut from another
+  # clip of the same source video (records' `source`), augmented. Per example one kind:
+  c.data.refs = ml_collections.ConfigDict(dict(none=1.0, image=0.0, video=0.0))
+  c.data.ref_images = 1             # image references: 1..this many stills
+  c.data.ref_video_frames = 5       # video references: a clip of this many frames
+  c.data.ref_crop_min = 0.7         # augmentation: random crop of >= this share of each side
+  c.data.audio_ref_rate = 0.0       # share of examples given an audio reference
+  c.data.audio_ref_seconds = 2.0    # its length
 
   # --- Flow matching (SPEC section 4): z_t = t*z0 + (1-t)*eps, target z0 - eps.
   c.flow = ml_collections.ConfigDict()

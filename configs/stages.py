@@ -37,7 +37,8 @@ def _weights(c, *, video: float, image: float, audio: float):
 
 def _stage(c, stage: str):
   d = c.data
-  d.num_video_refs = d.num_audio_refs = 0
+  d.refs = dict(none=1.0, image=0.0, video=0.0)
+  d.audio_ref_rate = 0.0
   if stage == "1":
     d.resolutions, d.durations = P256, (2.0,)
     d.tasks = dict(t2v=1.0)
@@ -55,21 +56,25 @@ def _stage(c, stage: str):
   elif stage == "6":
     d.resolutions, d.durations = P480 + P720, (5.0, 10.0)
     d.tasks = dict(t2v=1.0)
-    # Image references (one latent frame) and video references (several): a slot is used
-    # with probability video_ref_rate, so 2 slots at 0.4 give ~20% one-frame, ~16% two-frame.
-    d.num_video_refs, d.video_ref_rate = 2, 0.4
+    # SPEC: 60% T2V without references, 20% with 1-2 image references (stills), 20% with a
+    # video reference (a 17-frame clip: ~1 s, 5 Wan latent frames), each from another clip
+    # of the same source video (data/references.py).
+    d.refs = dict(none=0.6, image=0.2, video=0.2)
+    d.ref_images, d.ref_video_frames = 2, 17
     _weights(c, video=1.0, image=0.0, audio=0.0)
   elif stage == "audio":
     d.resolutions, d.durations = P256, (5.0, 10.0, 15.0)
     d.tasks = dict(t2a=1.0)
-    # 43 latents: ~2 s of voice / music (21.5 latents/s: 44.1 kHz, Oobleck hop 2048).
-    d.num_audio_refs, d.audio_ref_rate = 43, 0.2
+    # 2 s of voice / music from elsewhere in the same source (43 Oobleck latents at 44.1 kHz,
+    # hop 2048).
+    d.audio_ref_rate, d.audio_ref_seconds = 0.2, 2.0
     _weights(c, video=0.0, image=0.0, audio=1.0)
   elif stage in ("joint", "sft1", "sft2"):
     d.resolutions, d.durations = P720 + P1080, (5.0, 10.0, 15.0)
     d.tasks = dict(t2v=0.3, t2av=0.5, t2a=0.2)
-    d.num_video_refs, d.video_ref_rate = 2, 0.2
-    d.num_audio_refs, d.audio_ref_rate = 43, 0.2
+    d.refs = dict(none=0.8, image=0.1, video=0.1)
+    d.ref_images, d.ref_video_frames = 2, 17
+    d.audio_ref_rate, d.audio_ref_seconds = 0.2, 2.0
     _weights(c, video=0.9, image=0.0, audio=0.1)
     c.optim.lr = {"joint": 1e-4, "sft1": 3e-5, "sft2": 1e-5}[stage]
   else:

@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
+from skyreels_jax.data import references
 from skyreels_jax.data.media import AudioTrack, FrameSampler, padded_audio
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
@@ -309,20 +310,20 @@ def process_chunk(task: tuple[int, list[dict[str, Any]], str, dict[str, Any]]) -
   chunk_id, inputs, out, geometry = task
   start_time = time.perf_counter()
   name = chunk_name(chunk_id)
-  writers, counts, skipped, used = {}, {}, [], []
+  writers, counts, skipped, used, sources = {}, {}, [], [], {}
   for inp in inputs:
     kind = media_kind(inp["path"])
     try:
       if inp.get("error") or kind is None:
         raise SkipFile(inp.get("error") or "unsupported file type")
       encoded = [(bucket, records.encode_clip(clip),
-                  clip["kind"] == "video" and clip.get("audio") is None)
+                  clip["kind"] == "video" and clip.get("audio") is None, clip.get("source"))
                  for bucket, clip in _CLIPS_BY_KIND[kind](inp, geometry)]
     except Exception as e:  # pylint: disable=broad-except  # one bad file never stops a run.
       skipped.append(dict(path=inp["rel"], reason=str(e) if isinstance(e, SkipFile)
                           else _short(e)))
       continue
-    for bucket, data, silent in encoded:
+    for bucket, data, silent, source in encoded:
       if bucket not in writers:
         os.makedirs(os.path.join(out, bucket), exist_ok=True)
         writers[bucket] = array_record_module.ArrayRecordWriter(
@@ -330,12 +331,14 @@ def process_chunk(task: tuple[int, list[dict[str, Any]], str, dict[str, Any]]) -
         counts[bucket] = dict(num_records=0, without_audio=0,
                               shard=f"{bucket}/{name}.array_record")
       writers[bucket].write(data)
+      sources.setdefault(bucket, []).append(source)
       counts[bucket]["num_records"] += 1
       counts[bucket]["without_audio"] += int(silent)
     used.append(inp["rel"])
   for bucket, writer in writers.items():
     writer.close()
     final = os.path.join(out, counts[bucket]["shard"])
+    references.write_sidecar(final, sources[bucket])   # for in-context references
     os.replace(final + ".tmp", final)
   marker = dict(chunk=chunk_id, fingerprints=[i["fingerprint"] for i in inputs],
                 geometry=geometry, buckets=counts, used=used, skipped=skipped,
@@ -443,8 +446,8 @@ def _remove_unlisted_shards(out: str, markers: dict[int, dict]) -> None:
   for entry in os.scandir(out):
     if entry.is_dir() and entry.name != CHUNKS_DIR:
       for name in os.listdir(entry.path):
-        if re.fullmatch(r"chunk-\d{5}\.array_record(\.tmp)?", name) and (
-            f"{entry.name}/{name}" not in listed):
+        shard = re.fullmatch(r"(chunk-\d{5}\.array_record)(\.tmp|\.sources\.json)?", name)
+        if shard and f"{entry.name}/{shard.group(1)}" not in listed:
           os.remove(os.path.join(entry.path, name))
 
 

@@ -165,40 +165,54 @@ def _add_tone(audio: np.ndarray, start: float, freq: float, *, pan: float,
 
 
 def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: int = 64,
-                  **geometry) -> dict[str, Any]:
+                  clips_per_source: int = 1, **geometry) -> dict[str, Any]:
   """Writes `num_clips` clips as ArrayRecord shards plus index.json; returns the index.
 
-  Clip i is drawn from `np.random.default_rng([seed, i])`, so the content of a clip does not
-  depend on num_clips or clips_per_shard.
+  Clips come in sources of `clips_per_source` consecutive windows of one longer scene (the
+  records' `source` is `synthetic/SEED/S@start_seconds`, as build_records writes for real
+  videos; the in-context references of data/references.py pair windows of one source).
+  Source s is drawn from `np.random.default_rng([seed, s])`, so a clip's content does not
+  depend on num_clips or clips_per_shard (with one clip per source, clip i is source i).
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from skyreels_jax.data import references  # pylint: disable=g-import-not-at-top
 
   missing = [k for k in GEOMETRY_KEYS if k not in geometry]
   unknown = sorted(set(geometry) - set(GEOMETRY_KEYS))
   if missing or unknown:
     raise ValueError(f"geometry needs exactly {GEOMETRY_KEYS}: missing {missing}, "
                      f"unknown {unknown}")
-  if num_clips <= 0 or clips_per_shard <= 0:
-    raise ValueError(f"num_clips ({num_clips}) and clips_per_shard ({clips_per_shard}) "
-                     "must be positive")
+  if num_clips <= 0 or clips_per_shard <= 0 or clips_per_source <= 0:
+    raise ValueError(f"num_clips ({num_clips}), clips_per_shard ({clips_per_shard}) and "
+                     f"clips_per_source ({clips_per_source}) must be positive")
   os.makedirs(out_dir, exist_ok=True)
   num_shards = -(-num_clips // clips_per_shard)
   shards = []
   num_bounces = 0
+  scene: dict[str, Any] = {}
   for shard in range(num_shards):
     name = f"synthetic-{shard:05d}-of-{num_shards:05d}.array_record"
     writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
     ids = range(shard * clips_per_shard, min(num_clips, (shard + 1) * clips_per_shard))
+    sources = []
     for i in ids:
-      clip = make_clip(np.random.default_rng([seed, i]), **geometry)
+      src, window = divmod(i, clips_per_source)
+      if scene.get("id") != src:
+        long = dict(geometry, num_frames=geometry["num_frames"] * clips_per_source)
+        scene = dict(id=src, clip=make_clip(np.random.default_rng([seed, src]), **long))
+      clip = _window(scene["clip"], window, geometry["num_frames"])
+      clip["source"] = f"synthetic/{seed}/{src}@{window * geometry['num_frames'] / geometry['fps']:.3f}"
+      sources.append(clip["source"])
       num_bounces += len(clip["bounces"])
       writer.write(records.encode_clip(clip))
     writer.close()
+    references.write_sidecar(os.path.join(out_dir, name), sources)
     shards.append(dict(path=name, num_records=len(ids)))
   index = dict(
       schema_version=records.SCHEMA_VERSION,
       num_clips=num_clips,
       seed=seed,
+      clips_per_source=clips_per_source,
       geometry=dict(geometry),
       num_bounces=num_bounces,
       shards=shards,
@@ -206,6 +220,17 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
   with open(os.path.join(out_dir, "index.json"), "w") as f:
     json.dump(index, f, indent=2)
   return index
+
+
+def _window(clip: dict[str, Any], w: int, num_frames: int) -> dict[str, Any]:
+  """Window `w` of `num_frames` frames of a longer clip (its sound and bounces with it)."""
+  fps, rate = clip["fps"], clip["sample_rate"]
+  t0, t1 = w * num_frames / fps, (w + 1) * num_frames / fps
+  a0, a1 = int(round(t0 * rate)), int(round(t1 * rate))
+  bounces = clip["bounces"]
+  return dict(clip, video=clip["video"][w * num_frames:(w + 1) * num_frames],
+              audio=clip["audio"][a0:a1],
+              bounces=(bounces[(bounces >= t0) & (bounces < t1)] - t0).astype(np.float32))
 
 
 def geometry_from_config(data_config) -> dict[str, Any]:
@@ -222,7 +247,8 @@ def _main(argv):
   config = flags.FLAGS.config
   start = time.perf_counter()
   index = write_dataset(flags.FLAGS.out, num_clips=flags.FLAGS.num_clips,
-                        seed=flags.FLAGS.seed, **geometry_from_config(config.data))
+                        seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source,
+                        **geometry_from_config(config.data))
   g = index["geometry"]
   print(f"wrote {index['num_clips']} clips ({index['num_bounces']} bounces) in "
         f"{len(index['shards'])} shards to {flags.FLAGS.out}: {g['num_frames']}x{g['height']}x"
@@ -239,6 +265,8 @@ def _define_flags():
   flags.DEFINE_string("out", None, "Output folder for the ArrayRecord shards.", required=True)
   flags.DEFINE_integer("num_clips", None, "Number of clips to write.", required=True)
   flags.DEFINE_integer("seed", 0, "Data set seed.")
+  flags.DEFINE_integer("clips_per_source", 1, "Consecutive clips cut from one scene (pairs "
+                       "for in-context references, data.refs).")
   config_flags.DEFINE_config_file("config", default_config,
                                   "Config file; clip geometry comes from its `data` section.")
 

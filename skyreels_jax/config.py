@@ -132,10 +132,7 @@ def validate(config, *, abstract: bool = False) -> None:
   _check(all(w >= 0 for w in weights) and sum(weights) > 0, "data.audio_tasks",
          "weights must be >= 0 with a positive sum")
   _check(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", "must be in [0, 1)")
-  for f in ("num_video_refs", "num_audio_refs"):
-    _check(d[f] >= 0, f"data.{f}", "reference counts must be >= 0")
-  for f in ("video_ref_rate", "audio_ref_rate"):
-    _check(0.0 <= d[f] <= 1.0, f"data.{f}", "must be in [0, 1]")
+  _check_references(config)
 
   o, t = config.optim, config.train
   _check(o.lr > 0, "optim.lr", "must be positive")
@@ -164,6 +161,35 @@ def validate(config, *, abstract: bool = False) -> None:
   _check_buckets(config, abstract)
   _check_refiner(config, abstract)
   _check_keyframes(config)
+
+
+def _check_references(config) -> None:
+  """data.refs & co (data/references.py): a mixture, sizes the autoencoders take."""
+  d = config.data
+  unknown = set(d.refs.keys()) - {"none", "image", "video"}
+  _check(not unknown, "data.refs", f"unknown kinds {sorted(unknown)}; known: none, image, "
+         "video")
+  weights = [float(v) for v in d.refs.values()]
+  _check(all(w >= 0 for w in weights) and sum(weights) > 0, "data.refs",
+         "weights must be >= 0 with a positive sum")
+  _check(0.0 <= d.audio_ref_rate <= 1.0, "data.audio_ref_rate", "must be in [0, 1]")
+  _check(0.0 < d.ref_crop_min <= 1.0, "data.ref_crop_min", "must be in (0, 1]")
+  if d.refs.get("image", 0) > 0:
+    _check(isinstance(d.ref_images, int) and d.ref_images >= 1, "data.ref_images",
+           "must be an int >= 1")
+  if d.refs.get("video", 0) > 0:
+    _check(isinstance(d.ref_video_frames, int) and d.ref_video_frames >= 1,
+           "data.ref_video_frames", "must be an int >= 1")
+    vae = autoencoders.build_video(config.video_ae, weights=False, published_if_missing=True)
+    try:
+      vae.latent_frames(d.ref_video_frames)
+    except ValueError as e:
+      raise ConfigError("data.ref_video_frames", str(e)) from None
+  if d.audio_ref_rate > 0:
+    _check(d.audio_ref_seconds > 0, "data.audio_ref_seconds", "must be positive")
+  if d.audio_ref_rate > 0 or any(d.refs.get(k, 0) > 0 for k in ("image", "video")):
+    _check(d.format == "clips", "data.refs", "references are cut from pixel clips: needs "
+           "data.format=clips")
 
 
 def _check_refiner(config, abstract: bool = False) -> None:

@@ -26,7 +26,10 @@ def small_run_config(data_path: str = "", **overrides):
   c.data.num_frames, c.data.height, c.data.width = 8, 16, 16
   c.data.batch_size = 8
   c.data.tasks.i2v = 0.5
-  c.data.num_video_refs, c.data.num_audio_refs = 1, 5
+  # References from the other clip of each source (synthetic_data: 2 clips per source).
+  c.data.refs = dict(none=0.4, image=0.3, video=0.3)
+  c.data.ref_images, c.data.ref_video_frames = 2, 2
+  c.data.audio_ref_rate, c.data.audio_ref_seconds = 0.5, 0.25
   c.model.num_dual_blocks, c.model.num_single_blocks = 1, 1
   c.train.steps, c.train.log_every, c.train.checkpoint_every = 4, 1, 2
   c.optim.warmup_steps = 2
@@ -57,7 +60,8 @@ def small_refiner_config(data_path=""):
 def synthetic_data(tmp_path_factory):
   from data_pipelines.synthetic import geometry_from_config, write_dataset
   out = str(tmp_path_factory.mktemp("synthetic"))
-  write_dataset(out, num_clips=24, seed=0, **geometry_from_config(small_run_config().data))
+  write_dataset(out, num_clips=24, seed=0, clips_per_source=2,
+                **geometry_from_config(small_run_config().data))
   return out
 
 

@@ -55,6 +55,7 @@ import numpy as np
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import latents
 from skyreels_jax.data import records
+from skyreels_jax.data import references
 
 # Stop instead of spinning forever when a data set holds (almost) nothing usable.
 MAX_CONSECUTIVE_BAD_RECORDS = 1000
@@ -136,11 +137,14 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   fmt = data_config.get("format", "clips")
   index = _latent_index(data_config.path, encoders, text_frozen) if fmt == "latents" else None
   per_bucket, counts = {}, {}
+  with_refs = fmt == "clips" and references.enabled(data_config)
   for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards))
-    counts[name] = len(ds)
+    source = grain.sources.ArrayRecordDataSource(shards)
+    counts[name] = len(source)
     if counts[name] == 0:
       continue
+    # With references the stream is of record indices: a reference is another record.
+    ds = grain.MapDataset.range(len(source)) if with_refs else grain.MapDataset.source(source)
     if data_config.shuffle:
       ds = ds.seed(seed + 7919 * i).shuffle()
     ds = ds.repeat(None)
@@ -149,6 +153,10 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
                                    count=process_count)
     if fmt == "latents":
       ds = ds.map(LatentPreprocessor.for_bucket(bucket, index, smallest, video_latent_shape))
+    elif with_refs:
+      ds = ds.random_map(ReferencedClips.for_bucket(bucket, data_config, tokenizer, smallest,
+                                                    source, shards),
+                         seed=seed + 104729 * (i + 1))
     else:
       ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
@@ -320,10 +328,14 @@ class ClipPreprocessor:
   def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
     try:
       clip = records.decode_clip(data)
-      example = self.preprocess(clip)
+      return self.example(clip)
     except records.RecordError as e:
       logging.log_every_n_seconds(logging.WARNING, "Skipping bad record: %s", 10, e)
       return BadRecord(str(e))
+
+  def example(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The model example of a decoded record (RecordError when it does not fit)."""
+    example = self.preprocess(clip)
     text = self.tokenizer(clip["caption"])
     clash = set(text) & set(example)
     if clash:
@@ -361,6 +373,17 @@ class ClipPreprocessor:
     return {"video": video, "audio": audio, "has_video": np.bool_(True),
             "has_audio": np.bool_(has_audio)}
 
+  def full_audio(self, clip: dict[str, Any]) -> np.ndarray | None:
+    """All of a record's sound at this rate and channel count (None: none, or another
+    rate): where audio references are cut."""
+    audio = clip.get("audio")
+    if audio is None or clip["sample_rate"] != self.sample_rate:
+      return None
+    try:
+      return self._channels(audio)
+    except records.RecordError:
+      return None
+
   def _audio(self, clip: dict[str, Any]) -> np.ndarray:
     """The clip's audio at num_samples x audio_channels (a short tail under one frame is
     padded; channels are averaged to mono or mono is repeated)."""
@@ -375,7 +398,9 @@ class ClipPreprocessor:
       if short >= self.sample_rate / self.fps:
         raise records.RecordError(f"audio is {short} samples short of {n}")
       audio = np.pad(audio, ((0, short), (0, 0)))
-    audio = audio[:n]
+    return self._channels(audio[:n])
+
+  def _channels(self, audio: np.ndarray) -> np.ndarray:
     channels = audio.shape[1]
     if channels != self.audio_channels:
       if self.audio_channels == 1:
@@ -386,6 +411,51 @@ class ClipPreprocessor:
         raise records.RecordError(
             f"cannot map {channels} audio channels to {self.audio_channels}")
     return np.ascontiguousarray(audio, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferencedClips:
+  """(record index, rng) -> the ClipPreprocessor example plus its references from another
+  record of the same source video (data/references.py), or a BadRecord."""
+  clips: ClipPreprocessor
+  sampler: references.ReferenceSampler
+  source: Any                        # the bucket's ArrayRecordDataSource
+  partners: tuple[np.ndarray, ...]   # per record: records of its source outside its window
+
+  @classmethod
+  def for_bucket(cls, bucket, data_config, tokenizer, blank_size, source,
+                 shards) -> "ReferencedClips":
+    clips = ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, blank_size)
+    # Sound alone: audio references only; the unused pixel fields match the black stand-in.
+    audio = bucket.kind == "audio"
+    h, w = blank_size if audio else (bucket.height, bucket.width)
+    sampler = references.ReferenceSampler.from_config(
+        data_config, height=h, width=w, num_frames=bucket.num_frames,
+        num_samples=clips.num_samples)
+    if audio:
+      sampler = dataclasses.replace(sampler, mix=(1.0, 0.0, 0.0))
+    duration = bucket.num_frames / float(data_config.fps)
+    partners = references.partner_table(references.read_sources(shards, source), duration)
+    return cls(clips, sampler, source, tuple(partners))
+
+  def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray] | BadRecord:
+    try:
+      clip = records.decode_clip(self.source[index])
+      example = self.clips.example(clip)
+    except records.RecordError as e:
+      logging.log_every_n_seconds(logging.WARNING, "Skipping bad record: %s", 10, e)
+      return BadRecord(str(e))
+    partner = None
+    others = self.partners[index]
+    if len(others):
+      j = int(rng.choice(others))
+      try:
+        partner = records.decode_clip(self.source[j])
+      except records.RecordError as e:   # the example still trains, without this reference
+        logging.log_every_n_seconds(logging.WARNING, "Reference record %d unusable (%s); "
+                                    "its partner trains without a reference", 10, j, e)
+    example.update(self.sampler.sample(rng, clip, partner, self.clips.full_audio))
+    return example
 
 
 class ProcessBlocksMapDataset(grain.MapDataset):

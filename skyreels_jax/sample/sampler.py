@@ -25,10 +25,10 @@ from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.diffusion.guidance import guide
 from skyreels_jax.diffusion.solvers import solve
 from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings
-from skyreels_jax.tasks.examples import make_codecs
+from skyreels_jax.tasks.examples import make_codecs, prepended_refs
 from skyreels_jax.sample import conditions
 from skyreels_jax.tasks.masks import channel_concat, condition_latent
-from skyreels_jax.tasks.refiner import keyframe_tokens
+from skyreels_jax.tasks.refiner import keyframe_tokens, still_latents
 from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
 from skyreels_jax.train.state import abstract_state, make_optimizer, place_frozen
 
@@ -206,19 +206,21 @@ class Sampler:
       out["keep_a"] = wide(cond["keep_a"])
       out["cond_audio"] = wide(condition_latent(codecs.audio_ae.encode(cond["audio"]),
                                                 cond["keep_a"], empty_a))
-    clean = lambda z: channel_concat(z, z, jnp.ones(z.shape[:-1] + (1,)))
+    # References exactly as training encodes them (tasks/examples.py): images as stills,
+    # the clip whole, prepended right-aligned next to the target.
     refs = []
-    if cond.get("ref_images") is not None:   # (N, F1, H, W, 3): N one-latent-frame clips
-      z = codecs.video_ae.encode(cond["ref_images"])
-      refs.append(z.reshape(1, -1, *z.shape[2:]))
+    if cond.get("ref_images") is not None:   # (N, F1, H, W, 3): each image as a short clip
+      refs.append(still_latents(codecs.video_ae, cond["ref_images"][None, :, 0]))
     if cond.get("ref_video") is not None:
       refs.append(codecs.video_ae.encode(cond["ref_video"]))
     if refs:
-      out["video_refs"], out["video_ref_valid"] = _padded_refs(
-          clean(jnp.concatenate(refs, axis=1)), self.mcfg.patch_size_t, batch)
+      z = jnp.concatenate(refs, axis=1)
+      out["video_refs"], out["video_ref_valid"] = map(wide, prepended_refs(
+          z, jnp.ones(z.shape[:2], bool), self.mcfg.patch_size_t))
     if self.mcfg.use_audio and cond.get("audio_ref") is not None:
-      out["audio_refs"], out["audio_ref_valid"] = _padded_refs(
-          clean(codecs.audio_ae.encode(cond["audio_ref"])), self.mcfg.audio_patch_size, batch)
+      z = codecs.audio_ae.encode(cond["audio_ref"])
+      out["audio_refs"], out["audio_ref_valid"] = map(wide, prepended_refs(
+          z, jnp.ones(z.shape[:2], bool), self.mcfg.audio_patch_size))
     return out
 
   def condition_inputs(self, condition, batch: int = 1) -> dict[str, np.ndarray]:
@@ -282,17 +284,6 @@ class Sampler:
       result.update(keyframes=as_uint8(out["keyframes"]),
                     keyframe_latent=as_np(out["keyframe_latent"]))
     return result
-
-
-def _padded_refs(refs: jax.Array, multiple: int, batch: int):
-  """References padded with invalid slots to whole patches, broadcast to the batch."""
-  n = refs.shape[1]
-  pad = -n % multiple
-  if pad:
-    refs = jnp.pad(refs, ((0, 0), (0, pad)) + ((0, 0),) * (refs.ndim - 2))
-  valid = jnp.arange(n + pad) < n
-  return (jnp.broadcast_to(refs, (batch, *refs.shape[1:])),
-          jnp.broadcast_to(valid, (batch, n + pad)))
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

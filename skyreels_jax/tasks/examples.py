@@ -1,9 +1,10 @@
 """From a batch of clips (pixels, waveforms, tokens) to model inputs and loss targets, inside
 jit. One function serves every task: the mixture in `config.data.tasks` picks the masks.
 
-References (SPEC section 3) are taken from the clip itself: `data.num_video_refs` latent
-frames (each slot used with probability `data.video_ref_rate`) and a window of
-`data.num_audio_refs` audio latents (used with probability `data.audio_ref_rate`). They are prepended clean (Concat(ref, ref, 1)), never noised, carry no loss.
+References (SPEC section 3) come from outside the target window: the loader cuts them from
+another clip of the same source video and augments them (data/references.py); here they are
+encoded as at sampling (an image reference is a still: tasks/refiner.still_latents) and
+prepended clean (Concat(ref, ref, 1)), right-aligned next to the target, never noised, no loss.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from skyreels_jax.models import frozen
 from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent,
                                       sample_task_masks)
 from skyreels_jax.tasks import keyframes as keyframes_lib
-from skyreels_jax.tasks.refiner import keyframe_tokens, refiner_video
+from skyreels_jax.tasks.refiner import keyframe_tokens, refiner_video, still_latents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,25 +138,76 @@ def drop_captions(rng, text, text_mask, null_text, null_mask, rate: float):
           jnp.where(like(text_mask), jnp.asarray(null_mask, bool)[None], text_mask))
 
 
-def _video_refs(rng, z0, n: int, rate: float):
-  b, t = z0.shape[:2]
-  k1, k2 = jax.random.split(rng)
-  idx = jax.random.randint(k1, (b, n), 0, t)
-  refs = jnp.take_along_axis(z0, idx[:, :, None, None, None], axis=1)
-  valid = jax.random.bernoulli(k2, rate, (b, n))
-  refs = refs * valid[:, :, None, None, None]
-  return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
+def prepended_refs(z: jax.Array, valid: jax.Array, multiple: int):
+  """(Concat(z, z, 1) with invalid slots zeroed, valid) padded at the FRONT to a multiple of
+  `multiple` slots: valid references sit next to the target (RoPE times -n .. -1), in
+  training and at sampling alike. z (B, S, ..., C), valid (B, S)."""
+  pad = -z.shape[1] % multiple
+  if pad:
+    z = jnp.pad(z, ((0, 0), (pad, 0)) + ((0, 0),) * (z.ndim - 2))
+    valid = jnp.pad(valid, ((0, 0), (pad, 0)))
+  z = z * valid.reshape(valid.shape + (1,) * (z.ndim - 2)).astype(z.dtype)
+  return channel_concat(z, z, jnp.ones(z.shape[:-1] + (1,), z.dtype)), valid
 
 
-def _audio_refs(rng, z0, n: int, rate: float):
-  b, length = z0.shape[:2]
-  k1, k2 = jax.random.split(rng)
-  start = jax.random.randint(k1, (b,), 0, max(length - n, 0) + 1)
-  idx = start[:, None] + jnp.arange(n)[None]
-  refs = jnp.take_along_axis(z0, jnp.minimum(idx, length - 1)[:, :, None], axis=1)
-  valid = jnp.broadcast_to(jax.random.bernoulli(k2, rate, (b, 1)), (b, n))
-  refs = refs * valid[:, :, None]
-  return channel_concat(refs, refs, jnp.ones(refs.shape[:-1] + (1,))), valid
+def _right_align(z: jax.Array, valid: jax.Array, slots: int):
+  pad = slots - z.shape[1]
+  return (jnp.pad(z, ((0, 0), (pad, 0)) + ((0, 0),) * (z.ndim - 2)),
+          jnp.pad(valid, ((0, 0), (pad, 0))))
+
+
+def video_reference_inputs(batch: dict, video_ae, config):
+  """(video_refs, video_ref_valid) from the loader's reference pixels (data/references.py):
+  per example the image stills or the reference clip, whichever it drew, right-aligned in
+  one set of slots; None when config.data.refs draws neither."""
+  mix = dict(config.data.refs)
+  options = []
+  if mix.get("image", 0.0) > 0:
+    z = still_latents(video_ae, batch["ref_images"])
+    n = z.shape[1]
+    options.append((z, jnp.arange(n)[None] >= n - batch["ref_image_count"][:, None]))
+  if mix.get("video", 0.0) > 0:
+    z = video_ae.encode(batch["ref_video"])
+    options.append((z, jnp.broadcast_to(batch["has_ref_video"][:, None], z.shape[:2])))
+  if not options:
+    return None
+  slots = max(z.shape[1] for z, _ in options)
+  options = [_right_align(z, v, slots) for z, v in options]
+  z, valid = options[0]
+  if len(options) == 2:       # an example drew one kind: the clip where it has one
+    use_clip = batch["has_ref_video"]
+    z = jnp.where(use_clip[:, None, None, None, None], options[1][0], z)
+    valid = jnp.where(use_clip[:, None], options[1][1], valid)
+  return prepended_refs(z, valid, config.model.patch_size_t)
+
+
+def reference_slots(config) -> tuple[int, int]:
+  """(video reference latent frames, audio reference latents) a training example carries
+  (padded slots included): for token counts (tools/memory.py, tools/aot.py)."""
+  from skyreels_jax.models import autoencoders
+  d = config.data
+  shapes = dict(weights=False, published_if_missing=True)
+  video_ae = autoencoders.build_video(config.video_ae, **shapes)
+  audio_ae = autoencoders.build_audio(config.audio_ae, d.audio_channels, **shapes)
+  mix = dict(d.refs)
+  video = max([d.ref_images if mix.get("image", 0) > 0 else 0]
+              + [video_ae.latent_frames(d.ref_video_frames) if mix.get("video", 0) > 0
+                 else 0])
+  video += -video % config.model.patch_size_t
+  audio = 0
+  if d.audio_ref_rate > 0:
+    audio = audio_ae.latent_length(int(round(d.audio_ref_seconds * d.sample_rate)))
+    audio += -audio % config.model.audio_patch_size
+  return video, audio
+
+
+def audio_reference_inputs(batch: dict, audio_ae, config):
+  """(audio_refs, audio_ref_valid) from the loader's reference waveforms, or None."""
+  if config.data.audio_ref_rate <= 0 or "ref_audio" not in batch:
+    return None
+  z = audio_ae.encode(batch["ref_audio"])
+  valid = jnp.broadcast_to(batch["has_ref_audio"][:, None], z.shape[:2])
+  return prepended_refs(z, valid, config.model.audio_patch_size)
 
 
 def modality_drops(tasks, batch: dict, use_audio: bool):
@@ -218,13 +270,16 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   if config.get("refiner", {}).get("enabled"):
     return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio)
   d, f = config.data, config.flow
-  k_t, k_ev, k_ea, k_task, k_cap, k_vr, k_ar, k_ek = jax.random.split(rng, 8)
+  k_t, k_ev, k_ea, k_task, k_cap, k_ek = jax.random.split(rng, 6)
   latents = "video_latent" in batch     # data.format = "latents": encoded ahead of time
   use_audio = use_audio and ("audio_latent" if latents else "audio") in batch
   high_res = None
   if keyframes_lib.enabled(config):   # cascade base: the clip is the high-res one
     high_res = batch["video"]
     batch = dict(batch, video=keyframes_lib.low_res(high_res, config.keyframes))
+    for k in ("ref_images", "ref_video"):   # references share the video stream's grid
+      if k in batch:
+        batch[k] = keyframes_lib.low_res(batch[k], config.keyframes)
   if latents:
     z0_v = batch["video_latent"].astype(jnp.float32)
     nf, hh, ww = codecs.video_ae.pixel_shape(z0_v.shape[1:4])
@@ -248,19 +303,19 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
       z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(nf, hh, ww))
   inputs.update(_text_inputs(k_cap, batch, codecs, d.caption_dropout))
-  if d.num_video_refs:
-    inputs["video_refs"], inputs["video_ref_valid"] = _video_refs(k_vr, z0_v, d.num_video_refs,
-                                                                  d.video_ref_rate)
-    inputs["video_ref_valid"] &= ~drop_v[:, None]
+  video_refs = None if latents else video_reference_inputs(batch, codecs.video_ae, config)
+  if video_refs is not None:
+    inputs["video_refs"], valid = video_refs
+    inputs["video_ref_valid"] = valid & ~drop_v[:, None]
   if use_audio:
     samples = codecs.audio_ae.num_samples(z0_a.shape[1]) if latents else batch["audio"].shape[1]
     empty_a = codecs.empty_audio_latent(samples, codecs.audio_ae.channels)
     inputs["audio"], inputs["audio_timestep"], loss_keep_a = _stream(
         z0_a, eps_a, t, keep_a, drop_a, empty_a)
-    if d.num_audio_refs:
-      inputs["audio_refs"], inputs["audio_ref_valid"] = _audio_refs(
-          k_ar, z0_a, d.num_audio_refs, d.audio_ref_rate)
-      inputs["audio_ref_valid"] &= ~drop_a[:, None]
+    audio_refs = None if latents else audio_reference_inputs(batch, codecs.audio_ae, config)
+    if audio_refs is not None:
+      inputs["audio_refs"], valid = audio_refs
+      inputs["audio_ref_valid"] = valid & ~drop_a[:, None]
   terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=loss_keep_v, audio_z0=z0_a,
                audio_eps=eps_a, audio_keep=loss_keep_a, tasks=tasks, t=t,
                drop_video=drop_v, drop_audio=drop_a)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from skyreels_jax.config import ConfigError, derive, hybrid_mesh_shape, validate
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
-from skyreels_jax.tasks.examples import make_codecs
+from skyreels_jax.data import references
+from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.tools.flops import mmdit_train_flops
 from skyreels_jax.train.checkpoint import with_shardings
 from skyreels_jax.train.state import (abstract_state, frozen_shardings, jit_train_step,
@@ -70,6 +71,8 @@ def abstract_batch(config, mesh, axis_rules) -> dict[str, jax.ShapeDtypeStruct]:
   shapes = {"video": ((b, d.num_frames, d.height, d.width, 3), jnp.float32),
             "audio": ((b, geom.num_samples, d.audio_channels), jnp.float32),
             "text_ids": ((b, length), jnp.int32), "text_mask": ((b, length), jnp.bool_)}
+  if references.enabled(d):
+    shapes.update(references.batch_fields(d, b, d.height, d.width))
   return {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sharding(mesh, len(s), axis_rules))
           for k, (s, dt) in shapes.items()}
 
@@ -107,12 +110,13 @@ def analytic_flops(config) -> dict[str, int]:
   """tools/flops.py train FLOPs of the global batch: the whole step, and the same count with
   each scanned block stack taken once (what XLA's cost analysis counts, see below)."""
   geom, mcfg = derive(config, abstract=True)
+  ref_frames, ref_audio = reference_slots(config)
   tokens = dict(batch=config.data.batch_size, video_tokens=geom.video_tokens,
                 audio_tokens=geom.audio_tokens if mcfg.use_audio else 0,
                 text_len=config.text.max_length,
-                video_ref_tokens=config.data.num_video_refs * geom.video_tokens
-                // max(geom.video_grid[0] // mcfg.patch_size_t, 1),
-                audio_ref_tokens=config.data.num_audio_refs // mcfg.audio_patch_size)
+                video_ref_tokens=ref_frames * geom.video_tokens
+                // max(geom.video_grid[0], 1),
+                audio_ref_tokens=ref_audio // mcfg.audio_patch_size)
   once = dataclasses.replace(mcfg, num_dual_blocks=1,
                              num_single_blocks=min(mcfg.num_single_blocks, 1))
   return {"step": mmdit_train_flops(mcfg, **tokens),

@@ -26,6 +26,7 @@ import math
 import jax
 
 from skyreels_jax.config import DTYPES, derive, mesh_shape, num_audio_samples
+from skyreels_jax.tasks.examples import reference_slots
 
 # Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
 # the layer's input (the scan carry, 1) plus what the policy saves. save_dots: fitted to the
@@ -100,9 +101,9 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   cb = DTYPES[m.dtype].dtype.itemsize
   total_params, layer_params = _param_counts(config)
 
-  tokens_per_frame = geom.video_tokens // max(geom.video_grid[0] // m.patch_size_t, 1)
-  sv = geom.video_tokens + d.num_video_refs * tokens_per_frame // m.patch_size_t
-  sa = geom.audio_tokens + d.num_audio_refs // m.audio_patch_size if mcfg.use_audio else 0
+  ref_frames, ref_audio = reference_slots(config)
+  sv = geom.video_tokens + ref_frames * geom.video_tokens // max(geom.video_grid[0], 1)
+  sa = geom.audio_tokens + ref_audio // m.audio_patch_size if mcfg.use_audio else 0
   length = config.text.max_length
   tokens = sv + length + ((sa + length) if mcfg.use_audio else 0)  # both branches' carries
   width, heads, layers = m.width, m.num_heads, m.num_dual_blocks + m.num_single_blocks

@@ -203,8 +203,18 @@ def test_restart_redoes_only_missing_chunks(media, tmp_path):
   assert build_records.build(str(media[0]), str(out), small_data_config(), chunk_size=2) == first
   after = _mtimes(out)
   changed = sorted(p for p in after if after[p] != before.get(p))
-  assert changed == ["24x16x8/chunk-00002.array_record", "_chunks/chunk-00002.json",
-                     "audio_8000/chunk-00002.array_record"]
+  assert changed == ["24x16x8/chunk-00002.array_record",
+                     "24x16x8/chunk-00002.array_record.sources.json", "_chunks/chunk-00002.json",
+                     "audio_8000/chunk-00002.array_record",
+                     "audio_8000/chunk-00002.array_record.sources.json"]
+  # Each shard's sidecar lists its records' sources in order (in-context references).
+  from array_record.python import array_record_module
+  from skyreels_jax.data import records, references
+  for shard in sorted(out.glob("*/chunk-*.array_record")):
+    reader = array_record_module.ArrayRecordReader(str(shard))
+    want = [records.decode_clip(r)["source"] for r in reader.read_all()]
+    reader.close()
+    assert json.loads(open(references.sidecar_path(str(shard))).read()) == want
 
   with pytest.raises(ValueError, match="another geometry"):
     build_records.build(str(media[0]), str(out), small_data_config(fps=4.0), chunk_size=2)

@@ -64,7 +64,9 @@ def test_trains_on_encoded_latents(built, tmp_path):
   assert index["complete"] and index["bad_records"] == 0
   assert index["num_records"] == sum(b["num_records"] for b in
                                      json.load(open(out / "index.json"))["buckets"].values())
-  config = _config(lat, 2, format="latents")   # two buckets alternate: two steps
+  # Two buckets alternate: two steps. References are cut from pixel clips: none here.
+  no_refs = dict(refs=dict(none=1.0), audio_ref_rate=0.0)
+  config = _config(lat, 2, format="latents", **no_refs)
   config.data.bucket_weights = {"16x24x8": 1.0, "audio_8000": 1.0, "24x16x8": 0.0,
                                 "image_16x24": 0.0}
   train(config, str(tmp_path / "run"))
@@ -73,7 +75,7 @@ def test_trains_on_encoded_latents(built, tmp_path):
   assert any(r["loss_video"] == 0.0 and r["loss_audio"] > 0 for r in rows)   # sound alone
   assert any(r["loss_video"] > 0 for r in rows)
   # Latents made by other encoders are refused before training.
-  other = _config(lat, format="latents")
+  other = _config(lat, format="latents", **no_refs)
   other.video_ae.spatial_factor = 2
   with pytest.raises(ValueError, match="spatial_factor"):
     train(other, str(tmp_path / "other"))

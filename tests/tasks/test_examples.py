@@ -6,9 +6,11 @@ import pytest
 
 from configs import tiny
 from skyreels_jax.config import derive, validate
+from skyreels_jax.data import references
 from skyreels_jax.tasks import VIDEO_TASKS
 from skyreels_jax.tasks import examples
 from skyreels_jax.tasks.examples import make_codecs, training_inputs
+from skyreels_jax.tasks.refiner import still_latents
 
 B = 4
 
@@ -29,10 +31,19 @@ def make_batch(config, tokenizer, seed=0):
   texts = ["a red ball <sfx> bounce </sfx>", "rain", "<dialogue> hello there </dialogue>",
            "waves at night"]
   tok = tokenizer.batch(texts[:B])
-  return {
+  batch = {
       "video": rng.uniform(-1, 1, (B, d.num_frames, d.height, d.width, 3)).astype(np.float32),
       "audio": rng.uniform(-1, 1, (B, geom.num_samples, d.audio_channels)).astype(np.float32),
       "text_ids": tok["text_ids"], "text_mask": tok["text_mask"]}
+  if references.enabled(d):   # what the loader adds: other pixels than the target's
+    fields = references.batch_fields(d, B, d.height, d.width)
+    for k, (shape, dtype) in fields.items():
+      batch[k] = rng.uniform(-1, 1, shape).astype(dtype)
+    # Examples 0..3 drew: 2 images, none, a clip, 1 image (+ sound for 0 and 2).
+    batch["ref_image_count"] = np.array([2, 0, 0, 1], np.int32)
+    batch["has_ref_video"] = np.array([False, False, True, False])
+    batch["has_ref_audio"] = np.array([True, False, True, False])
+  return batch
 
 
 def run(config, seed=0):
@@ -47,7 +58,8 @@ def run(config, seed=0):
 @pytest.fixture(scope="module")
 def i2v_with_refs():
   return run(config_with(tasks={"i2v": 1.0, "t2av": 0.0}, caption_dropout=0.0,
-                         num_video_refs=2, num_audio_refs=3))
+                         refs={"none": 0.4, "image": 0.3, "video": 0.3}, ref_images=2,
+                         ref_video_frames=3, audio_ref_rate=0.5, audio_ref_seconds=0.05))
 
 
 def test_inputs_are_concat_of_noisy_condition_and_mask(i2v_with_refs):
@@ -93,33 +105,32 @@ def test_i2v_mixture_keeps_frame_zero(i2v_with_refs):
   np.testing.assert_array_equal(inputs["audio"][..., ca:2 * ca], 0.0)
 
 
-def test_reference_slots(i2v_with_refs):
-  inputs, terms, _, _, geom = i2v_with_refs
+def test_references_are_the_loaders_pixels_encoded_as_at_sampling(i2v_with_refs):
+  """Image references are stills, the clip is encoded whole, each right-aligned in one set
+  of slots next to the target; sound likewise; none of it is the target's latents."""
+  inputs, terms, batch, codecs, geom = i2v_with_refs
   c, ca = geom.video_channels, geom.audio_channels
   refs, valid = inputs["video_refs"], inputs["video_ref_valid"]
-  assert refs.shape == (B, 2, *geom.video_grid[1:], 2 * c + 1) and valid.shape == (B, 2)
-  assert valid.any() and not valid.all()       # slots are valid with probability 1/2
-  z0 = terms["video_z0"]
+  assert refs.shape == (B, 3, *geom.video_grid[1:], 2 * c + 1) and valid.shape == (B, 3)
+  np.testing.assert_array_equal(valid, [[0, 1, 1], [0, 0, 0], [1, 1, 1], [0, 0, 1]])
   np.testing.assert_array_equal(refs[..., 2 * c:], 1.0)              # M = 1: never generated
   np.testing.assert_array_equal(refs[..., :c], refs[..., c:2 * c])    # Concat(ref, ref, 1)
-  for b in range(B):
-    for s in range(2):
-      if valid[b, s]:   # a clean frame of the same clip
-        assert any(np.array_equal(refs[b, s, ..., :c], z0[b, f]) for f in range(z0.shape[1]))
-      else:             # padded slot: zeros
-        np.testing.assert_array_equal(refs[b, s, ..., :2 * c], 0.0)
+  stills = np.asarray(still_latents(codecs.video_ae, batch["ref_images"]))
+  clip = np.asarray(codecs.video_ae.encode(batch["ref_video"]))
+  np.testing.assert_allclose(refs[0, 1:, ..., :c], stills[0], atol=1e-6)
+  np.testing.assert_allclose(refs[3, 2, ..., :c], stills[3, 1], atol=1e-6)
+  np.testing.assert_allclose(refs[2, ..., :c], clip[2], atol=1e-6)
+  np.testing.assert_array_equal(refs[~valid][..., :2 * c], 0.0)      # unused slots: zeros
+  z0 = terms["video_z0"]
+  for b, s in zip(*np.nonzero(valid)):
+    assert not any(np.allclose(refs[b, s, ..., :c], z0[b, f]) for f in range(z0.shape[1]))
   arefs, avalid = inputs["audio_refs"], inputs["audio_ref_valid"]
-  assert arefs.shape == (B, 3, 2 * ca + 1) and avalid.shape == (B, 3)
-  np.testing.assert_array_equal(avalid, avalid[:, :1].repeat(3, 1))   # one window per example
-  assert avalid.any()
-  za = terms["audio_z0"]
-  for b in range(B):
-    if avalid[b, 0]:    # a window of consecutive clean audio latents
-      starts = [s for s in range(za.shape[1] - 2)
-                if np.array_equal(arefs[b, :, :ca], za[b, s:s + 3])]
-      assert len(starts) == 1
-    else:
-      np.testing.assert_array_equal(arefs[b, :, :2 * ca], 0.0)
+  assert arefs.shape[0] == B and avalid.shape == arefs.shape[:2]
+  np.testing.assert_array_equal(avalid, np.broadcast_to(batch["has_ref_audio"][:, None],
+                                                        avalid.shape))
+  za = np.asarray(codecs.audio_ae.encode(batch["ref_audio"]))
+  np.testing.assert_allclose(arefs[0, -za.shape[1]:, :ca], za[0], atol=1e-6)
+  np.testing.assert_array_equal(arefs[1, :, :2 * ca], 0.0)
 
 
 def test_caption_dropout(i2v_with_refs):
@@ -155,11 +166,14 @@ def test_dropped_streams_are_pure_noise_with_no_loss():
   """T2V drops the audio, T2A the video; a clip without sound always drops its audio (and
   a T2A draw on it becomes T2V); a sound-only clip drops its video."""
   config = config_with(tasks={"t2v": 1.0, "t2a": 1.0}, caption_dropout=0.0,
-                       num_video_refs=1, num_audio_refs=2)
+                       refs={"none": 0.0, "image": 1.0}, audio_ref_rate=1.0,
+                       audio_ref_seconds=0.05)
   codecs, tokenizer = make_codecs(config)
   batch = make_batch(config, tokenizer)
   batch["has_audio"] = np.array([True, True, False, True])
   batch["has_video"] = np.array([True, True, True, False])
+  batch["ref_image_count"] = np.ones((B,), np.int32)
+  batch["has_ref_audio"] = np.ones((B,), bool)
   fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs, use_audio=True))
   seen = set()
   for seed in range(6):
