@@ -33,6 +33,12 @@ tokenizer's fields (`text_ids` int32 (B, L), `text_mask` bool (B, L)). By bucket
   audio  sound alone (T2A); `video` is black at the smallest bucket resolution for the
          bucket's duration, has_video False (the train step drops that stream)
 
+With references on (data.refs / data.audio_ref_rate, data/references.py) the stream is of
+record indices and each example also carries reference pixels / sound cut from another
+record of its source video (ref_images, ref_image_count, ref_video, has_ref_video,
+ref_audio, has_ref_audio), drawn with a per-example generator (grain random_map), so the
+draws are as deterministic and resumable as the data order.
+
 Bad records (corrupt bytes, wrong schema version, clips that do not fit the config geometry)
 are logged and dropped. Their running total lives in the iterator's state, so it is saved in
 the checkpoint with the data position; read it with `iterator_stats(it)["bad_records"]`.

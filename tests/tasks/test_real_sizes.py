@@ -44,7 +44,7 @@ def _real(c, root, *, frames, size, fps):
   c.data.num_frames, c.data.height, c.data.width = frames, size, size
   c.data.fps, c.data.sample_rate, c.data.audio_channels = fps, RATE, 1
   c.data.endpoint_frame = True          # 1 + 4k frames: k latent frames of 4 after frame 0
-  c.model.patch_size_t, c.model.audio_patch_size = 1, 2
+  c.model.patch_size_t, c.model.audio_patch_size = 1, 1
   c.train.steps = c.train.checkpoint_every = c.optim.decay_steps = 1
   c.sample.num_steps = 2
   return c
