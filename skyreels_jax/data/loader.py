@@ -11,8 +11,8 @@ same step and a batch always has one shape (one compile per bucket).
   -> seed + shuffle (data.shuffle)              one global order, the same on every process,
                                                 reshuffled every epoch
   -> repeat forever
+  -> decode + preprocess (lazy, in read threads) bad record -> BadRecord marker, not an error
   -> this process's block of each global batch  local i -> global (i // b) * B + p * b + i % b
-  -> decode + preprocess (in read threads)      bad record -> BadRecord marker, not an error
   -> to_iter_dataset
   -> skip BadRecords                            each kept example carries how many it skipped
   -> batch (b = global_batch_size // process_count, drop_remainder)
@@ -154,9 +154,9 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     if data_config.shuffle:
       ds = ds.seed(seed + 7919 * i).shuffle()
     ds = ds.repeat(None)
-    if process_count > 1:
-      ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
-                                   count=process_count)
+    # Preprocessing is lazy (per index), so mapping before the process blocks costs only the
+    # rows this process reads, and a reference draw's generator follows the GLOBAL position:
+    # P processes draw what one process would.
     if fmt == "latents":
       ds = ds.map(LatentPreprocessor.for_bucket(bucket, index, smallest, video_latent_shape))
     elif with_refs:
@@ -165,6 +165,9 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
                          seed=seed + 104729 * (i + 1))
     else:
       ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
+    if process_count > 1:
+      ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
+                                   count=process_count)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
     per_bucket[name] = _SkipBadRecordsIterDataset(it_ds).batch(batch_size, drop_remainder=True)
   if not per_bucket:
