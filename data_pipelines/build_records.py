@@ -37,12 +37,12 @@ from typing import Any, Iterator
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
 from skyreels_jax.data import references
-from skyreels_jax.data.media import AudioTrack, FrameSampler, padded_audio
+from skyreels_jax.data.media import AudioTrack, FrameSampler, cover, padded_audio
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -285,7 +285,7 @@ def image_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
     raise SkipFile(f"cannot open: {_short(e)}") from e
   h, w = buckets_lib.closest_resolution(img.height, img.width,
                                         [tuple(r) for r in geometry["resolutions"]])
-  pixels = np.asarray(ImageOps.fit(img, (w, h), method=Image.Resampling.BICUBIC))
+  pixels = cover(img, h, w)
   yield f"image_{h}x{w}", dict(kind="image", video=pixels[None], fps=geometry["fps"],
                                caption=inp["caption"], source=f"{inp['rel']}@0.000")
 

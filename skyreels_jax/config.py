@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.diffusion.flow_matching import SAMPLERS, SHIFT_MODES
 from skyreels_jax.diffusion.solvers import SOLVERS
 from skyreels_jax.models import autoencoders
@@ -26,14 +27,9 @@ from skyreels_jax.tasks import AUDIO_TASKS, VIDEO_TASKS
 from skyreels_jax.tasks import keyframes as keyframes_lib
 from skyreels_jax.tasks.refiner import low_res_frames
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
-
-
-class ConfigError(ValueError):
-  def __init__(self, field: str, message: str):
-    super().__init__(f"config.{field}: {message}")
-    self.field = field
+# Re-exported: the bottom floor's names, and the mesh arithmetic that lives with the mesh.
+from skyreels_jax.core import DTYPES, MESH_AXES, ConfigError, check as _check  # noqa: F401
+from skyreels_jax.parallel.mesh import hybrid_mesh_shape, mesh_shape  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +54,12 @@ class Geometry:
   keyframe_size: tuple[int, int] = (0, 0)
 
 
-def _check(cond: bool, field: str, message: str):
-  if not cond:
-    raise ConfigError(field, message)
-
-
 def _choice(value, field: str, allowed):
   _check(value in allowed, field, f"{value!r} is not one of {sorted(allowed)}")
 
 
 def num_audio_samples(data) -> int:
-  from skyreels_jax.data.buckets import samples_for_frames  # pylint: disable=g-import-not-at-top
-  return samples_for_frames(data.num_frames, data.fps, data.sample_rate,
+  return buckets_lib.samples_for_frames(data.num_frames, data.fps, data.sample_rate,
                             data.get("endpoint_frame", False))
 
 
@@ -256,7 +246,6 @@ def _check_buckets(config, abstract: bool) -> None:
     frames = float(s) * d.fps
     _check(float(s) > 0 and abs(frames - round(frames)) < 1e-6, "data.durations",
            f"durations must be positive seconds of whole frames at data.fps={d.fps}, got {s!r}")
-  from skyreels_jax.data import buckets as buckets_lib  # pylint: disable=g-import-not-at-top
   all_buckets = buckets_lib.all_buckets(d)
   names = {b.name for b in all_buckets}
   unknown = sorted(set(d.bucket_weights.keys()) - names)
@@ -402,37 +391,6 @@ def attention_spec(config) -> AttentionSpec:
                        head_axis=heads[0] if heads else None,
                        vsa_cube=tuple(int(c) for c in m.get("vsa_cube", (4, 4, 4))),
                        vsa_top_k=int(m.get("vsa_top_k", 0)))
-
-
-def hybrid_mesh_shape(mesh_config, num_devices: int) -> tuple[dict[str, int], dict[str, int]]:
-  """(ici, dcn) sizes per mesh axis. `mesh.<axis>` is the size within one slice (ICI; -1 fills
-  the slice), `mesh.dcn_<axis>` the number of slices along it (DCN); the mesh axis spans
-  both: size = ici * dcn, slice-major. With every dcn_* = 1 this is the single-slice mesh.
-  Errors name the field."""
-  dcn = {a: int(mesh_config.get(f"dcn_{a}", 1)) for a in MESH_AXES}
-  for a, n in dcn.items():
-    _check(n >= 1, f"mesh.dcn_{a}", f"must be >= 1 (a number of slices), got {n}")
-  slices = math.prod(dcn.values())
-  _check(num_devices % slices == 0, "mesh.dcn_*",
-         f"{num_devices} devices do not split into {slices} slices ({dcn})")
-  per_slice = num_devices // slices
-  ici = {a: int(mesh_config[a]) for a in MESH_AXES}
-  fixed = math.prod(s for s in ici.values() if s != -1)
-  fill = [a for a, s in ici.items() if s == -1]
-  where = f" per slice ({slices} slices)" if slices > 1 else ""
-  if fill:
-    _check(per_slice % fixed == 0, f"mesh.{fill[0]}",
-           f"{per_slice} devices{where} do not divide by the other axes' product {fixed}")
-    ici[fill[0]] = per_slice // fixed
-  _check(math.prod(ici.values()) == per_slice, "mesh",
-         f"{ici} uses {math.prod(ici.values())} devices{where}, have {per_slice}")
-  return ici, dcn
-
-
-def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
-  """The mesh axis sizes (ICI x DCN), with -1 resolved to fill the devices."""
-  ici, dcn = hybrid_mesh_shape(mesh_config, num_devices)
-  return {a: ici[a] * dcn[a] for a in MESH_AXES}
 
 
 def count_params(tree: Any) -> int:

@@ -73,8 +73,16 @@ class FrameSampler:
 
   def _pixels(self, frame) -> np.ndarray:
     h, w = self.size
-    image = upright(frame.to_image(), self.rotation)
-    return np.asarray(ImageOps.fit(image, (w, h), method=Image.Resampling.BICUBIC))
+    return cover(upright(frame.to_image(), self.rotation), h, w)
+
+
+def cover(image, height: int, width: int) -> np.ndarray:
+  """Centre-crop to the aspect ratio of (height, width), then resize (bicubic): the one
+  cover-crop of records, sampling conditions and references. `image`: a PIL image or a
+  uint8 (H, W, 3) array; returns uint8 (height, width, 3)."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  return np.asarray(ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC))
 
 
 _TURNS = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270,

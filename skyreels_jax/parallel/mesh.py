@@ -15,7 +15,39 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from skyreels_jax.config import MESH_AXES, ConfigError, hybrid_mesh_shape
+from skyreels_jax.core import MESH_AXES, ConfigError, check
+from skyreels_jax.weights import trees
+
+
+def hybrid_mesh_shape(mesh_config, num_devices: int) -> tuple[dict[str, int], dict[str, int]]:
+  """(ici, dcn) sizes per mesh axis. `mesh.<axis>` is the size within one slice (ICI; -1 fills
+  the slice), `mesh.dcn_<axis>` the number of slices along it (DCN); the mesh axis spans
+  both: size = ici * dcn, slice-major. With every dcn_* = 1 this is the single-slice mesh.
+  Errors name the field."""
+  dcn = {a: int(mesh_config.get(f"dcn_{a}", 1)) for a in MESH_AXES}
+  for a, n in dcn.items():
+    check(n >= 1, f"mesh.dcn_{a}", f"must be >= 1 (a number of slices), got {n}")
+  slices = math.prod(dcn.values())
+  check(num_devices % slices == 0, "mesh.dcn_*",
+         f"{num_devices} devices do not split into {slices} slices ({dcn})")
+  per_slice = num_devices // slices
+  ici = {a: int(mesh_config[a]) for a in MESH_AXES}
+  fixed = math.prod(s for s in ici.values() if s != -1)
+  fill = [a for a, s in ici.items() if s == -1]
+  where = f" per slice ({slices} slices)" if slices > 1 else ""
+  if fill:
+    check(per_slice % fixed == 0, f"mesh.{fill[0]}",
+           f"{per_slice} devices{where} do not divide by the other axes' product {fixed}")
+    ici[fill[0]] = per_slice // fixed
+  check(math.prod(ici.values()) == per_slice, "mesh",
+         f"{ici} uses {math.prod(ici.values())} devices{where}, have {per_slice}")
+  return ici, dcn
+
+
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+  """The mesh axis sizes (ICI x DCN), with -1 resolved to fill the devices."""
+  ici, dcn = hybrid_mesh_shape(mesh_config, num_devices)
+  return {a: ici[a] * dcn[a] for a in MESH_AXES}
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
@@ -101,3 +133,10 @@ def data_parallel_size(mesh: Mesh, axis_rules) -> int:
   spec = logical_to_mesh(("batch",), axis_rules)[0]
   axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
   return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
+def place_tree(tree: Any, mesh: Mesh, axis_rules) -> tuple[Any, Any]:
+  """(tree on the mesh, its shardings): by the leaves' logical axes (the MLLM's embed / mlp
+  / heads, like the MMDiT's), replicated where they have none (the VAEs' convolutions)."""
+  shardings = state_shardings(tree, mesh, axis_rules)
+  return trees.place(tree, shardings), shardings

@@ -22,9 +22,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import av
 import jax
 import numpy as np
+from PIL import Image
 
+from skyreels_jax.data.media import AudioTrack, FrameSampler, cover, padded_audio
 from skyreels_jax.tasks.masks import video_task_mask
 
 TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint")
@@ -179,17 +182,13 @@ def block_prefix(temporal_factor: int):
 # ------------------------------------------------------------------------------ media files
 
 def read_image(path: str, height: int, width: int) -> np.ndarray:
-  from PIL import Image
-  from skyreels_jax.sample.sampler import resize_image
-  return resize_image(np.asarray(Image.open(path).convert("RGB")), height, width)
+  return cover(np.asarray(Image.open(path).convert("RGB")), height, width)
 
 
 def read_mask(path: str, height: int, width: int) -> np.ndarray:
   """Grayscale (H, W) uint8, center-cropped and resized as the video frames are."""
-  from PIL import Image
-  from skyreels_jax.sample.sampler import resize_image
   gray = np.asarray(Image.open(path).convert("L"))
-  return resize_image(np.repeat(gray[..., None], 3, -1), height, width)[..., 0]
+  return cover(np.repeat(gray[..., None], 3, -1), height, width)[..., 0]
 
 
 def read_video(path: str, *, fps: float, height: int, width: int, sample_rate: int,
@@ -197,8 +196,6 @@ def read_video(path: str, *, fps: float, height: int, width: int, sample_rate: i
   """Frames uint8 (n, H, W, 3) at `fps` (nearest frame per time, center-cropped, bicubic) and
   its audio (S, C) at `sample_rate` aligned to the first frame, or None without sound. The
   dataset builder's decoders, so conditions look like training clips."""
-  import av
-  from skyreels_jax.data.media import AudioTrack, FrameSampler, padded_audio
   with av.open(path) as container:
     if not container.streams.video:
       raise ValueError(f"{path}: no video stream")
@@ -228,8 +225,6 @@ def read_video(path: str, *, fps: float, height: int, width: int, sample_rate: i
 
 def read_audio(path: str, *, sample_rate: int, channels: int) -> np.ndarray:
   """(S, C) float32 at `sample_rate` (PyAV's resampler, as for video soundtracks)."""
-  import av
-  from skyreels_jax.data.media import AudioTrack
   with av.open(path) as container:
     if not container.streams.audio:
       raise ValueError(f"{path}: no audio stream")

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,13 +25,14 @@ from skyreels_jax.config import derive, validate
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.diffusion.guidance import guide
 from skyreels_jax.diffusion.solvers import solve
-from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings
+from skyreels_jax.models import abstract_model
+from skyreels_jax.parallel.mesh import make_mesh, place_tree, rules, state_shardings
 from skyreels_jax.tasks.examples import make_codecs, prepended_refs
 from skyreels_jax.sample import conditions
 from skyreels_jax.tasks.masks import channel_concat, condition_latent
 from skyreels_jax.tasks.refiner import keyframe_tokens, still_latents
-from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
-from skyreels_jax.train.state import abstract_state, make_optimizer, place_frozen
+from skyreels_jax.weights import runs
+from skyreels_jax.weights.trees import summary, with_shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,18 +64,15 @@ class Sampler:
     self.geometry, self.mcfg = derive(self.config)
     self.mesh = mesh if mesh is not None else make_mesh(self.config.mesh)
     axis_rules = rules(self.config)
-    ckpt = Checkpointer(workdir, async_save=False)
-    self.step = ckpt.latest_step() if step is None else step
-    if self.step is None:
-      raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-    self.graphdef, abstract = abstract_state(self.config, make_optimizer(self.config))
-    target = with_shardings(abstract["ema"], state_shardings(abstract["ema"], self.mesh,
-                                                            axis_rules))
-    self.params = ckpt.restore_subtree(self.step, "ema", target)
-    ckpt.close()
+    # The EMA params alone, by their logical axes onto this mesh: no optimizer, no trainer.
+    self.graphdef, abstract = nnx.split(abstract_model(self.config), nnx.Param)
+    target = with_shardings(abstract, state_shardings(abstract, self.mesh, axis_rules))
+    self.step, self.params = runs.read(workdir, "ema", target, step=step)
     self.codecs, self.tokenizer = make_codecs(self.config)
     # Frozen encoder / VAE weights are arguments of the sampling program, not constants.
-    self.frozen, _ = place_frozen(self.codecs, self.mesh, axis_rules)
+    self.frozen, _ = place_tree(self.codecs.frozen_params(), self.mesh, axis_rules)
+    logging.info("sampling %s at step %d: EMA %s; frozen %s", workdir, self.step,
+                 summary(self.params), summary(self.frozen))
     self._fn = jax.jit(self._generate, static_argnums=(0,))
     # One program per batch size (the cascade asks once per batch): not a new jit per call.
     self._condition_fn = jax.jit(
@@ -284,17 +283,3 @@ class Sampler:
       result.update(keyframes=as_uint8(out["keyframes"]),
                     keyframe_latent=as_np(out["keyframe_latent"]))
     return result
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Center-crop to the aspect ratio, then resize (Pillow, bicubic) to (height, width)."""
-  from PIL import Image
-  h, w = image.shape[:2]
-  target = width / height
-  if w / h > target:
-    nw = int(round(h * target))
-    image = image[:, (w - nw) // 2:(w - nw) // 2 + nw]
-  else:
-    nh = int(round(w / target))
-    image = image[(h - nh) // 2:(h - nh) // 2 + nh]
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))

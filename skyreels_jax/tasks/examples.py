@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skyreels_jax.core import DTYPES, ConfigError
 from skyreels_jax.diffusion import flow_matching as fm
-from skyreels_jax.models import frozen
+from skyreels_jax.models import autoencoders, frozen, text
 from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent,
                                       sample_task_masks)
 from skyreels_jax.tasks import keyframes as keyframes_lib
@@ -184,7 +185,6 @@ def video_reference_inputs(batch: dict, video_ae, config):
 def reference_slots(config) -> tuple[int, int]:
   """(video reference latent frames, audio reference latents) a training example carries
   (padded slots included): for token counts (tools/memory.py, tools/aot.py)."""
-  from skyreels_jax.models import autoencoders
   d = config.data
   shapes = dict(weights=False, published_if_missing=True)
   video_ae = autoencoders.build_video(config.video_ae, **shapes)
@@ -262,6 +262,15 @@ def _shift(config, z0_v) -> float:
   return fm.resolution_shift(f.shift, tokens, mode=f.shift_mode, base_tokens=f.shift_base_tokens)
 
 
+def _time_and_noise(config, z0_v, k_t, k_eps):
+  """The flow-matching time of each example (flow.*, shifted for this batch's size) and the
+  video noise: one rule for every task, the refiner's included."""
+  f = config.flow
+  t = fm.sample_t(k_t, z0_v.shape[0], sampling=f.timestep_sampling, shift=_shift(config, z0_v),
+                  logit_mean=f.logit_mean, logit_std=f.logit_std)
+  return t, jax.random.normal(k_eps, z0_v.shape, z0_v.dtype)
+
+
 def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
   """Returns (model inputs, loss terms). batch: video (B, F, H, W, 3) in [-1, 1],
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
@@ -269,7 +278,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   video_latent (B, T, h, w, C) and audio_latent (B, Ta, Ca) in place of video and audio."""
   if config.get("refiner", {}).get("enabled"):
     return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio)
-  d, f = config.data, config.flow
+  d = config.data
   k_t, k_ev, k_ea, k_task, k_cap, k_ek = jax.random.split(rng, 6)
   latents = "video_latent" in batch     # data.format = "latents": encoded ahead of time
   use_audio = use_audio and ("audio_latent" if latents else "audio") in batch
@@ -287,9 +296,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     z0_v = codecs.video_ae.encode(batch["video"])
     nf, hh, ww = batch["video"].shape[1:4]
   b = z0_v.shape[0]
-  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=_shift(config, z0_v),
-                  logit_mean=f.logit_mean, logit_std=f.logit_std)
-  eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
+  t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev)
   z0_a = eps_a = keep_a = loss_keep_a = None
   if use_audio:
     z0_a = (batch["audio_latent"].astype(jnp.float32) if latents
@@ -339,16 +346,13 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   Audio: the base model's track is given, not regenerated: fed clean (t = 1) as its own
   condition with keep = 1 everywhere, so no audio loss; the joint attention still lets the
   refined frames follow the sound (lip and hit timing at the doubled frame rate)."""
-  f = config.flow
   k_t, k_ev, k_ea, k_low, k_cap = jax.random.split(rng, 5)
   use_audio = use_audio and "audio" in batch
   video = batch["video"]
   pieces = refiner_video(video, k_low, refiner=config.refiner, video_ae=codecs.video_ae)
   z0_v, cond_v, keep_v = pieces["z0"], pieces["cond"], pieces["keep"]
   b = z0_v.shape[0]
-  t = fm.sample_t(k_t, b, sampling=f.timestep_sampling, shift=_shift(config, z0_v),
-                  logit_mean=f.logit_mean, logit_std=f.logit_std)
-  eps_v = jax.random.normal(k_ev, z0_v.shape, z0_v.dtype)
+  t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev)
   drop_v = ~jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)
   inputs = {}
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
@@ -376,7 +380,6 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
 
 def text_trainable(config) -> bool:
   """Whether the config's text encoder trains with the model (else it is frozen)."""
-  from skyreels_jax.models import text
   return config.text.kind in text.TRAINABLE_KINDS
 
 
@@ -390,8 +393,6 @@ def make_codecs(config, *, abstract: bool = False,
   text_encoder: False leaves a frozen text encoder's weights unread (training on
     precomputed embeddings).
   Missing or wrong checkpoint folders are ConfigErrors naming the `path` field."""
-  from skyreels_jax.config import DTYPES, ConfigError
-  from skyreels_jax.models import autoencoders, text
   load = dict(weights=not abstract, published_if_missing=abstract)
   dtype = DTYPES[config.model.dtype]
   components = {}
@@ -412,8 +413,7 @@ def make_codecs(config, *, abstract: bool = False,
     null = {"text_ids": np.zeros((length,), np.int32), "text_mask": np.zeros((length,), bool)}
   frozen_text = None
   if not spec.trainable and text_encoder:
-    from skyreels_jax.models.text import FrozenTextEncoder
-    frozen_text = FrozenTextEncoder(spec.make_encoder(nnx.Rngs(0)))
+    frozen_text = text.FrozenTextEncoder(spec.make_encoder(nnx.Rngs(0)))
   codecs = Codecs(components["video_ae"], components["audio_ae"],
                   jnp.asarray(null["text_ids"]), jnp.asarray(null["text_mask"]),
                   text_encoder=frozen_text)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from skyreels_jax.config import ConfigError, derive, mesh_shape, validate
 from skyreels_jax.models.attention import SEQUENCE_PARALLEL
+from skyreels_jax.tools import aot
 from skyreels_jax.tools.memory import train_memory_bytes
 
 # What the result keeps of each compile's report (tools/aot.py): enough to see where XLA and
@@ -118,7 +119,6 @@ def max_sequence(config, *, height: int, width: int, num_devices: int, hbm_bytes
 def _compile_child(conn, config, topology: str):
   import jax
   jax.config.update("jax_platforms", "cpu")
-  from skyreels_jax.tools import aot
   try:
     conn.send(aot.compile_report(config, topology))
   except Exception as e:  # pylint: disable=broad-except
@@ -156,7 +156,6 @@ def check_flags(topology: str, analytic_only: bool, num_devices: int, hbm_gib: f
 def main(_):
   import jax
   from absl import app, flags
-  from skyreels_jax.tools import aot
   f = flags.FLAGS
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")

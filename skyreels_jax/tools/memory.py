@@ -26,7 +26,9 @@ import math
 import jax
 
 from skyreels_jax.config import DTYPES, derive, mesh_shape, num_audio_samples
-from skyreels_jax.tasks.examples import reference_slots
+from skyreels_jax.models import abstract_model
+from skyreels_jax.parallel.mesh import logical_to_mesh, rules
+from skyreels_jax.tasks.examples import make_codecs, reference_slots
 
 # Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
 # the layer's input (the scan carry, 1) plus what the policy saves. save_dots: fitted to the
@@ -58,7 +60,6 @@ def _attention_scores(impl: str, heads: int, sizes: dict, lengths) -> float:
 def _param_counts(config) -> tuple[int, int]:
   """(all parameters, parameters of the largest joint layer)."""
   from flax import nnx
-  from skyreels_jax.models import abstract_model
   params = nnx.state(abstract_model(config), nnx.Param)
   total, layer = 0, {"dual_layers": 0, "single_layers": 0}
   for path, leaf in nnx.to_flat_state(params):
@@ -73,8 +74,6 @@ def _param_counts(config) -> tuple[int, int]:
 def _frozen_bytes(config, sizes: dict) -> float:
   """Per-device bytes of the frozen weights under the config's logical rules."""
   from flax import nnx
-  from skyreels_jax.parallel.mesh import logical_to_mesh, rules
-  from skyreels_jax.tasks.examples import make_codecs
   codecs, _ = make_codecs(config, abstract=True)
   total = 0.0
   leaves = jax.tree.leaves(codecs.frozen_params(), is_leaf=lambda x: isinstance(x, nnx.Variable))

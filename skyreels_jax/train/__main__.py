@@ -52,7 +52,7 @@ def main(argv):
   import jax
   from skyreels_jax import runtime
   from skyreels_jax.config import ConfigError
-  from skyreels_jax.tools import goodput
+  from skyreels_jax.train import goodput
   from skyreels_jax.train.preemption import EXIT_PREEMPTED
   from skyreels_jax.train.resume import ResumeError
   from skyreels_jax.train.trainer import RunHalted, train

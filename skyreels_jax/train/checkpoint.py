@@ -20,33 +20,10 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 
-
-def _array_registry():
-  """Default handlers, but replicated arrays are written from one replica: orbax's
-  replica-parallel path jit-compiles a slice per array shape (hundreds of compiles at the
-  first save of a replicated model) for a speed-up that only matters at pod scale."""
-  from orbax.checkpoint._src.serialization import type_handler_registry as registry
-  handlers = [(ty, ocp.type_handlers.ArrayHandler(use_replica_parallel=False))
-              if ty is jax.Array else (ty, h) for ty, h in registry._DEFAULT_TYPE_HANDLERS]
-  return registry.create_type_handler_registry(*handlers)
-
-
-def _restore_args(abstract: Any) -> Any:
-  return jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
-                                                     dtype=x.dtype), abstract)
-
-
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-  """Abstract leaves (ShapeDtypeStruct) carrying the target shardings."""
-  def one(x, s):
-    if isinstance(x, nnx.Variable):
-      return x.replace(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s))
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  return jax.tree.map(one, abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+from skyreels_jax.weights import runs
+from skyreels_jax.weights.trees import with_shardings  # noqa: F401  (re-exported)
 
 
 class Checkpointer:
@@ -55,17 +32,10 @@ class Checkpointer:
                owner: bool = False):
     """`owner`: the run that writes here (the trainer) removes temporary folders left by a
     killed save at start; a reader (sampling while it trains) must not touch them."""
-    self.directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
+    self.directory = runs.checkpoint_dir(workdir)
     self.workdir = os.path.abspath(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=owner)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={
-            "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_registry()),
-            "data": grain.checkpoint.CheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler()})
+    self.manager = runs.manager(workdir, max_to_keep=max_to_keep, async_save=async_save,
+                                owner=owner)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -100,17 +70,14 @@ class Checkpointer:
     """Restores the whole state into the shardings carried by `abstract_state` and, when
     given, moves `data_iterator` to the saved position."""
     items = {"state": ocp.args.PyTreeRestore(item=abstract_state,
-                                             restore_args=_restore_args(abstract_state))}
+                                             restore_args=runs.restore_args(abstract_state))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
   def restore_subtree(self, step: int, key: str, abstract: Any) -> Any:
-    """Restores only state[key] (e.g. the EMA params for sampling)."""
-    item = {key: abstract}
-    args = ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item),
-                                  partial_restore=True)
-    return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"][key]
+    """Restores only state[key] (e.g. the EMA params)."""
+    return runs.restore_subtree(self.manager, step, key, abstract)
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

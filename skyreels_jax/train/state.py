@@ -26,7 +26,7 @@ from flax import nnx
 
 from skyreels_jax.diffusion.flow_matching import flow_matching_loss
 from skyreels_jax.models import abstract_model, build_model
-from skyreels_jax.parallel.mesh import state_shardings
+from skyreels_jax.parallel.mesh import place_tree, state_shardings
 from skyreels_jax.tasks.examples import (Codecs, compute_empty_latents, needed_empty_latents,
                                          training_inputs)
 
@@ -179,25 +179,13 @@ def jit_train_step(step: Callable, state_sharding, batch_sharding, frozen_shardi
 
 
 def frozen_shardings(codecs: Codecs, mesh, axis_rules) -> dict:
-  """Shardings of the frozen weights: by their logical axes (the MLLM's embed / mlp / heads,
-  like the MMDiT's), replicated where they have none (the VAEs' convolutions)."""
+  """Shardings of the frozen weights, by their logical axes (parallel/mesh.place_tree)."""
   return state_shardings(codecs.frozen_params(), mesh, axis_rules)
 
 
 def place_frozen(codecs: Codecs, mesh, axis_rules) -> tuple[dict, dict]:
-  """(frozen weights on the mesh, their shardings). Every process loaded the same weights,
-  so each one builds the shards its devices hold from its own copy (multi-host safe: no
-  process needs another's data)."""
-  shardings = frozen_shardings(codecs, mesh, axis_rules)
-  is_var = lambda x: isinstance(x, nnx.Variable)
-
-  def place(x, sharding):
-    host = np.asarray(x[...] if is_var(x) else x)
-    arr = jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-    return x.replace(arr) if is_var(x) else arr
-
-  params = codecs.frozen_params()
-  return jax.tree.map(place, params, shardings, is_leaf=is_var), shardings
+  """(frozen weights on the mesh, their shardings)."""
+  return place_tree(codecs.frozen_params(), mesh, axis_rules)
 
 
 def with_empty_latents(config, codecs: Codecs, batch: dict, frozen: dict, frozen_sharding,

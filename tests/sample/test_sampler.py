@@ -14,7 +14,8 @@ from conftest import restore_train_state
 
 from skyreels_jax.sample import export
 from skyreels_jax.diffusion import flow_matching as fm
-from skyreels_jax.sample.sampler import Sampler, load_run_config, resize_image
+from skyreels_jax.data.media import cover as resize_image
+from skyreels_jax.sample.sampler import Sampler, load_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
