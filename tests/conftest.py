@@ -88,7 +88,8 @@ def long_run(synthetic_data, tmp_path_factory):
 def restore_train_state(workdir: str, config, step: int):
   """The full train state of a checkpoint, on the config's mesh."""
   from skyreels_jax.parallel.mesh import make_mesh, rules, state_shardings
-  from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
+  from skyreels_jax.train.checkpoint import Checkpointer
+  from skyreels_jax.weights.trees import with_shardings
   from skyreels_jax.train.state import abstract_state, make_optimizer
   _, abstract = abstract_state(config, make_optimizer(config))
   target = with_shardings(abstract, state_shardings(abstract, make_mesh(config.mesh),
@@ -98,3 +99,55 @@ def restore_train_state(workdir: str, config, step: int):
     return ckpt.restore(step, target)
   finally:
     ckpt.close()
+
+
+def spy_sampler(workdir: str, config, monkeypatch, keys: tuple[str, ...]):
+  """(a Sampler on one device, the list each model call appends its `keys` inputs to): a
+  spy around the real model, installed only for this sampler's own merge of the whole
+  model (the model merges its layers too). One device: a host callback inside a program
+  with collectives can stall the CPU runtime's device threads."""
+  import jax
+  from flax import nnx
+  from skyreels_jax.parallel.mesh import make_mesh
+  from skyreels_jax.sample import sampler as sampler_lib
+  calls = []
+  real_merge = nnx.merge
+
+  class Spy:
+    def __init__(self, model):
+      self._model = model
+
+    def __getattr__(self, name):
+      return getattr(self._model, name)
+
+    def __call__(self, **inputs):
+      jax.debug.callback(lambda *a: calls.append(a), *(inputs[k] for k in keys))
+      return self._model(**inputs)
+
+  sampler = sampler_lib.Sampler(workdir, config=config,
+                                mesh=make_mesh(config.mesh, devices=jax.devices()[:1]))
+  monkeypatch.setattr(sampler_lib.nnx, "merge", lambda graphdef, *a, **k: (
+      Spy(real_merge(graphdef, *a, **k)) if graphdef is sampler.graphdef
+      else real_merge(graphdef, *a, **k)))
+  return sampler, calls
+
+
+def convert_tiny_encoders(root, *, sample_rate: int, downsampling=(2, 4)):
+  """A tiny random causal Wan VAE (4x temporal, 8x spatial) and Oobleck VAE (hop =
+  prod(downsampling)) from diffusers, converted into root/wan and root/oobleck."""
+  import torch
+  from diffusers import AutoencoderKLWan, AutoencoderOobleck
+  from skyreels_jax.tools import convert
+  torch.manual_seed(0)
+  wan = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                         temperal_downsample=[False, True, True],
+                         latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+  oob = AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=list(downsampling),
+                           channel_multiples=[1, 2], decoder_channels=8,
+                           decoder_input_channels=4, audio_channels=1,
+                           sampling_rate=sample_rate).eval()
+  for name, model in (("wan", wan), ("oobleck", oob)):
+    model.save_pretrained(root / f"{name}_src")
+  convert.convert("wan_vae", str(root / "wan_src"), str(root / "wan"))
+  convert.convert("oobleck_vae", str(root / "oobleck_src"), str(root / "oobleck"))
+  return root

@@ -335,9 +335,14 @@ class ClipPreprocessor:
                                           self.endpoint_frame)
 
   def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
+    decoded = self.decoded(data)
+    return decoded if isinstance(decoded, BadRecord) else decoded[1]
+
+  def decoded(self, data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]] | BadRecord:
+    """(the decoded record, its model example), or a BadRecord (logged)."""
     try:
       clip = records.decode_clip(data)
-      return self.example(clip)
+      return clip, self.example(clip)
     except records.RecordError as e:
       logging.log_every_n_seconds(logging.WARNING, "Skipping bad record: %s", 10, e)
       return BadRecord(str(e))
@@ -448,12 +453,10 @@ class ReferencedClips:
     return cls(clips, sampler, source, tuple(partners))
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray] | BadRecord:
-    try:
-      clip = records.decode_clip(self.source[index])
-      example = self.clips.example(clip)
-    except records.RecordError as e:
-      logging.log_every_n_seconds(logging.WARNING, "Skipping bad record: %s", 10, e)
-      return BadRecord(str(e))
+    decoded = self.clips.decoded(self.source[index])
+    if isinstance(decoded, BadRecord):
+      return decoded
+    clip, example = decoded
     partner = None
     others = self.partners[index]
     if len(others):

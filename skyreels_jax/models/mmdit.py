@@ -141,15 +141,14 @@ def token_multiple(spec: AttentionSpec) -> int:
   return mesh.shape[spec.sequence_axis]
 
 
-def pad_tokens(x: jax.Array, valid: jax.Array, positions: np.ndarray, multiple: int):
+def pad_tokens(x: jax.Array, valid: jax.Array, positions, multiple: int):
   """Pads (B, S, C) tokens, their validity (B, S) and positions (S, n) to a multiple of
   `multiple`; padded tokens are invalid (masked as keys, dropped at the output)."""
   pad = -x.shape[1] % multiple
   if not pad:
     return x, valid, positions
-  pad_positions = np.pad if isinstance(positions, np.ndarray) else jnp.pad
   return (jnp.pad(x, ((0, 0), (0, pad), (0, 0))), jnp.pad(valid, ((0, 0), (0, pad))),
-          pad_positions(positions, ((0, pad), (0, 0)), mode="edge"))
+          jnp.pad(positions, ((0, pad), (0, 0)), mode="edge"))
 
 
 def _run_layers(layers: nnx.Module, carry, ctx, *, remat: str, scan: bool, num: int):

@@ -63,6 +63,12 @@ def refiner_geometry_config(base_config, base_geometry, refiner_config):
   return c
 
 
+def target_keyframes(base_geometry, r) -> tuple[int, ...]:
+  """The base's keyframe frames at the refiner's frame rate (low-res frame i = target frame
+  i * time_scale, tasks/refiner.low_res_view)."""
+  return tuple(f * int(r.time_scale) for f in base_geometry.keyframe_frames)
+
+
 def _check_keyframes(base_geometry, r, trained_frames: int) -> None:
   """The base's keyframes must be what the refiner trained with: as many, at target frames
   inside its training clips (where its random training keyframes fell)."""
@@ -72,8 +78,7 @@ def _check_keyframes(base_geometry, r, trained_frames: int) -> None:
     raise ValueError(f"refiner.num_keyframes={count}: the refiner trained with {count} "
                      f"keyframes, the base run makes {made} (keyframes.count); train them to "
                      "match")
-  late = [f * int(r.time_scale) for f in base_geometry.keyframe_frames
-          if f * int(r.time_scale) >= trained_frames]
+  late = [f for f in target_keyframes(base_geometry, r) if f >= trained_frames]
   if late:
     raise ValueError(f"the base's keyframes fall at target frames {late}, past the refiner's "
                      f"training clips (data.num_frames={trained_frames}): train the refiner "
@@ -95,7 +100,7 @@ class Cascade:
                            mesh=self.base.mesh)
     r, g = config.refiner, self.base.geometry
     # The base's keyframes at the refiner's frame rate, and their RoPE positions there.
-    self.keyframe_frames = tuple(f * int(r.time_scale) for f in g.keyframe_frames)
+    self.keyframe_frames = target_keyframes(g, r)
     self.keyframe_times = np.asarray(keyframe_positions(self.refiner.codecs.video_ae,
                                                         self.keyframe_frames))
 

@@ -29,8 +29,8 @@ from skyreels_jax.models import abstract_model
 from skyreels_jax.parallel.mesh import make_mesh, place_tree, rules, state_shardings
 from skyreels_jax.tasks.examples import make_codecs, prepended_refs
 from skyreels_jax.sample import conditions
-from skyreels_jax.tasks.masks import channel_concat, condition_latent
-from skyreels_jax.tasks.refiner import keyframe_tokens, still_latents
+from skyreels_jax.tasks.masks import channel_concat, condition_latent, given
+from skyreels_jax.tasks.refiner import still_latents
 from skyreels_jax.weights import runs
 from skyreels_jax.weights.trees import summary, with_shardings
 
@@ -123,11 +123,10 @@ class Sampler:
     fixed = {k: two(c[k]) for k in ("video_refs", "video_ref_valid", "audio_refs",
                                     "audio_ref_valid") if k in c}
     if given_a is not None:
-      ones = jnp.ones(given_a.shape[:-1] + (1,))
-      fixed["audio"] = two(channel_concat(given_a, given_a, ones))
+      fixed["audio"] = two(given(given_a))
       fixed["audio_timestep"] = jnp.full((2 * b,), fm.model_timestep(1.0))
     if "keyframes" in c:    # the cascade refiner's given keyframes (tasks/refiner.py)
-      fixed["keyframes"] = two(keyframe_tokens(c["keyframes"]))
+      fixed["keyframes"] = two(given(c["keyframes"]))
       fixed["keyframe_times"] = c["keyframe_times"]
     if kf_times:
       empty_k = jnp.broadcast_to(codecs.empty_video_latent(1, *g.keyframe_size), z_k.shape)

@@ -20,10 +20,10 @@ from flax import nnx
 from skyreels_jax.core import DTYPES, ConfigError
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.models import autoencoders, frozen, text
-from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent,
+from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent, given,
                                       sample_task_masks)
 from skyreels_jax.tasks import keyframes as keyframes_lib
-from skyreels_jax.tasks.refiner import keyframe_tokens, refiner_video, still_latents
+from skyreels_jax.tasks.refiner import refiner_video, still_latents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,15 +143,12 @@ def prepended_refs(z: jax.Array, valid: jax.Array, multiple: int):
   """(Concat(z, z, 1) with invalid slots zeroed, valid) padded at the FRONT to a multiple of
   `multiple` slots: valid references sit next to the target (RoPE times -n .. -1), in
   training and at sampling alike. z (B, S, ..., C), valid (B, S)."""
-  pad = -z.shape[1] % multiple
-  if pad:
-    z = jnp.pad(z, ((0, 0), (pad, 0)) + ((0, 0),) * (z.ndim - 2))
-    valid = jnp.pad(valid, ((0, 0), (pad, 0)))
-  z = z * valid.reshape(valid.shape + (1,) * (z.ndim - 2)).astype(z.dtype)
-  return channel_concat(z, z, jnp.ones(z.shape[:-1] + (1,), z.dtype)), valid
+  z, valid = _right_align(z, valid, z.shape[1] + -z.shape[1] % multiple)
+  return given(z * valid.reshape(valid.shape + (1,) * (z.ndim - 2)).astype(z.dtype)), valid
 
 
 def _right_align(z: jax.Array, valid: jax.Array, slots: int):
+  """z (B, S, ...) and valid (B, S) padded at the front to `slots` (invalid slots)."""
   pad = slots - z.shape[1]
   return (jnp.pad(z, ((0, 0), (pad, 0)) + ((0, 0),) * (z.ndim - 2)),
           jnp.pad(valid, ((0, 0), (pad, 0))))
@@ -358,7 +355,7 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
       z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(*video.shape[1:4]), cond=cond_v)
   if "keyframes" in pieces:   # given high-res stills: own tokens, clean, no loss
-    inputs["keyframes"] = keyframe_tokens(pieces["keyframes"])
+    inputs["keyframes"] = given(pieces["keyframes"])
     inputs["keyframe_times"] = pieces["keyframe_times"]
   inputs.update(_text_inputs(k_cap, batch, codecs, config.data.caption_dropout))
   z0_a = eps_a = loss_keep_a = None

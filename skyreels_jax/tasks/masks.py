@@ -134,3 +134,9 @@ def condition_latent(z0: jax.Array, keep: jax.Array, empty: jax.Array) -> jax.Ar
 def channel_concat(noisy: jax.Array, cond: jax.Array, keep: jax.Array) -> jax.Array:
   """Concat(V, I, M) on the channel axis: 2C + 1 channels."""
   return jnp.concatenate([noisy, cond.astype(noisy.dtype), keep.astype(noisy.dtype)], axis=-1)
+
+
+def given(z: jax.Array) -> jax.Array:
+  """Concat(z, z, 1): latents given whole and clean (references, refiner keyframes, the
+  refiner's audio), never noised, no loss."""
+  return channel_concat(z, z, jnp.ones(z.shape[:-1] + (1,), z.dtype))

@@ -39,8 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skyreels_jax.tasks.masks import channel_concat
-
 
 def low_res_view(video: jax.Array, scale: int, time_scale: int) -> jax.Array:
   """(B, F, H, W, 3) high-res clip -> (B, ceil(F / time_scale), H / scale, W / scale, 3):
@@ -119,11 +117,6 @@ def keyframe_positions(video_ae, frames) -> jax.Array:
   ints or a traced array): frame / temporal_factor. Exact for frame 0 and every frame that
   ends a latent frame of a causal VAE (4j -> j); in between it sits between its neighbours."""
   return jnp.asarray(frames, jnp.float32) / video_ae.temporal_factor
-
-
-def keyframe_tokens(z_k: jax.Array) -> jax.Array:
-  """The keyframes' model input Concat(k, k, 1): given, clean, kept (as a reference)."""
-  return channel_concat(z_k, z_k, jnp.ones(z_k.shape[:-1] + (1,), z_k.dtype))
 
 
 def draw_keyframe_frames(rng: jax.Array, num_frames: int, count: int) -> jax.Array:

@@ -32,9 +32,9 @@ from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make
 from skyreels_jax.data import references
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.tools.flops import mmdit_train_flops
-from skyreels_jax.train.checkpoint import with_shardings
 from skyreels_jax.train.state import (abstract_state, frozen_shardings, jit_train_step,
                                       make_optimizer, make_train_step, with_empty_latents)
+from skyreels_jax.weights.trees import with_shardings
 
 # HBM per JAX device (a chip; megacore on v4/v5p) by `device_kind`: the abstract devices
 # expose no memory size. v5p and v5e: what XLA reports as available in its OOM message

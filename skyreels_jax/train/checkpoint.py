@@ -23,7 +23,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from skyreels_jax.weights import runs
-from skyreels_jax.weights.trees import with_shardings  # noqa: F401  (re-exported)
 
 
 class Checkpointer:

@@ -33,13 +33,14 @@ from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make
                                         state_shardings)
 from skyreels_jax.tasks.examples import make_codecs, text_trainable
 from skyreels_jax.train import resume
-from skyreels_jax.train.checkpoint import Checkpointer, with_shardings
+from skyreels_jax.train.checkpoint import Checkpointer
 from skyreels_jax.train.events import EventLog
 from skyreels_jax.train.metrics import MetricsWriter
 from skyreels_jax.train.preemption import PreemptionWatch
 from skyreels_jax.train.state import (abstract_state, all_finite, create_state, jit_train_step,
                                       make_optimizer, make_train_step, place_frozen,
                                       with_empty_latents)
+from skyreels_jax.weights.trees import with_shardings
 
 # Guard counters: not metrics to average or plot per step, read one step behind instead.
 _GUARD_KEYS = ("skipped_steps", "consecutive_skips")

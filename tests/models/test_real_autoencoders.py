@@ -6,14 +6,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-import torch
-from diffusers import AutoencoderKLWan, AutoencoderOobleck
 
+from conftest import convert_tiny_encoders
 from configs import tiny
 from skyreels_jax.config import ConfigError, derive, validate
 from skyreels_jax.models import autoencoders
 from skyreels_jax.tasks.examples import make_codecs, training_inputs
-from skyreels_jax.tools import convert
 
 RATE = 800   # the tiny Oobleck's sampling rate: 9 frames at 8 fps = 900 samples
 
@@ -21,19 +19,7 @@ RATE = 800   # the tiny Oobleck's sampling rate: 9 frames at 8 fps = 900 samples
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("encoders")
-  torch.manual_seed(0)
-  wan = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                         temperal_downsample=[False, True, True],
-                         latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
-  oob = AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[2, 4],
-                           channel_multiples=[1, 2], decoder_channels=8,
-                           decoder_input_channels=4, audio_channels=1,
-                           sampling_rate=RATE).eval()
-  for name, model in (("wan", wan), ("oobleck", oob)):
-    model.save_pretrained(root / f"{name}_src")
-  convert.convert("wan_vae", str(root / "wan_src"), str(root / "wan"))
-  convert.convert("oobleck_vae", str(root / "oobleck_src"), str(root / "oobleck"))
-  return root
+  return convert_tiny_encoders(root, sample_rate=RATE, downsampling=(2, 4))
 
 
 def _config(root):

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import small_refiner_config, small_run_config
+from conftest import small_refiner_config, small_run_config, spy_sampler
 
 from skyreels_jax.parallel.mesh import make_mesh
 from skyreels_jax.sample.cascade import Cascade
@@ -94,9 +94,8 @@ def test_refiner_keyframe_conditioning_at_sampling_equals_training(runs, cascade
   (a spy around the real model) is what its training builds (tasks/refiner.refiner_video):
   the upsampled low-res condition, the keyframe stills as Concat(k, k, 1) tokens, their RoPE
   times."""
-  from flax import nnx
-  from skyreels_jax.sample import sampler as sampler_lib
-  from skyreels_jax.tasks.refiner import keyframe_tokens, low_res_view, refiner_video, still_latents
+  from skyreels_jax.tasks.masks import given as keyframe_tokens
+  from skyreels_jax.tasks.refiner import low_res_view, refiner_video, still_latents
   rng = np.random.default_rng(11)
   clip = rng.uniform(-1, 1, (1, 16, 32, 32, 3)).astype(np.float32)   # the refiner's target
   vae = cascade.refiner.codecs.video_ae
@@ -116,27 +115,8 @@ def test_refiner_keyframe_conditioning_at_sampling_equals_training(runs, cascade
   np.testing.assert_allclose(cond["keyframes"], train["keyframes"], atol=1e-6)
   np.testing.assert_array_equal(cond["keyframe_times"], train["keyframe_times"])
 
-  calls = []
-  real_merge = nnx.merge
-  refiner = sampler_lib.Sampler(runs[1], config=cascade.refiner.config,
-                                mesh=make_mesh(cascade.refiner.config.mesh,
-                                               devices=jax.devices()[:1]))
-
-  class Spy:
-    def __init__(self, model):
-      self._model = model
-
-    def __getattr__(self, name):
-      return getattr(self._model, name)
-
-    def __call__(self, **inputs):
-      jax.debug.callback(lambda *a: calls.append(a), inputs["video"], inputs["keyframes"],
-                         inputs["keyframe_times"])
-      return self._model(**inputs)
-
-  monkeypatch.setattr(sampler_lib.nnx, "merge", lambda graphdef, *a, **k: (
-      Spy(real_merge(graphdef, *a, **k)) if graphdef is refiner.graphdef
-      else real_merge(graphdef, *a, **k)))
+  refiner, calls = spy_sampler(runs[1], cascade.refiner.config, monkeypatch,
+                               ("video", "keyframes", "keyframe_times"))
   refiner.generate(["x"], seeds=[0], settings=refiner.settings(num_steps=2),
                    latent_condition=cond)
   assert len(calls) == 2

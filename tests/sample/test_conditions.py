@@ -12,15 +12,15 @@ import jax
 import numpy as np
 import pytest
 from absl import app
-from flax import nnx
 from PIL import Image
 
 from skyreels_jax.sample import conditions as C
-from skyreels_jax.parallel.mesh import make_mesh
 from skyreels_jax.sample import sampler as sampler_lib
 from skyreels_jax.sample import export
 from skyreels_jax.sample import __main__ as cli
 from skyreels_jax.sample.sampler import Sampler
+
+from conftest import spy_sampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -189,30 +189,10 @@ def test_kept_positions_follow_the_training_interpolant_at_every_step(trained_ru
   """What the model is fed at every solver step (a spy around the real model): at kept
   positions, video and audio, the interpolant t I + (1 - t) eps that training feeds, with
   eps the sample's starting noise; elsewhere the solver's own state."""
-  calls = []
-  real_merge = nnx.merge
-
-  class Spy:
-    def __init__(self, model):
-      self._model = model
-
-    def __getattr__(self, name):
-      return getattr(self._model, name)
-
-    def __call__(self, **inputs):
-      jax.debug.callback(lambda *a: calls.append(a), inputs["video"],
-                         inputs["video_timestep"], inputs["audio"])
-      return self._model(**inputs)
-
-  # A new jit, traced with the spy; on one device (a host callback inside a program with
-  # collectives can stall the CPU runtime's device threads).
+  # A new jit, traced with the spy, on one device.
   config = sampler_lib.load_run_config(trained_run[0])
-  sampler = Sampler(trained_run[0], config=config,
-                    mesh=make_mesh(config.mesh, devices=jax.devices()[:1]))
-  # Only the sampler's own merge of the whole model (the model merges its layers too).
-  monkeypatch.setattr(sampler_lib.nnx, "merge", lambda graphdef, *a, **k: (
-      Spy(real_merge(graphdef, *a, **k)) if graphdef is sampler.graphdef
-      else real_merge(graphdef, *a, **k)))
+  sampler, calls = spy_sampler(trained_run[0], config, monkeypatch,
+                               ("video", "video_timestep", "audio"))
   g = sampler.geometry
   _, frames, wave = source
   cond = C.extend(g, 1, sampler.config.data.fps, 1, frames, wave, 3)

@@ -5,16 +5,13 @@ samples each task; then a cascade base with 2 keyframes, a refiner, and the deco
 
 import numpy as np
 import pytest
-import torch
-from diffusers import AutoencoderKLWan, AutoencoderOobleck
 
-from conftest import small_refiner_config, small_run_config
+from conftest import convert_tiny_encoders, small_refiner_config, small_run_config
 
 from data_pipelines.synthetic import geometry_from_config, write_dataset
 from skyreels_jax.sample import conditions as C
 from skyreels_jax.sample.cascade import Cascade
 from skyreels_jax.sample.sampler import Sampler
-from skyreels_jax.tools import convert
 from skyreels_jax.train.trainer import train
 
 RATE = 8000
@@ -23,19 +20,7 @@ RATE = 8000
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("real_encoders")
-  torch.manual_seed(0)
-  wan = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                         temperal_downsample=[False, True, True],
-                         latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
-  oob = AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[8, 8],
-                           channel_multiples=[1, 2], decoder_channels=8,
-                           decoder_input_channels=4, audio_channels=1,
-                           sampling_rate=RATE).eval()
-  for name, model in (("wan", wan), ("oobleck", oob)):
-    model.save_pretrained(root / f"{name}_src")
-  convert.convert("wan_vae", str(root / "wan_src"), str(root / "wan"))
-  convert.convert("oobleck_vae", str(root / "oobleck_src"), str(root / "oobleck"))
-  return root
+  return convert_tiny_encoders(root, sample_rate=RATE, downsampling=(8, 8))
 
 
 def _real(c, root, *, frames, size, fps):
