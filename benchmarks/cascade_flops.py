@@ -1,6 +1,6 @@
 """FLOPs of one 1080p, 32 fps, 15 s generation with audio: the base model directly vs the
 efficiency cascade (SPEC section 5), from XLA's compiled cost analysis, with the analytic
-count of skyreels_jax/tools/flops.py beside it as a cross-check.
+count of skyreels_jax/perf/flops.py beside it as a cross-check.
 
 The three settings. Where the paper gives no numbers these are our choices:
   direct    the base model (configs/hv13b.py) at 1088x1920 (1080p padded to the 16-pixel
@@ -56,7 +56,7 @@ from flax import nnx  # noqa: E402
 from skyreels_jax.config import derive  # noqa: E402
 from skyreels_jax.models.attention.vsa import num_cubes, vsa_attention_flops  # noqa: E402
 from skyreels_jax.models.mmdit import MMDiT  # noqa: E402
-from skyreels_jax.tools.flops import mmdit_forward_flops  # noqa: E402
+from skyreels_jax.perf.flops import mmdit_forward_flops  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "cascade_flops.json")
@@ -166,7 +166,7 @@ def compiled_flops(config, stage: Stage, dual: int, single: int) -> tuple[float,
 
 
 def analytic_flops(config, stage: Stage) -> dict[str, int]:
-  """tools/flops.py's forward. Keyframes are extra video tokens through every block and the
+  """perf/flops.py's forward. Keyframes are extra video tokens through every block and the
   head; VSA replaces each video self-attention's dense count by vsa_attention_flops's."""
   geom, mcfg = derive(config, abstract=True)
   t, h, w = geom.video_grid

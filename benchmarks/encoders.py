@@ -3,8 +3,8 @@ transformers (PyTorch), with the same random weights on both sides.
 
 Each section builds the PyTorch model with random weights, perturbs every tensor away from its
 init, and loads that state dict into ours through the converter the checkpoints go through
-(tools/wan_vae_mapping.py, tools/oobleck_mapping.py with weight-norm folding,
-tools/qwen_mapping.py), so both sides compute the same function. Then, on the same CPU, one after
+(models/mappings/wan_vae.py, models/mappings/oobleck.py with weight-norm folding,
+models/mappings/qwen.py), so both sides compute the same function. Then, on the same CPU, one after
 the other (not interleaved: PyTorch's OpenMP threads spin after each call and would slow the
 JAX call that follows), each side runs a few timed calls after untimed warm-up:
   * ours: jax.jit with the params as jit arguments, compile and warm-up excluded,
@@ -118,7 +118,7 @@ def bench_wan(args):
   from flax import nnx
 
   from skyreels_jax.models.autoencoders.wan_vae import WanVAE, WanVideoAutoencoder
-  from skyreels_jax.tools import wan_vae_mapping as wm
+  from skyreels_jax.models.mappings import wan_vae as wm
 
   torch.manual_seed(0)
   peer, sd = perturbed(AutoencoderKLWan(base_dim=args.wan_base_dim))
@@ -153,7 +153,7 @@ def bench_oobleck(args):
   from flax import nnx
 
   from skyreels_jax.models.autoencoders.oobleck_vae import OobleckAudioAutoencoder, OobleckVAE
-  from skyreels_jax.tools import oobleck_mapping as om
+  from skyreels_jax.models.mappings import oobleck as om
 
   torch.manual_seed(0)
   peer = AutoencoderOobleck()
@@ -197,7 +197,7 @@ def bench_qwen(args):
   import torch
   from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-  from skyreels_jax.tools import qwen_mapping
+  from skyreels_jax.models.mappings import qwen as qwen_mapping
 
   head_dim = args.qwen_hidden // args.qwen_heads
   t = head_dim // 2 // 4   # mrope (t, h, w) split in the published 16:24:24 proportion

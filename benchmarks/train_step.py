@@ -10,7 +10,7 @@ which is the HunyuanVideo layout block for block. What still differs, and how it
   * their text goes through a token refiner (num_refiner_layers=1 here) that we do not have:
     its FLOPs are added to theirs;
   * their pooled text is an input of width text_dim; ours is the masked mean of the text.
-FLOPs are analytic (skyreels_jax.tools.flops: matmuls only, backward = 2 x forward), so the
+FLOPs are analytic (skyreels_jax.perf.flops: matmuls only, backward = 2 x forward), so the
 achieved GFLOP/s of both sides are comparable. `--joint` adds a line for our full joint
 model (audio branch, text and audio<->video cross-attention), which has no peer.
 
@@ -208,7 +208,7 @@ def main(argv=None):
   args = parse_args(argv)
   import jax
 
-  from skyreels_jax.tools.flops import mmdit_train_flops
+  from skyreels_jax.perf.flops import mmdit_train_flops
 
   mcfg = our_config(args, joint=False)
   nv = video_tokens(args)

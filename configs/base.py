@@ -149,6 +149,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.loss_spike_factor = 0.0   # > 1: also skip a step whose loss > factor x running mean
   c.train.loss_spike_window = 100   # steps in that running mean
   c.train.fault_nonfinite_steps = ()  # fault injection: infinite gradients at these steps
+  # Start from another run's weights (train/init.py): a run directory; matched by name and
+  # shape, the rest keeps its initialisation; step 0, fresh optimizer, schedule and data.
+  c.train.init_from = ""
+  c.train.init_step = -1            # the source's checkpoint (-1: its newest)
+  c.train.init_weights = "ema"      # ema | params
+  c.train.init_ignore = ()          # regexes of source weights to leave out
+  # LoRA (weights/lora.py): rank > 0 trains adapters of the kernels `targets` names on the
+  # frozen weights of train.init_from (re-read from init_report.json on every resume and
+  # at sampling); only the adapters and their EMA are in the optimizer and the checkpoints.
+  c.train.lora = ml_collections.ConfigDict()
+  c.train.lora.rank = 0
+  c.train.lora.alpha = 0.0          # scale alpha / rank (0: alpha = rank)
+  # The video branch's attention and MLP projections (dual and single blocks).
+  c.train.lora.targets = (
+      r"^mmdit/(dual|single)_layers/video/(attn/(x_qkv|ctx_qkv)/\w+|attn/to_(add_)?out|"
+      r"ff(_context)?/fc[12]|qkv/to_[qkv]|proj_mlp|proj_out)/kernel$",)
+  c.train.lora.base_dtype = "float32"   # float32 | bfloat16: the frozen base's dtype
 
   # --- Sampling defaults (CLI flags override).
   c.sample = ml_collections.ConfigDict()

@@ -167,7 +167,7 @@ def geometry_from_config(data_config) -> dict[str, Any]:
   frames = sorted(set(buckets_lib.durations_frames(data_config)))
   if min(frames) <= 0:
     raise ValueError(f"data.durations give {frames} frames at {fps} fps; all must be >= 1")
-  end = bool(data_config.get("endpoint_frame", False))
+  end = bool(data_config.endpoint_frame)
   return dict(fps=fps, sample_rate=sr, audio_channels=ch, endpoint_frame=end,
               resolutions=[list(r) for r in buckets_lib.resolutions(data_config)],
               durations=[(f - end) / fps for f in frames], durations_frames=frames)

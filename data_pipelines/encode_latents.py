@@ -56,7 +56,7 @@ def find_clip_shards(data_dir: str, data_config) -> list[ShardJob]:
   known = {b.name: b for b in buckets.all_buckets(data_config)}
   d = data_config
   samples = buckets.samples_for_frames(int(d.num_frames), float(d.fps), int(d.sample_rate),
-                                       bool(d.get("endpoint_frame", False)))
+                                       bool(d.endpoint_frame))
   flat = buckets.Bucket("video", int(d.height), int(d.width), int(d.num_frames), samples)
   jobs = [ShardJob(FLAT, os.path.basename(p), flat)
           for p in sorted(glob.glob(os.path.join(data_dir, "*.array_record")))]
@@ -77,7 +77,7 @@ class Encoders:
   """The run's frozen encoders, jitted over a batch sharded across the local devices."""
 
   def __init__(self, config, *, batch_size: int, dtype: str = "float32", text_spec=None):
-    from skyreels_jax.models import text  # pylint: disable=g-import-not-at-top
+    from skyreels_jax.models import encoders  # pylint: disable=g-import-not-at-top
     from skyreels_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     from skyreels_jax.models.text import FrozenTextEncoder  # pylint: disable=g-import-not-at-top
     from skyreels_jax.tasks.examples import make_codecs  # pylint: disable=g-import-not-at-top
@@ -85,8 +85,8 @@ class Encoders:
     if dtype not in latents.DTYPES:
       raise ValueError(f"dtype must be one of {sorted(latents.DTYPES)}, got {dtype!r}")
     self.config, self.batch_size, self.dtype = config, batch_size, dtype
-    self.text_spec = text_spec or text.build(config.text, dtype=jnp.float32,
-                                             param_dtype=jnp.float32)
+    self.text_spec = text_spec or encoders.build_text(config.text, dtype=jnp.float32,
+                                                      param_dtype=jnp.float32)
     # A trained text encoder learns with the model, so only its tokens can be stored.
     self.text_frozen = not self.text_spec.trainable
     codecs, _ = make_codecs(config, text_encoder=text_spec is None)
@@ -250,7 +250,7 @@ def encode_dataset(data_dir: str, out_dir: str, config, *, batch_size: int = 8,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
   """Encodes every clip shard of `data_dir` not yet finished in `out_dir`; returns index.json.
 
-  text_spec: the text encoder (default: `text.build(config.text)`); when it is not
+  text_spec: the text encoder (default: `encoders.build_text(config.text)`); when it is not
   trainable, records hold its embeddings instead of token ids.
   """
   jobs = find_clip_shards(data_dir, config.data)

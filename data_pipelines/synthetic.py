@@ -9,6 +9,8 @@ Every clip has exact ground truth, so models and the pipeline can be checked by 
 
   python -m data_pipelines.synthetic --out=/tmp/synth --num_clips=200 [--seed=0] \
       [--config=configs/tiny.py --config.data.height=64]
+  python -m data_pipelines.synthetic --out=/tmp/synth --num_clips=64 --buckets \
+      --config=configs/stages.py:2,tiny     # every bucket of a bucketed config
 """
 
 import json
@@ -165,8 +167,11 @@ def _add_tone(audio: np.ndarray, start: float, freq: float, *, pan: float,
 
 
 def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: int = 64,
-                  clips_per_source: int = 1, **geometry) -> dict[str, Any]:
+                  clips_per_source: int = 1, kind: str = "video",
+                  **geometry) -> dict[str, Any]:
   """Writes `num_clips` clips as ArrayRecord shards plus index.json; returns the index.
+  `kind`: video records, or each clip's first frame as an image record, or its sound alone
+  as an audio record (the image and audio buckets of data/buckets.py).
 
   Clips come in sources of `clips_per_source` consecutive windows of one longer scene (the
   records' `source` is `synthetic/SEED/S@start_seconds`, as build_records writes for real
@@ -204,7 +209,7 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
       clip["source"] = f"synthetic/{seed}/{src}@{window * geometry['num_frames'] / geometry['fps']:.3f}"
       sources.append(clip["source"])
       num_bounces += len(clip["bounces"])
-      writer.write(records.encode_clip(clip))
+      writer.write(records.encode_clip(_as_kind(clip, kind)))
     writer.close()
     references.write_sidecar(os.path.join(out_dir, name), sources)
     shards.append(dict(path=name, num_records=len(ids)))
@@ -220,6 +225,32 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
   with open(os.path.join(out_dir, "index.json"), "w") as f:
     json.dump(index, f, indent=2)
   return index
+
+
+def _as_kind(clip: dict[str, Any], kind: str) -> dict[str, Any]:
+  if kind == "image":
+    return dict(kind="image", video=clip["video"][:1], caption=clip["caption"],
+                source=clip["source"])
+  if kind == "audio":
+    return dict(kind="audio", audio=clip["audio"], sample_rate=clip["sample_rate"],
+                caption=clip["caption"], source=clip["source"])
+  return clip
+
+
+def write_buckets(out_dir: str, data_config, *, num_clips: int, seed: int,
+                  clips_per_source: int = 1) -> dict[str, dict[str, Any]]:
+  """`num_clips` records in every shape bucket of `data_config` (data/buckets.py), each in
+  OUT/<bucket name>/ as the loader reads them; returns {bucket name: index}."""
+  from skyreels_jax.data import buckets  # pylint: disable=g-import-not-at-top
+  out = {}
+  for b in buckets.all_buckets(data_config):
+    geometry = geometry_from_config(data_config)
+    geometry.update(num_frames=b.num_frames)
+    if b.kind != "audio":
+      geometry.update(height=b.height, width=b.width)
+    out[b.name] = write_dataset(os.path.join(out_dir, b.name), num_clips=num_clips, seed=seed,
+                                clips_per_source=clips_per_source, kind=b.kind, **geometry)
+  return out
 
 
 def _window(clip: dict[str, Any], w: int, num_frames: int) -> dict[str, Any]:
@@ -246,6 +277,12 @@ def _main(argv):
   del argv
   config = flags.FLAGS.config
   start = time.perf_counter()
+  if flags.FLAGS.buckets:
+    found = write_buckets(flags.FLAGS.out, config.data, num_clips=flags.FLAGS.num_clips,
+                          seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source)
+    print(f"wrote {flags.FLAGS.num_clips} records into each of {sorted(found)} under "
+          f"{flags.FLAGS.out}, {time.perf_counter() - start:.1f} s")
+    return
   index = write_dataset(flags.FLAGS.out, num_clips=flags.FLAGS.num_clips,
                         seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source,
                         **geometry_from_config(config.data))
@@ -267,6 +304,8 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "Data set seed.")
   flags.DEFINE_integer("clips_per_source", 1, "Consecutive clips cut from one scene (pairs "
                        "for in-context references, data.refs).")
+  flags.DEFINE_bool("buckets", False, "Write every shape bucket of the config (video, image "
+                    "and audio records) into OUT/<bucket>/, as the loader reads them.")
   config_flags.DEFINE_config_file("config", default_config,
                                   "Config file; clip geometry comes from its `data` section.")
 

@@ -10,7 +10,7 @@ from flax import nnx
 from configs import tiny
 from skyreels_jax.config import (ConfigError, count_params, derive, hybrid_mesh_shape,
                                  mesh_shape, validate)
-from skyreels_jax.models import abstract_model
+from skyreels_jax.config import abstract_model
 
 
 def set_path(config, path, value):
@@ -241,3 +241,29 @@ def test_large_configs_use_the_frozen_encoders(name, tmp_path):
   seconds = (frames - 1) / config.data.fps
   assert geom.num_samples == seconds * 44100 and geom.audio_length == -(-geom.num_samples // 2048)
   assert (geom.video_channels, geom.audio_channels, mcfg.text_dim) == (16, 64, 3584)
+
+
+def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
+  """config.json is read over configs/base.py: a missing field gets its one default, saved
+  values win, JSON lists come back as the tuples base holds."""
+  import json
+  from configs import base
+  from skyreels_jax.config import load_run_config
+  config = tiny.get_config()
+  config.data.ref_crop_min = 0.5
+  saved = json.loads(config.to_json_best_effort())
+  del saved["data"]["audio_ref_seconds"], saved["model"]["vsa_top_k"], saved["keyframes"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loaded = load_run_config(str(tmp_path))
+  defaults = base.get_config()
+  assert loaded.data.audio_ref_seconds == defaults.data.audio_ref_seconds
+  assert loaded.model.vsa_top_k == defaults.model.vsa_top_k
+  assert loaded.keyframes.to_dict() == defaults.keyframes.to_dict()
+  assert loaded.data.ref_crop_min == 0.5 and loaded.model.width == config.model.width
+  assert loaded.model.rope_axes_dim == tuple(config.model.rope_axes_dim)
+  assert loaded.logical_axis_rules == tuple(tuple(r) if not isinstance(r[1], (list, tuple))
+                                            else (r[0], tuple(r[1]))
+                                            for r in config.logical_axis_rules)
+  validate(loaded)
+  with pytest.raises(FileNotFoundError, match="training run directory"):
+    load_run_config(str(tmp_path / "absent"))

@@ -1,10 +1,10 @@
 """The package's floors (ARCHITECTURE.md), checked from its own imports: no import points up
 a floor, no two packages import each other (directly or round a loop), and no module imports
-one of ours inside a function (those hide cycles; only optional heavy dependencies such as
-torch or libtpu are imported late, and entry points (`__main__`) import after multi-host
-initialisation).
+one of ours inside a function (those hide cycles; entry points (`__main__`) import after
+multi-host initialisation). A third-party import inside a function is kept only for an
+optional or heavy dependency, and says why on its line (`# late: ...`).
 
-KNOWN lists what is still tangled. It must shrink: a new violation fails, and so does a
+KNOWN lists what is still tangled (nothing today). A new violation fails, and so does a
 listed one that is gone (delete its line)."""
 
 import ast
@@ -20,25 +20,14 @@ FLOORS = (
     ("tools",),                        # command-line front ends
     ("train",),                        # may sample during training
     ("sample",),                       # never imports train
-    ("config",),                       # validate / derive: the entry point over every section
+    ("config", "perf"),                # validate / derive over every section; FLOPs and memory
     ("tasks", "parallel"),
     ("models", "data", "diffusion"),
     ("weights", "core", "runtime"),    # the weights layer; errors and shared constants
 )
 
-# (importer, imported package, kind) still to untangle; kind: "up" or "late". Models load
-# weights through tools/ and derive from config: the weights layer (skyreels_jax/weights/)
-# is where that goes next (issue 13).
-KNOWN = {
-    ("skyreels_jax.models", "config", "late"),                # build_model derives from config
-    ("skyreels_jax.models.frozen", "tools", "late"),          # restores through tools/convert
-    ("skyreels_jax.models.text", "tools", "late"),            # builds Qwen via qwen_mapping
-    ("skyreels_jax.models.text.qwen_prompt", "tools", "late"),
-    ("skyreels_jax.models.text", "models", "late"),
-    ("skyreels_jax.models.frozen", "models", "late"),
-    ("skyreels_jax.models.autoencoders", "models", "late"),
-    ("skyreels_jax.models.attention", "models", "late"),      # strategies import join / split
-}
+# (importer, imported package, kind) still to untangle; kind: "up" or "late".
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 def _floor(package: str) -> int:
@@ -63,15 +52,20 @@ def _package(module: str) -> str:
   return parts[1] if len(parts) > 1 else "(root)"
 
 
+def _late_nodes(tree) -> set:
+  late = set()
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      late.update(id(n) for n in ast.walk(node) if n is not node)
+  return late
+
+
 def imports():
   """(importer module, imported module, inside a function?) for every import of ours."""
   out = []
   for name, path in _modules():
     tree = ast.parse(open(path, encoding="utf-8").read())
-    late = set()
-    for node in ast.walk(tree):
-      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        late.update(id(n) for n in ast.walk(node) if n is not node)
+    late = _late_nodes(tree)
     for node in ast.walk(tree):
       targets = []
       if isinstance(node, ast.Import):
@@ -105,6 +99,28 @@ def test_no_import_points_up_or_hides_in_a_function():
   gone = sorted(KNOWN - found)
   assert not new, f"imports against the floors (ARCHITECTURE.md): {new}"
   assert not gone, f"fixed, so delete from KNOWN: {gone}"
+
+
+def unexplained_late_imports():
+  """Third-party imports inside functions (outside `__main__`) without a `# late:` reason."""
+  found = []
+  for name, path in _modules():
+    if name.endswith(".__main__"):
+      continue
+    source = open(path, encoding="utf-8").read()
+    lines, tree = source.splitlines(), ast.parse(source)
+    late = _late_nodes(tree)
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) in late:
+        module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+        if module and not module.startswith(PACKAGE) and "# late:" not in lines[
+            node.lineno - 1]:
+          found.append(f"{name}:{node.lineno} {module}")
+  return found
+
+
+def test_a_late_third_party_import_says_why():
+  assert not unexplained_late_imports(), unexplained_late_imports()
 
 
 def test_no_package_cycles():

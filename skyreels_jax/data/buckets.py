@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
+
+from skyreels_jax.core import ConfigError, check
 
 KINDS = ("video", "image", "audio")
 
@@ -37,16 +39,16 @@ class Bucket:
 
 
 def resolutions(data_config) -> list[tuple[int, int]]:
-  res = [tuple(int(v) for v in r) for r in data_config.get("resolutions", ())]
+  res = [tuple(int(v) for v in r) for r in data_config.resolutions]
   return res or [(int(data_config.height), int(data_config.width))]
 
 
 def durations_frames(data_config) -> list[int]:
   """Frame counts of the duration buckets, at data.fps (one more with data.endpoint_frame)."""
-  durs = [float(d) for d in data_config.get("durations", ())]
+  durs = [float(d) for d in data_config.durations]
   if not durs:
     return [int(data_config.num_frames)]
-  extra = int(bool(data_config.get("endpoint_frame", False)))
+  extra = int(bool(data_config.endpoint_frame))
   return [int(round(d * data_config.fps)) + extra for d in durs]
 
 
@@ -61,7 +63,7 @@ def samples_for_frames(num_frames: int, fps: float, sample_rate: int,
 def all_buckets(data_config) -> list[Bucket]:
   """Every bucket the config allows, videos first (sorted), then images, then audio."""
   fps, sr = float(data_config.fps), int(data_config.sample_rate)
-  end = bool(data_config.get("endpoint_frame", False))
+  end = bool(data_config.endpoint_frame)
   frames = sorted(set(durations_frames(data_config)))
   res = resolutions(data_config)
   out = [Bucket("video", h, w, f, samples_for_frames(f, fps, sr, end)) for h, w in res
@@ -86,3 +88,46 @@ def longest_fitting(num_frames_available: int, choices: Sequence[int]) -> int | 
   covers, or None when it is shorter than every bucket."""
   fitting = [f for f in choices if f <= num_frames_available]
   return max(fitting) if fitting else None
+
+
+def check_clip(config) -> None:
+  """data.height / width / num_frames / ...: the single geometry and the batch."""
+  d = config.data
+  for f in ("height", "width", "num_frames", "sample_rate", "audio_channels", "batch_size"):
+    check(d[f] >= 1, f"data.{f}", "must be >= 1")
+  check(d.fps > 0, "data.fps", "must be positive")
+
+
+def check_config(config, derive: Callable) -> None:
+  """data.format, data.resolutions / durations / bucket_weights: every bucket must give
+  latent and token grids the model can patch. `derive(config)` (config.derive, shapes only)
+  is run on each bucket's geometry, so a bucket fails as the single geometry would."""
+  d = config.data
+  check(d.format in ("clips", "latents"), "data.format",
+        f"{d.format!r} is not one of ['clips', 'latents']")
+  for r in d.resolutions:
+    check(len(r) == 2 and all(int(v) >= 1 for v in r), "data.resolutions",
+          f"expected (height, width) pairs, got {r!r}")
+  for s in d.durations:
+    frames = float(s) * d.fps
+    check(float(s) > 0 and abs(frames - round(frames)) < 1e-6, "data.durations",
+          f"durations must be positive seconds of whole frames at data.fps={d.fps}, got {s!r}")
+  buckets = all_buckets(d)
+  names = {b.name for b in buckets}
+  unknown = sorted(set(d.bucket_weights.keys()) - names)
+  check(not unknown, "data.bucket_weights", f"unknown buckets {unknown}; this config's "
+        f"buckets: {sorted(names)}")
+  check(all(float(w) >= 0 for w in d.bucket_weights.values()), "data.bucket_weights",
+        "weights must be >= 0")
+  for b in buckets:
+    if b.kind == "audio":
+      continue
+    probe = config.copy_and_resolve_references()
+    probe.data.height, probe.data.width = b.height, b.width
+    probe.data.num_frames = b.num_frames if b.kind == "video" else probe.data.num_frames
+    field = "data.resolutions" if (b.height, b.width) != (d.height, d.width) else "data.height"
+    try:
+      derive(probe)
+    except ConfigError as e:
+      raise ConfigError(field if b.kind == "image" or "frames" not in str(e)
+                        else "data.durations", f"bucket {b.name}: {e}") from None

@@ -20,6 +20,7 @@ decoding returns ml_dtypes bfloat16 arrays, which jax takes as they are.
 """
 
 import json
+import os
 from typing import Any
 
 from flax import serialization
@@ -219,14 +220,12 @@ NULL_TEXT_FILE = "null_text.npz"
 def write_null_text(out_dir: str, embedding, mask) -> None:
   """The frozen text encoder's embedding of the empty prompt, beside the latent shards:
   caption dropout (the CFG null condition) on precomputed embeddings swaps it in."""
-  import os  # pylint: disable=g-import-not-at-top
   with open(os.path.join(out_dir, NULL_TEXT_FILE), "wb") as f:
     np.savez(f, embedding=np.asarray(embedding, np.float32), mask=np.asarray(mask, bool))
 
 
 def read_null_text(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(embedding (L, D) float32, mask (L,) bool) written by `write_null_text`."""
-  import os  # pylint: disable=g-import-not-at-top
   file = os.path.join(path, NULL_TEXT_FILE)
   if not os.path.exists(file):
     raise ValueError(f"{file} does not exist: latents with frozen text embeddings carry the "

@@ -57,6 +57,7 @@ from typing import Any, Callable
 from absl import logging
 import grain
 import numpy as np
+from absl import flags
 
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import latents
@@ -89,7 +90,7 @@ def bucket_sources(data_config) -> dict[str, tuple[buckets_lib.Bucket, list[str]
     geometry = buckets_lib.Bucket("video", int(data_config.height), int(data_config.width), f,
                                   buckets_lib.samples_for_frames(
                                       f, data_config.fps, data_config.sample_rate,
-                                      data_config.get("endpoint_frame", False)))
+                                      data_config.endpoint_frame))
     found[geometry.name] = (geometry, flat)
   if os.path.isdir(path):
     known = {b.name: b for b in buckets_lib.all_buckets(data_config)}
@@ -140,7 +141,7 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
 
   sources = bucket_sources(data_config)
   smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
-  fmt = data_config.get("format", "clips")
+  fmt = data_config.format
   index = _latent_index(data_config.path, encoders, text_frozen) if fmt == "latents" else None
   per_bucket, counts = {}, {}
   with_refs = fmt == "clips" and references.enabled(data_config)
@@ -179,7 +180,6 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     it_ds = grain.IterDataset.mix({k: per_bucket[k] for k in weights}, weights)
   if data_config.num_workers > 0:
     # grain 0.2.18 workers read an absl flag; unparsed flags (pytest, notebooks) crash them.
-    from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
@@ -270,7 +270,7 @@ class LatentPreprocessor:
 def bucket_weights(data_config, counts: dict[str, int]) -> dict[str, float]:
   """Mixing weights of the buckets present (record counts unless data.bucket_weights names
   the bucket); raises ValueError when they sum to zero."""
-  named = dict(data_config.get("bucket_weights", {}))
+  named = dict(data_config.bucket_weights)
   weights = {k: float(named.get(k, n)) for k, n in counts.items() if n > 0}
   if sum(weights.values()) <= 0:
     raise ValueError(f"data.bucket_weights give the buckets present {sorted(weights)} no "
@@ -318,7 +318,7 @@ class ClipPreprocessor:
                num_frames=int(data_config.num_frames), fps=float(data_config.fps),
                sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
-               endpoint_frame=bool(data_config.get("endpoint_frame", False)))
+               endpoint_frame=bool(data_config.endpoint_frame))
 
   @classmethod
   def for_bucket(cls, bucket: buckets_lib.Bucket, data_config, tokenizer,
@@ -327,7 +327,7 @@ class ClipPreprocessor:
                fps=float(data_config.fps), sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
                kind=bucket.kind, blank_size=tuple(blank_size),
-               endpoint_frame=bool(data_config.get("endpoint_frame", False)))
+               endpoint_frame=bool(data_config.endpoint_frame))
 
   @property
   def num_samples(self) -> int:

@@ -36,16 +36,18 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
+from array_record.python import array_record_module
 
 from skyreels_jax.data import records
+from skyreels_jax.core import ConfigError, check
 
 KINDS = ("none", "image", "video")
 
 
 def enabled(data_config) -> bool:
-  mix = dict(data_config.get("refs", {}) or {})
+  mix = dict(data_config.refs)
   return (any(mix.get(k, 0.0) > 0 for k in ("image", "video"))
-          or data_config.get("audio_ref_rate", 0.0) > 0)
+          or data_config.audio_ref_rate > 0)
 
 
 def batch_fields(data_config, batch: int, height: int, width: int
@@ -90,7 +92,6 @@ def read_sources(shards: Sequence[str], source) -> list[str | None]:
 
 
 def _records_in(shard: str) -> int:
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   reader = array_record_module.ArrayRecordReader(shard)
   try:
     return reader.num_records()
@@ -214,3 +215,33 @@ class ReferenceSampler:
       im = np.asarray(im.resize((self.width, self.height), Image.BILINEAR))
       out.append(im[:, ::-1] if flip else im)
     return np.stack(out).astype(np.float32) / 127.5 - 1.0
+
+
+def check_config(config, video_ae) -> None:
+  """data.refs & co: a mixture, sizes the autoencoders take (`video_ae()`: the config's video
+  autoencoder, shapes only)."""
+  d = config.data
+  unknown = set(d.refs.keys()) - {"none", "image", "video"}
+  check(not unknown, "data.refs", f"unknown kinds {sorted(unknown)}; known: none, image, "
+        "video")
+  weights = [float(v) for v in d.refs.values()]
+  check(all(w >= 0 for w in weights) and sum(weights) > 0, "data.refs",
+        "weights must be >= 0 with a positive sum")
+  check(0.0 <= d.audio_ref_rate <= 1.0, "data.audio_ref_rate", "must be in [0, 1]")
+  check(0.0 < d.ref_crop_min <= 1.0, "data.ref_crop_min", "must be in (0, 1]")
+  mix = dict(d.refs)
+  if mix.get("image", 0) > 0:
+    check(isinstance(d.ref_images, int) and d.ref_images >= 1, "data.ref_images",
+          "must be an int >= 1")
+  if mix.get("video", 0) > 0:
+    check(isinstance(d.ref_video_frames, int) and d.ref_video_frames >= 1,
+          "data.ref_video_frames", "must be an int >= 1")
+    try:
+      video_ae().latent_frames(d.ref_video_frames)
+    except ValueError as e:
+      raise ConfigError("data.ref_video_frames", str(e)) from None
+  if d.audio_ref_rate > 0:
+    check(d.audio_ref_seconds > 0, "data.audio_ref_seconds", "must be positive")
+  if enabled(d):
+    check(d.format == "clips", "data.refs", "references are cut from pixel clips: needs "
+          "data.format=clips")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from skyreels_jax.core import check
+
 SAMPLERS = ("uniform", "logit_normal")
 SHIFT_MODES = ("fixed", "auto")
 
@@ -115,3 +117,14 @@ def flow_matching_loss(*, video_pred, video_z0, video_eps, video_keep, audio_pre
                                          keyframe_keep)
     total = total + keyframe_weight * parts["loss_keyframes"]
   return total, parts
+
+
+def check_config(config) -> None:
+  """flow.*: raises ConfigError naming the field."""
+  f = config.flow
+  check(f.timestep_sampling in SAMPLERS, "flow.timestep_sampling",
+        f"{f.timestep_sampling!r} is not one of {sorted(SAMPLERS)}")
+  check(f.shift > 0, "flow.shift", "must be positive")
+  check(f.shift_mode in SHIFT_MODES, "flow.shift_mode",
+        f"{f.shift_mode!r} is not one of {sorted(SHIFT_MODES)}")
+  check(f.shift_base_tokens >= 1, "flow.shift_base_tokens", "must be >= 1")

@@ -12,6 +12,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from skyreels_jax.core import check
+from skyreels_jax.diffusion.flow_matching import SHIFT_MODES
+
 SOLVERS = ("euler", "heun")
 
 
@@ -50,3 +53,12 @@ def solve(name: str, velocity: Callable, z, times: jax.Array):
   if name == "heun":
     return heun(velocity, z, times)
   raise ValueError(f"sample.solver={name!r}: choose one of {SOLVERS}")
+
+
+def check_config(config) -> None:
+  """sample.*: raises ConfigError naming the field."""
+  s = config.sample
+  check(s.shift_mode in SHIFT_MODES, "sample.shift_mode",
+        f"{s.shift_mode!r} is not one of {sorted(SHIFT_MODES)}")
+  check(s.solver in SOLVERS, "sample.solver", f"{s.solver!r} is not one of {sorted(SOLVERS)}")
+  check(s.num_steps >= 1, "sample.num_steps", "must be >= 1")

@@ -1,5 +1,7 @@
 """SkyReelsV4: the text encoder (when trained with the model) and the MMDiT, as one module.
-A frozen text encoder is not part of it (models/frozen.py; tasks.examples.Codecs).
+A frozen text encoder is not part of it (models/frozen.py; tasks.examples.Codecs). The
+model of a config is `config.build_model(config)`: the MMDiT config is derived from every
+section.
 """
 
 from __future__ import annotations
@@ -26,20 +28,3 @@ class SkyReelsV4(nnx.Module):
     if text is None:
       text, text_mask = self.encode_text(text_ids, text_mask)
     return self.mmdit(text=text, text_mask=text_mask, **inputs)
-
-
-def build_model(config, *, rngs: nnx.Rngs) -> SkyReelsV4:
-  """Concrete model (no eager sharding: the trainer places params by logical rules)."""
-  from skyreels_jax.config import DTYPES, derive
-  _, mcfg = derive(config, abstract=True)    # shapes only: the run validated its paths
-  spec = text_lib.build(config.text, dtype=DTYPES[config.model.dtype],
-                        param_dtype=DTYPES[config.model.param_dtype], weights=False,
-                        published_if_missing=True)
-  with nnx.use_eager_sharding(False):
-    return SkyReelsV4(mcfg, spec, rngs=rngs)
-
-
-def abstract_model(config) -> SkyReelsV4:
-  """Shapes and logical axes only (nnx.eval_shape): no memory, any size."""
-  with nnx.use_eager_sharding(False):
-    return nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))

@@ -22,6 +22,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from skyreels_jax.models import remat as remat_lib
+from skyreels_jax.core import DTYPES, check
+from skyreels_jax.models.attention import STRATEGY_NAMES
 from skyreels_jax.models.attention import AttentionSpec
 from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock
 from skyreels_jax.models.layers import (AdaLNModulation, ConditionEmbedding, dense, layer_norm,
@@ -300,3 +302,34 @@ class MMDiT(nnx.Module):
     k_out = unpatchify(k_out.reshape(b * keyframes.shape[1], -1, k_out.shape[-1]),
                        (1, *keyframes.shape[2:4]), cfg.video_patch, cfg.video_latent_channels)
     return v_out, a_out, k_out.reshape(*keyframes.shape[:-1], cfg.video_latent_channels)
+
+
+def check_config(config) -> None:
+  """model.* and attention (configs/base.py): raises ConfigError naming the field."""
+  m = config.model
+  check(m.width > 0, "model.width", "must be positive")
+  check(m.num_heads > 0 and m.width % m.num_heads == 0, "model.num_heads",
+        f"{m.num_heads} heads do not divide model.width={m.width}")
+  head_dim = m.width // m.num_heads
+  check(head_dim % 2 == 0, "model.num_heads", f"head dim {head_dim} must be even (RoPE)")
+  check(len(m.rope_axes_dim) == 3 and sum(m.rope_axes_dim) == head_dim
+        and all(a % 2 == 0 for a in m.rope_axes_dim), "model.rope_axes_dim",
+        f"{tuple(m.rope_axes_dim)} must be 3 even sizes summing to the head dim {head_dim}")
+  check(m.num_dual_blocks >= 1, "model.num_dual_blocks", "need at least one dual block")
+  check(m.num_single_blocks >= 0, "model.num_single_blocks", "must be >= 0")
+  check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+  check(not m.guidance_embed, "model.guidance_embed",
+        "no trainer or sampler passes a guidance value yet (it comes with loading "
+        "HunyuanVideo's guidance-distilled weights); leave it False")
+  for f in ("patch_size", "patch_size_t", "audio_patch_size"):
+    check(m[f] >= 1, f"model.{f}", "must be >= 1")
+  for f, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),
+                     ("remat", remat_lib.POLICIES)):
+    check(m[f] in allowed, f"model.{f}", f"{m[f]!r} is not one of {sorted(allowed)}")
+  check(config.attention in STRATEGY_NAMES, "attention",
+        f"{config.attention!r} is not one of {sorted(STRATEGY_NAMES)}")
+  cube = tuple(m.vsa_cube)
+  check(len(cube) == 3 and all(isinstance(c, int) and c >= 1 for c in cube), "model.vsa_cube",
+        f"{cube} must be 3 positive ints (t, h, w tokens)")
+  check(isinstance(m.vsa_top_k, int) and m.vsa_top_k >= 0, "model.vsa_top_k",
+        "must be an int >= 0 (0: all cubes)")

@@ -140,3 +140,21 @@ def place_tree(tree: Any, mesh: Mesh, axis_rules) -> tuple[Any, Any]:
   / heads, like the MMDiT's), replicated where they have none (the VAEs' convolutions)."""
   shardings = state_shardings(tree, mesh, axis_rules)
   return trees.place(tree, shardings), shardings
+
+
+def check_config(config) -> None:
+  """mesh.*: at most one axis fills the devices (-1), DCN slices are ints >= 1; ulysses
+  splits the heads over tensor x sequence."""
+  fills = [a for a in MESH_AXES if config.mesh[a] == -1]
+  check(len(fills) <= 1, "mesh", f"at most one axis may be -1, got {fills}")
+  for a in MESH_AXES:
+    check(config.mesh[a] == -1 or config.mesh[a] >= 1, f"mesh.{a}", "must be -1 or >= 1")
+    dcn = config.mesh[f"dcn_{a}"]
+    check(isinstance(dcn, int) and dcn >= 1, f"mesh.dcn_{a}",
+          f"must be an int >= 1 (slices along {a}), got {dcn!r}")
+  if config.attention == "ulysses":
+    heads, tensor, seq = config.model.num_heads, config.mesh.tensor, config.mesh.sequence
+    if tensor > 0 and seq > 0:
+      check(heads % (tensor * seq) == 0, "model.num_heads",
+            f"attention=ulysses splits {heads} heads over mesh.tensor={tensor} x "
+            f"mesh.sequence={seq}")

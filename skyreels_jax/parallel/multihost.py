@@ -31,6 +31,8 @@ import dataclasses
 import glob
 import os
 import re
+from absl import flags
+import jax
 
 MODES = ("auto", "none", "explicit", "slurm", "tpu")
 ENV_MODE = "SKYREELS_DISTRIBUTED"
@@ -56,7 +58,6 @@ class ClusterSpec:
 def define_flags():
   """absl flags of an entry point (call at module level of a `__main__`); pass the returned
   holders to `initialize_from_flags` in main()."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   return {
       "mode": flags.DEFINE_enum("distributed", None, list(MODES),
                                 f"Cluster to join (default: ${ENV_MODE} or auto-detect)."),
@@ -165,7 +166,6 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   Call before anything else touches JAX devices. A single process needs nothing: with no
   cluster found this only applies SKYREELS_NUM_CPU_DEVICES (when set).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   cpu_devices = _int_env(os.environ, ENV_NUM_CPU_DEVICES)
   if cpu_devices:
     jax.config.update("jax_num_cpu_devices", cpu_devices)

@@ -46,6 +46,8 @@ _SOLVER = flags.DEFINE_enum("solver", None, ["euler", "heun"], "ODE solver.")
 _VG = flags.DEFINE_float("video_guidance", None, "CFG scale for video.")
 _AG = flags.DEFINE_float("audio_guidance", None, "CFG scale for audio.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_LORA = flags.DEFINE_enum("lora", "merged", ["merged", "unmerged"], "A LoRA run: fold the "
+                          "adapters into its base once, or keep them apart (folded per call).")
 _REFINER = flags.DEFINE_string("refiner_workdir", None, "A refiner run: the cascade (base = "
                                "--workdir -> refiner -> decode) at the refiner's size and fps.")
 _REFINER_STEP = flags.DEFINE_integer("refiner_step", None, "Refiner checkpoint step.")
@@ -133,9 +135,9 @@ def build_condition(task: str, v: dict, config, geometry):
   """The Condition of the flags, media read at the run's geometry; usage errors name the
   flag (too short a video, --extend out of range, an unreadable file)."""
   from skyreels_jax.sample import conditions as C
-  from skyreels_jax.models import autoencoders
+  from skyreels_jax.models import encoders
   g, d = geometry, config.data
-  tf = autoencoders.build_video(config.video_ae, weights=False).temporal_factor
+  tf = encoders.build_video(config.video_ae, weights=False).temporal_factor
   media = dict(fps=d.fps, height=g.height, width=g.width, sample_rate=d.sample_rate,
                channels=d.audio_channels)
 
@@ -208,7 +210,7 @@ def main(argv):
           else [{"prompt": p, "seed": None} for p in _PROMPT.value])
   for i, row in enumerate(rows):
     row["seed"] = _SEED.value + i if row["seed"] is None else int(row["seed"])
-  batch = _BATCH.value or int(config.sample.get("batch_size", 1))
+  batch = _BATCH.value or int(config.sample.batch_size)
   if batch < 1:
     raise usage(f"--batch_size={batch}: must be at least 1")
 
@@ -217,7 +219,11 @@ def main(argv):
   if _MESH.value:
     from skyreels_jax.parallel.mesh import make_mesh
     mesh = make_mesh(parse_mesh(_MESH.value, config.mesh))
-  sampler = Sampler(_WORKDIR.value, step=_STEP.value, config=config, mesh=mesh)
+  try:
+    sampler = Sampler(_WORKDIR.value, step=_STEP.value, config=config, mesh=mesh,
+                      lora_merged=_LORA.value == "merged")
+  except FileNotFoundError as e:   # no checkpoint, or a LoRA run whose base is gone
+    raise usage(f"--workdir={_WORKDIR.value}: {e}") from None
   settings = sampler.settings(seed=_SEED.value, num_steps=_STEPS.value, solver=_SOLVER.value,
                               video_guidance=_VG.value, audio_guidance=_AG.value)
   cascade = None

@@ -35,12 +35,12 @@ _SHARED = (("video_ae", ("kind", "path", "spatial_factor", "temporal_factor")),
 def refiner_geometry_config(base_config, base_geometry, refiner_config):
   """A copy of the refiner run's config at the geometry the base output implies; raises
   ValueError naming what does not match."""
-  r = refiner_config.get("refiner")
-  if r is None or not r.enabled:
+  r = refiner_config.refiner
+  if not r.enabled:
     raise ValueError("the refiner run's config.refiner.enabled is False: not a refiner")
   for section, fields in _SHARED:
     for f in fields:
-      a, b = base_config[section].get(f), refiner_config[section].get(f)
+      a, b = base_config[section][f], refiner_config[section][f]
       if a != b:
         raise ValueError(f"{section}.{f}: the base run has {a!r}, the refiner {b!r}; the "
                          "cascade hands latents over, so they must match")
@@ -50,7 +50,7 @@ def refiner_geometry_config(base_config, base_geometry, refiner_config):
     raise ValueError(f"refiner.scale={r.scale}: the base's keyframes are "
                      f"{g.keyframe_size[0]}x{g.keyframe_size[1]}, its video x {r.scale} is "
                      f"{size[0]}x{size[1]}")
-  endpoint = bool(base_config.data.get("endpoint_frame", False))
+  endpoint = bool(base_config.data.endpoint_frame)
   ts = int(r.time_scale)
   frames = (g.num_frames - 1) * ts + 1 if endpoint else g.num_frames * ts
   if low_res_frames(frames, ts) != g.num_frames:
@@ -73,7 +73,7 @@ def _check_keyframes(base_geometry, r, trained_frames: int) -> None:
   """The base's keyframes must be what the refiner trained with: as many, at target frames
   inside its training clips (where its random training keyframes fell)."""
   made = len(base_geometry.keyframe_frames)
-  count = int(r.get("num_keyframes", 0))
+  count = int(r.num_keyframes)
   if made != count:
     raise ValueError(f"refiner.num_keyframes={count}: the refiner trained with {count} "
                      f"keyframes, the base run makes {made} (keyframes.count); train them to "

@@ -12,7 +12,10 @@ as well; the stream's own duration is exact, so `read_mp4` cuts the decoded audi
 import math
 from fractions import Fraction
 
+import av
 import numpy as np
+import soundfile as sf
+from PIL import Image, ImageDraw
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -66,8 +69,6 @@ def write_mp4(path, video: np.ndarray, fps: float, audio: np.ndarray | None = No
   zero-padded or cut to exactly `round(T * sample_rate / fps)` samples so both tracks last
   T / fps seconds. `sample_rate` must be one AAC accepts (8000..48000 standard rates).
   """
-  import av  # pylint: disable=g-import-not-at-top
-
   frames = _prepare_frames(video, min_side)
   rate = _fps_fraction(fps)
   num_frames, height, width, _ = frames.shape
@@ -122,8 +123,6 @@ def read_mp4(path) -> dict:
   Without an audio track, audio is (0, 0) and sample_rate 0. Durations are T / fps and
   S / sample_rate, with the AAC tail padding cut (see the module docstring).
   """
-  import av  # pylint: disable=g-import-not-at-top
-
   with av.open(str(path)) as container:
     vstream = container.streams.video[0]
     rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
@@ -160,7 +159,6 @@ def read_mp4(path) -> dict:
 
 def write_wav(path, audio: np.ndarray, sample_rate: int) -> None:
   """Writes float audio (S,) or (S, C) in [-1, 1] as 16-bit PCM WAV."""
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
 
   audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
   sf.write(str(path), audio, int(sample_rate), subtype="PCM_16", format="WAV")
@@ -186,7 +184,6 @@ def write_contact_sheet(path, videos: list, labels: list | None = None,
   (n = frames_per_row) and `rows * (tile_h + band) + (rows - 1) * gap` high. A video with
   fewer frames than `frames_per_row` shows all of them and leaves the rest of its row black.
   """
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
 
   videos = [np.asarray(v) for v in videos]
   if not videos:

@@ -10,28 +10,25 @@ inside the sampling program, and references are prepended as Concat(ref, ref, 1)
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from skyreels_jax.config import derive, validate
+from skyreels_jax.config import (DTYPES, abstract_model, derive,  # noqa: F401
+                                 load_run_config, validate)
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.diffusion.guidance import guide
 from skyreels_jax.diffusion.solvers import solve
-from skyreels_jax.models import abstract_model
 from skyreels_jax.parallel.mesh import make_mesh, place_tree, rules, state_shardings
 from skyreels_jax.tasks.examples import make_codecs, prepended_refs
 from skyreels_jax.sample import conditions
 from skyreels_jax.tasks.masks import channel_concat, condition_latent, given
 from skyreels_jax.tasks.refiner import still_latents
-from skyreels_jax.weights import runs
+from skyreels_jax.weights import lora, runs
 from skyreels_jax.weights.trees import summary, with_shardings
 
 
@@ -45,20 +42,15 @@ class SampleSettings:
   seed: int
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be a training run directory")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.model.rope_axes_dim = tuple(config.model.rope_axes_dim)
-  return config
-
-
 class Sampler:
   """Generates clips with the EMA params of a run's latest (or given) checkpoint."""
 
-  def __init__(self, workdir: str, *, step: int | None = None, config=None, mesh=None):
+  def __init__(self, workdir: str, *, step: int | None = None, config=None, mesh=None,
+               lora_merged: bool = True):
+    """A LoRA run (train.lora.rank > 0) samples its base (re-read from the checkpoint its
+    init_report.json records) with its EMA adapters: `lora_merged` folds them into the
+    weights once; otherwise base and adapters stay apart and every call folds them inside
+    the program (the same output, less memory between calls, more work per call)."""
     self.config = config if config is not None else load_run_config(workdir)
     validate(self.config)
     self.geometry, self.mcfg = derive(self.config)
@@ -66,8 +58,25 @@ class Sampler:
     axis_rules = rules(self.config)
     # The EMA params alone, by their logical axes onto this mesh: no optimizer, no trainer.
     self.graphdef, abstract = nnx.split(abstract_model(self.config), nnx.Param)
-    target = with_shardings(abstract, state_shardings(abstract, self.mesh, axis_rules))
-    self.step, self.params = runs.read(workdir, "ema", target, step=step)
+    shardings = state_shardings(abstract, self.mesh, axis_rules)
+    self.lora_scale = None
+    lo = self.config.train.lora
+    if lo.rank > 0:
+      adapters = lora.abstract_adapters(abstract, lo.targets, lo.rank,
+                                        DTYPES[self.config.model.param_dtype])
+      self.step, adapters = runs.read(workdir, "ema", with_shardings(
+          adapters, state_shardings(adapters, self.mesh, axis_rules)), step=step)
+      base = lora.typed(abstract, DTYPES[lo.base_dtype])
+      base = runs.read_base(workdir, with_shardings(
+          base, state_shardings(base, self.mesh, axis_rules)))
+      self.lora_scale = (lo.alpha or lo.rank) / lo.rank
+      self.params = (base, adapters)
+      if lora_merged:
+        with jax.set_mesh(self.mesh):
+          self.params = jax.jit(self._resolve, out_shardings=shardings)(self.params)
+    else:
+      self.step, self.params = runs.read(workdir, "ema", with_shardings(abstract, shardings),
+                                         step=step)
     self.codecs, self.tokenizer = make_codecs(self.config)
     # Frozen encoder / VAE weights are arguments of the sampling program, not constants.
     self.frozen, _ = place_tree(self.codecs.frozen_params(), self.mesh, axis_rules)
@@ -78,6 +87,12 @@ class Sampler:
     self._condition_fn = jax.jit(
         lambda batch, frozen, cond: self._encode_condition(self.codecs.bind(frozen), cond,
                                                            batch), static_argnums=(0,))
+
+  def _resolve(self, params):
+    """The model's params: (base, adapters) of a LoRA run folded, else as they are."""
+    if isinstance(params, tuple):
+      return lora.merge(*params, self.lora_scale)
+    return params
 
   def settings(self, **overrides) -> SampleSettings:
     """The run's sampling defaults (config.sample) with `overrides`; with
@@ -97,7 +112,7 @@ class Sampler:
     audio guidance), traced, so new values do not recompile."""
     num_steps, solver = static
     shift, video_guidance, audio_guidance = scalars[0], scalars[1], scalars[2]
-    model = nnx.merge(self.graphdef, params)
+    model = nnx.merge(self.graphdef, self._resolve(params))
     codecs = self.codecs.bind(frozen)
     g = self.geometry
     b = text_ids.shape[0]

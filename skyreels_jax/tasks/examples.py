@@ -19,7 +19,7 @@ from flax import nnx
 
 from skyreels_jax.core import DTYPES, ConfigError
 from skyreels_jax.diffusion import flow_matching as fm
-from skyreels_jax.models import autoencoders, frozen, text
+from skyreels_jax.models import encoders, frozen, text
 from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent, given,
                                       sample_task_masks)
 from skyreels_jax.tasks import keyframes as keyframes_lib
@@ -181,11 +181,11 @@ def video_reference_inputs(batch: dict, video_ae, config):
 
 def reference_slots(config) -> tuple[int, int]:
   """(video reference latent frames, audio reference latents) a training example carries
-  (padded slots included): for token counts (tools/memory.py, tools/aot.py)."""
+  (padded slots included): for token counts (perf/memory.py, tools/aot.py)."""
   d = config.data
   shapes = dict(weights=False, published_if_missing=True)
-  video_ae = autoencoders.build_video(config.video_ae, **shapes)
-  audio_ae = autoencoders.build_audio(config.audio_ae, d.audio_channels, **shapes)
+  video_ae = encoders.build_video(config.video_ae, **shapes)
+  audio_ae = encoders.build_audio(config.audio_ae, d.audio_channels, **shapes)
   mix = dict(d.refs)
   video = max([d.ref_images if mix.get("image", 0) > 0 else 0]
               + [video_ae.latent_frames(d.ref_video_frames) if mix.get("video", 0) > 0
@@ -273,7 +273,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
   has_video / has_audio (B,) booleans (data/loader.py); or, with data.format = "latents",
   video_latent (B, T, h, w, C) and audio_latent (B, Ta, Ca) in place of video and audio."""
-  if config.get("refiner", {}).get("enabled"):
+  if config.refiner.enabled:
     return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio)
   d = config.data
   k_t, k_ev, k_ea, k_task, k_cap, k_ek = jax.random.split(rng, 6)
@@ -393,11 +393,11 @@ def make_codecs(config, *, abstract: bool = False,
   load = dict(weights=not abstract, published_if_missing=abstract)
   dtype = DTYPES[config.model.dtype]
   components = {}
-  for field, build in (("video_ae", lambda: autoencoders.build_video(config.video_ae, **load)),
-                       ("audio_ae", lambda: autoencoders.build_audio(
+  for field, build in (("video_ae", lambda: encoders.build_video(config.video_ae, **load)),
+                       ("audio_ae", lambda: encoders.build_audio(
                            config.audio_ae, config.data.audio_channels, **load)),
-                       ("text", lambda: text.build(config.text, dtype=dtype, param_dtype=dtype,
-                                                   **load))):
+                       ("text", lambda: encoders.build_text(config.text, dtype=dtype,
+                                                            param_dtype=dtype, **load))):
     try:
       components[field] = build()
     except (ValueError, FileNotFoundError) as e:

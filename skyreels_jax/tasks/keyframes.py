@@ -23,13 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skyreels_jax.core import check
+
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.tasks.masks import channel_concat
 from skyreels_jax.tasks.refiner import keyframe_latent_frames, low_res_view, still_latents
 
 
 def enabled(config) -> bool:
-  return int(config.get("keyframes", {}).get("count", 0)) > 0
+  return int(config.keyframes.count) > 0
 
 
 def keyframe_frames(keyframes_config, num_frames: int, video_ae) -> tuple[tuple[int, ...],
@@ -37,7 +39,7 @@ def keyframe_frames(keyframes_config, num_frames: int, video_ae) -> tuple[tuple[
   """(pixel frames, their latent frames) of the keyframes of a `num_frames` clip: the
   configured frames (or `count` evenly spaced ones) that fall in the clip, the first of each
   latent frame."""
-  frames = tuple(int(f) for f in keyframes_config.get("frames", ()))
+  frames = tuple(int(f) for f in keyframes_config.frames)
   if not frames:
     frames = tuple(int(round(f)) for f in np.linspace(0, num_frames - 1,
                                                       int(keyframes_config.count)))
@@ -73,3 +75,21 @@ def keyframe_stream(z0: jax.Array, eps: jax.Array, t: jax.Array, drop: jax.Array
   x = channel_concat(fm.noisy(z0, eps, t), jnp.broadcast_to(empty, z0.shape).astype(z0.dtype),
                      keep)
   return x, jnp.maximum(keep, drop.reshape(shape).astype(keep.dtype))
+
+
+def check_config(config) -> None:
+  """keyframes.*: a low-res video stream the model patches and keyframes in the clip."""
+  k, d = config.keyframes, config.data
+  if not (k.count or k.frames):
+    return
+  check(isinstance(k.count, int) and k.count >= 0, "keyframes.count", "must be an int >= 0")
+  check(isinstance(k.scale, int) and k.scale >= 1, "keyframes.scale", "must be an int >= 1")
+  check(d.height % k.scale == 0 and d.width % k.scale == 0, "keyframes.scale",
+        f"data {d.height}x{d.width} (the high-res clip) does not divide by {k.scale}")
+  bad = [f for f in k.frames if not (isinstance(f, int) and 0 <= f < d.num_frames)]
+  check(not bad, "keyframes.frames", f"{bad} not frame indices in [0, {d.num_frames})")
+  check(config.model.patch_size_t == 1, "model.patch_size_t",
+        "keyframes are single latent frames: need 1")
+  check(d.format == "clips", "data.format", "keyframes are cut from pixel clips")
+  check(not config.refiner.enabled, "keyframes.count",
+        "the refiner takes the base model's keyframes; it does not make them")

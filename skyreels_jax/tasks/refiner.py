@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skyreels_jax.core import ConfigError, check
+
 
 def low_res_view(video: jax.Array, scale: int, time_scale: int) -> jax.Array:
   """(B, F, H, W, 3) high-res clip -> (B, ceil(F / time_scale), H / scale, W / scale, 3):
@@ -150,7 +152,7 @@ def refiner_video(video: jax.Array, rng: jax.Array, *, refiner, video_ae, frames
     z_low = (1.0 - refiner.noise_low) * z_low + refiner.noise_low * eps
   cond, keep = refiner_condition(z_low, z0.shape[1:4])
   out = dict(z0=z0, cond=cond, keep=keep)
-  count = int(refiner.get("num_keyframes", 0))
+  count = int(refiner.num_keyframes)
   if frames is None and count:
     frames = draw_keyframe_frames(k_frames, video.shape[1], count)
   if frames is not None:
@@ -158,3 +160,37 @@ def refiner_video(video: jax.Array, rng: jax.Array, *, refiner, video_ae, frames
     out["keyframes"] = still_latents(video_ae, jnp.take(video, frames, axis=1))
     out["keyframe_times"] = keyframe_positions(video_ae, frames)
   return out
+
+
+def check_config(config, video_ae) -> None:
+  """refiner.*: the low-res view of the data clip must be a clip `video_ae()` (the config's
+  video autoencoder, shapes only) encodes, and its keyframes single latent frames."""
+  r, d = config.refiner, config.data
+  if not r.enabled:
+    return
+  for f in ("scale", "time_scale"):
+    check(isinstance(r[f], int) and r[f] >= 1, f"refiner.{f}", f"must be an int >= 1, got "
+          f"{r[f]!r}")
+  check(d.height % r.scale == 0 and d.width % r.scale == 0, "refiner.scale",
+        f"data {d.height}x{d.width} (the target) does not divide by {r.scale}")
+  check(0.0 <= r.noise_low < 1.0, "refiner.noise_low", "must be in [0, 1)")
+  k = r.num_keyframes
+  check(isinstance(k, int) and 0 <= k <= d.num_frames, "refiner.num_keyframes",
+        f"must be an int in [0, data.num_frames={d.num_frames}], got {k!r}")
+  check(not k or config.model.patch_size_t == 1, "model.patch_size_t",
+        "refiner keyframes are single latent frames: need 1")
+  # The low-res view is cut from each pixel clip: not from latents, nor per bucket.
+  check(d.format == "clips", "data.format", "the refiner trains on clips")
+  check(not d.resolutions and not d.durations, "data.resolutions",
+        "the refiner trains on one geometry (no buckets)")
+  vae = video_ae()
+  try:
+    vae.latent_hw(d.height // r.scale, d.width // r.scale)
+  except ValueError as e:
+    raise ConfigError("refiner.scale", f"low-res {d.height // r.scale}x{d.width // r.scale}: "
+                      f"{e}") from None
+  frames = low_res_frames(d.num_frames, r.time_scale)
+  try:
+    vae.latent_frames(frames)
+  except ValueError as e:
+    raise ConfigError("refiner.time_scale", f"low-res {frames} frames: {e}") from None

@@ -25,15 +25,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from skyreels_jax.config import ConfigError, derive, hybrid_mesh_shape, validate
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
 from skyreels_jax.data import references
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
-from skyreels_jax.tools.flops import mmdit_train_flops
-from skyreels_jax.train.state import (abstract_state, frozen_shardings, jit_train_step,
-                                      make_optimizer, make_train_step, with_empty_latents)
+from skyreels_jax.perf.flops import mmdit_train_flops
+from skyreels_jax.train.init import lora_base_target
+from skyreels_jax.train.state import (LORA_BASE, abstract_state, frozen_shardings,
+                                      jit_train_step, lora_on, make_optimizer,
+                                      make_train_step, with_empty_latents)
 from skyreels_jax.weights.trees import with_shardings
 
 # HBM per JAX device (a chip; megacore on v4/v5p) by `device_kind`: the abstract devices
@@ -52,7 +55,7 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
   """Abstract (compile-only) devices of a TPU topology such as `v5p:4x4x4` or `v5e:2x2`, on
   `num_slices` slices joined by DCN (each device has a `slice_index`). v5p/v4 name chips
   (v5p:4x4x4 = 64 chips = v5p-128, which counts TensorCores)."""
-  from jax.experimental import topologies
+  from jax.experimental import topologies  # late: optional, loads libtpu
   # libtpu takes a machine-wide lock file by default; compiling needs no exclusive TPU.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
@@ -99,6 +102,10 @@ def lower_train_step(config, devices):
   frozen = with_shardings(codecs.frozen_params(), frozen_sharding)
   frozen, frozen_sharding = with_empty_latents(config, codecs, batch, frozen, frozen_sharding,
                                                mesh, mcfg.use_audio, abstract=True)
+  if lora_on(config):   # the frozen base of a LoRA run, an argument like the encoders'
+    base, base_sharding = lora_base_target(config, mesh, axis_rules)
+    frozen, frozen_sharding = ({**frozen, LORA_BASE: base},
+                               {**frozen_sharding, LORA_BASE: base_sharding})
   step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
   step = jit_train_step(step, shardings, {k: v.sharding for k, v in batch.items()},
                         frozen_sharding)
@@ -107,7 +114,7 @@ def lower_train_step(config, devices):
 
 
 def analytic_flops(config) -> dict[str, int]:
-  """tools/flops.py train FLOPs of the global batch: the whole step, and the same count with
+  """perf/flops.py train FLOPs of the global batch: the whole step, and the same count with
   each scanned block stack taken once (what XLA's cost analysis counts, see below)."""
   geom, mcfg = derive(config, abstract=True)
   ref_frames, ref_audio = reference_slots(config)
@@ -211,7 +218,6 @@ def compile_report(config, topology: str, num_slices: int = 1) -> dict[str, Any]
 
 
 def main(argv):
-  from absl import app, flags
   del argv
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")

@@ -1,121 +1,121 @@
 """Offline weight conversion: a Hugging Face / diffusers folder -> an orbax checkpoint.
 
   python -m skyreels_jax.tools.convert --kind=wan_vae|oobleck_vae|qwen2_5_vl --src=DIR --dst=DIR
+  python -m skyreels_jax.tools.convert --kind=lora_export --src=LORA_RUN --dst=DIR
 
 Reads `DIR/config.json` and its safetensors (numpy, no torch), maps every tensor through the
-kind's reviewed table (skyreels_jax/tools/*_mapping.py, strict `tools/weights.load_into`:
-an unused source tensor or an unfilled param fails, naming them) and writes
-  DST/params/        the module's variables (orbax), restorable straight into any sharding
-  DST/converted.json {kind, source config.json, the module config}, what `restore` rebuilds
-                     the module from
-  DST/tokenizer/     (qwen2_5_vl) the tokenizer / processor files, copied, so a config points
-                     at one folder
+kind's reviewed table (skyreels_jax/models/mappings/, strict `weights/tables.load_into`:
+an unused source tensor or an unfilled param fails, naming them) and writes the folder
+weights/converted.py describes (params/, converted.json, and for qwen2_5_vl the tokenizer /
+processor files in tokenizer/, copied, so a config points at one folder). The command line
+only: reading a folder back is models/frozen.restore.
 Nothing downloads at run time: configs name DST, and a missing path is a clear error.
+
+`lora_export` writes a LoRA run's EMA adapters (train.lora) as DIR/pytorch_lora_weights.safetensors
+in the diffusers / PEFT convention: `transformer.<module>.lora_A.weight` (rank, in) and
+`lora_B.weight` (out, rank), named by HunyuanVideo's modules (models/mappings/hunyuan.py;
+our own layers by their path), the alpha / rank scale folded into lora_B, and
+DIR/adapter_config.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import os
+import re
 import shutil
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
+from absl import flags
 
-# kind -> its mapping module, which provides load_folder(src) -> module (strict),
-# module_config(module) -> JSON-able config, build_module(config) -> module.
-KINDS = {
-    "wan_vae": "skyreels_jax.tools.wan_vae_mapping",
-    "oobleck_vae": "skyreels_jax.tools.oobleck_mapping",
-    "qwen2_5_vl": "skyreels_jax.tools.qwen_mapping",
-}
+from flax import nnx
+from safetensors.numpy import save_file
+
+from skyreels_jax.config import DTYPES, abstract_model, load_run_config
+from skyreels_jax.models import frozen
+from skyreels_jax.models.mappings import hunyuan
+from skyreels_jax.weights import converted, lora, runs
+from skyreels_jax.weights.converted import ConversionError  # noqa: F401 (raised here)
+
+KINDS = {**frozen.KINDS, "lora_export": None}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.json",
                    "chat_template.jinja", "preprocessor_config.json", "generation_config.json")
 
 
-class ConversionError(ValueError):
-  """A source folder that cannot be converted (missing files, unmapped tensors)."""
-
-
-def mapping_module(kind: str):
-  if kind not in KINDS:
-    raise ConversionError(f"--kind={kind!r}: choose one of {sorted(KINDS)}")
-  return importlib.import_module(KINDS[kind])
-
-
-def _plain(value: Any) -> Any:
-  """A module config (dataclass, dict, tuples) as JSON values."""
-  if dataclasses.is_dataclass(value):
-    value = dataclasses.asdict(value)
-  return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                               else str(o)))
+def export_lora(src: str, dst: str) -> dict[str, Any]:
+  """A LoRA run's EMA adapters as PEFT-named safetensors (see the module doc)."""
+  try:
+    config = load_run_config(src)
+  except FileNotFoundError as e:
+    raise ConversionError(str(e)) from None
+  lo = config.train.lora
+  if lo.rank <= 0:
+    raise ConversionError(f"{src}: not a LoRA run (train.lora.rank is 0)")
+  _, params = nnx.split(abstract_model(config), nnx.Param)
+  abstract = lora.abstract_adapters(params, lo.targets, lo.rank,
+                                    DTYPES[config.model.param_dtype])
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: x.replace(jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                  sharding=one)),
+                        abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  try:
+    step, adapters = runs.read(src, "ema", target)
+  except FileNotFoundError as e:
+    raise ConversionError(str(e)) from None
+  names = hunyuan.module_names(config.model.num_dual_blocks, config.model.num_single_blocks)
+  scale = (lo.alpha or lo.rank) / lo.rank
+  pairs: dict[tuple, dict] = {}
+  for path, v in nnx.to_flat_state(adapters):
+    pairs.setdefault(tuple(map(str, path[:-1])), {})[path[-1]] = np.asarray(v.get_value())
+  tensors, modules = {}, set()
+  for path, ab in sorted(pairs.items()):
+    inner = path[1:-1] if path[0] == "mmdit" else path[:-1]     # the Linear, no `kernel`
+    stacked = ab[lora.A].ndim == 3
+    for i in range(ab[lora.A].shape[0]) if stacked else (None,):
+      a, b = (ab[lora.A][i], ab[lora.B][i]) if stacked else (ab[lora.A], ab[lora.B])
+      key = inner + (() if i is None else (str(i),))
+      name = names.get(key) or ".".join(path[:-1] + (() if i is None else (str(i),)))
+      tensors[f"transformer.{name}.lora_A.weight"] = np.ascontiguousarray(a.T)
+      tensors[f"transformer.{name}.lora_B.weight"] = np.ascontiguousarray((scale * b).T)
+      modules.add(re.sub(r"^(single_)?transformer_blocks\.\d+\.", "", name))
+  os.makedirs(dst, exist_ok=True)
+  meta = {"source": os.path.abspath(src), "step": int(step), "rank": int(lo.rank),
+          "alpha": float(lo.alpha or lo.rank), "scale_folded_into_lora_B": scale}
+  save_file(tensors, os.path.join(dst, "pytorch_lora_weights.safetensors"),
+            metadata={k: str(v) for k, v in meta.items()})
+  with open(os.path.join(dst, "adapter_config.json"), "w") as f:
+    json.dump({"peft_type": "LORA", "r": int(lo.rank), "lora_alpha": int(lo.rank),
+               "target_modules": sorted(modules), "bias": "none"}, f, indent=2)
+  return {"kind": "lora_export", **meta, "tensors": len(tensors)}
 
 
 def convert(kind: str, src: str, dst: str) -> dict[str, Any]:
   """Converts `src` into `dst`; returns converted.json's content."""
-  mapping = mapping_module(kind)
+  if kind == "lora_export":
+    return export_lora(src, dst)
+  table = frozen.table(kind)
   config_path = os.path.join(src, "config.json")
   if not os.path.exists(config_path):
     raise ConversionError(f"{src}: no config.json (a save_pretrained folder is expected)")
   with open(config_path) as f:
     source_config = json.load(f)
-  module = mapping.load_folder(src)           # strict: raises naming the tensors
-  params = nnx.state(module)   # every variable: params and buffers (e.g. latent mean / std)
-  os.makedirs(dst, exist_ok=True)
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  target = os.path.abspath(os.path.join(dst, "params"))
-  if os.path.exists(target):
-    shutil.rmtree(target)
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(target, nnx.to_pure_dict(params))
-  meta = {"kind": kind, "source_config": source_config,
-          "module_config": _plain(mapping.module_config(module))}
+  module = table.load_folder(src)           # strict: raises naming the tensors
+  meta = converted.save(dst, kind, module, source_config=source_config,
+                        module_config=table.module_config(module))
   if kind == "qwen2_5_vl":
     tok_dir = os.path.join(dst, "tokenizer")
     os.makedirs(tok_dir, exist_ok=True)
     for name in TOKENIZER_FILES:
       if os.path.exists(os.path.join(src, name)):
         shutil.copy(os.path.join(src, name), tok_dir)
-  with open(os.path.join(dst, "converted.json"), "w") as f:
-    json.dump(meta, f, indent=2)
   return meta
 
 
-def restore(path: str, kind: str, shardings: Callable[[Any], Any] | None = None):
-  """The module of a converted folder. `shardings(abstract_state) -> shardings tree` places
-  the params as they are read (default: replicated on the default device)."""
-  meta_path = os.path.join(path, "converted.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"{path}: not a converted checkpoint (no converted.json); run "
-                            f"python -m skyreels_jax.tools.convert --kind={kind} --src=... "
-                            f"--dst={path}")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  if meta["kind"] != kind:
-    raise ConversionError(f"{path} holds a {meta['kind']} conversion, not {kind}")
-  mapping = mapping_module(kind)
-  abstract = nnx.eval_shape(lambda: mapping.build_module(meta["module_config"]))
-  graphdef, state = nnx.split(abstract)
-  params = nnx.to_pure_dict(state)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  if shardings is not None:
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          target, shardings(target))
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with ocp.StandardCheckpointer() as ckpt:
-    values = ckpt.restore(os.path.abspath(os.path.join(path, "params")), target)
-  nnx.replace_by_pure_dict(state, values)
-  return nnx.merge(graphdef, state)
-
-
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
   try:
@@ -123,8 +123,12 @@ def main(argv):
   except (ConversionError, KeyError, ValueError) as e:
     print(f"conversion failed: {e}", file=sys.stderr)
     sys.exit(1)
+  if f.kind == "lora_export":
+    print(f"exported the adapters of {f.src} (step {meta['step']}, rank {meta['rank']}): "
+          f"{meta['tensors']} tensors in {f.dst}")
+    return
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      restore(f.dst, f.kind)) if hasattr(x, "shape"))
+      frozen.restore(f.dst, f.kind)) if hasattr(x, "shape"))
   print(f"converted {meta['kind']} from {f.src} to {f.dst}: {n / 1e6:.2f}M parameters")
 
 

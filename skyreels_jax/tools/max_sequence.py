@@ -6,7 +6,7 @@
       --num_devices=8 --hbm_gib=72.5 --attention=cudnn --height=480 --width=832
 
 Layout: FSDP over every device but the `--sequence` ones, one example per data-parallel shard.
-The memory model (tools/memory.py) bisects for the answer; AOT compiles of the real step
+The memory model (perf/memory.py) bisects for the answer; AOT compiles of the real step
 (tools/aot.py) then home in from it, each next try XLA's bytes scaled to the HBM, until s fits
 and s + 1 does not (--analytic_only: the model alone, e.g. for GPUs). A compile is given up
 after --compile_timeout_s: long clips take XLA's TPU compiler many minutes. Prints a JSON line
@@ -21,10 +21,13 @@ import os
 import sys
 from typing import Any, Callable
 
+import jax
+from absl import app, flags
+
 from skyreels_jax.config import ConfigError, derive, mesh_shape, validate
 from skyreels_jax.models.attention import SEQUENCE_PARALLEL
 from skyreels_jax.tools import aot
-from skyreels_jax.tools.memory import train_memory_bytes
+from skyreels_jax.perf.memory import train_memory_bytes
 
 # What the result keeps of each compile's report (tools/aot.py): enough to see where XLA and
 # the memory model part (arguments ~ the sharded state, temporaries ~ the activations).
@@ -44,7 +47,7 @@ def configure(config, *, height: int, width: int, seconds: int, num_devices: int
   c.attention, c.model.remat = attention, remat or c.model.remat
   # A D-second clip: D * fps frames, one more with an endpoint frame (Wan's 1 + 4k).
   c.data.height, c.data.width = height, width
-  c.data.num_frames = round(seconds * c.data.fps) + int(c.data.get("endpoint_frame", False))
+  c.data.num_frames = round(seconds * c.data.fps) + int(c.data.endpoint_frame)
   c.mesh.update(dict(data=1, fsdp=-1, sequence=sequence, tensor=1, dcn_data=1, dcn_fsdp=1,
                      dcn_sequence=1, dcn_tensor=1))
   c.data.batch_size = num_devices // sequence     # one example per (data x fsdp) shard
@@ -117,7 +120,6 @@ def max_sequence(config, *, height: int, width: int, num_devices: int, hbm_bytes
 
 
 def _compile_child(conn, config, topology: str):
-  import jax
   jax.config.update("jax_platforms", "cpu")
   try:
     conn.send(aot.compile_report(config, topology))
@@ -154,8 +156,6 @@ def check_flags(topology: str, analytic_only: bool, num_devices: int, hbm_gib: f
 
 
 def main(_):
-  import jax
-  from absl import app, flags
   f = flags.FLAGS
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")
@@ -179,7 +179,6 @@ def main(_):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
   flags.DEFINE_string("topology", "", "TPU topology to compile for, e.g. v5p:4x4x4 (64 chips)")

@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+from tensorboardX import SummaryWriter
 
 
 def json_float(value) -> float | None:
@@ -29,7 +30,6 @@ class MetricsWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
-    from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def _truncate_after(self, step: int) -> None:

@@ -58,8 +58,8 @@ def plot_loss_curve(metrics_jsonl_path, png_path, title: str | None = None) -> N
   """
   # The Agg canvas is attached to this one figure: no pyplot, so no global backend switch
   # (matplotlib.use would close a caller's open pyplot figures) and nothing at import time.
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # late: heavy, only when plotting
+  from matplotlib.figure import Figure  # late: heavy, only when plotting
 
   rows = read_metrics(metrics_jsonl_path)
   fig = Figure(figsize=(8, 4.5), dpi=100)

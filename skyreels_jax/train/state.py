@@ -24,11 +24,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from skyreels_jax.config import DTYPES, ConfigError, abstract_model, build_model
 from skyreels_jax.diffusion.flow_matching import flow_matching_loss
-from skyreels_jax.models import abstract_model, build_model
 from skyreels_jax.parallel.mesh import place_tree, state_shardings
 from skyreels_jax.tasks.examples import (Codecs, compute_empty_latents, needed_empty_latents,
                                          training_inputs)
+from skyreels_jax.weights import lora
+
+# The frozen base of a LoRA run rides with the frozen encoders' weights (a jit argument).
+LORA_BASE = "lora_base"
 
 
 def lr_schedule(config) -> optax.Schedule:
@@ -56,10 +60,30 @@ def make_optimizer(config) -> optax.GradientTransformation:
                   mask=_decay_mask))
 
 
+def lora_on(config) -> bool:
+  return config.train.lora.rank > 0
+
+
+def lora_scale(config) -> float:
+  lo = config.train.lora
+  return (lo.alpha or lo.rank) / lo.rank
+
+
+def abstract_params(config) -> tuple[nnx.GraphDef, nnx.State]:
+  """The model's GraphDef and abstract params (every weight, the base of a LoRA run)."""
+  return nnx.split(abstract_model(config), nnx.Param)
+
+
 def abstract_state(config, tx) -> tuple[nnx.GraphDef, dict]:
-  """GraphDef and the abstract state (leaves keep their logical-axis metadata)."""
-  model = abstract_model(config)
-  graphdef, params = nnx.split(model, nnx.Param)
+  """GraphDef and the abstract state (leaves keep their logical-axis metadata). A LoRA run
+  trains its adapters only: they are the state's params (weights/lora.py)."""
+  graphdef, params = abstract_params(config)
+  if lora_on(config):
+    lo = config.train.lora
+    params = lora.abstract_adapters(params, lo.targets, lo.rank,
+                                    DTYPES[config.model.param_dtype])
+    if not nnx.to_flat_state(params):
+      raise ConfigError("train.lora.targets", f"{tuple(lo.targets)} match no kernel")
   opt_state = jax.eval_shape(tx.init, params)
   state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
            "opt_state": opt_state, "ema": params, "guard": jax.eval_shape(init_guard)}
@@ -78,8 +102,10 @@ def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]
   shardings = state_shardings(abstract, mesh, axis_rules)
 
   def init():
-    model = build_model(config, rngs=nnx.Rngs(config.seed))
-    params = nnx.state(model, nnx.Param)
+    if lora_on(config):
+      params = lora.init_adapters(abstract["params"], jax.random.key(config.seed))
+    else:
+      params = nnx.state(build_model(config, rngs=nnx.Rngs(config.seed)), nnx.Param)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
             "ema": jax.tree.map(jnp.copy, params), "guard": init_guard()}
 
@@ -94,6 +120,10 @@ def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
   fcfg = config.flow
 
   def loss_fn(params, batch, rng, frozen):
+    frozen = dict(frozen)
+    base = frozen.pop(LORA_BASE, None)
+    if base is not None:     # a LoRA run: params are the adapters, folded into the base
+      params = lora.merge(base, params, lora_scale(config))
     model = nnx.merge(graphdef, params)
     inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs.bind(frozen),
                                     use_audio=use_audio)

@@ -32,14 +32,15 @@ from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
 from skyreels_jax.tasks.examples import make_codecs, text_trainable
+from skyreels_jax.train import init as init_lib
 from skyreels_jax.train import resume
 from skyreels_jax.train.checkpoint import Checkpointer
 from skyreels_jax.train.events import EventLog
 from skyreels_jax.train.metrics import MetricsWriter
 from skyreels_jax.train.preemption import PreemptionWatch
-from skyreels_jax.train.state import (abstract_state, all_finite, create_state, jit_train_step,
-                                      make_optimizer, make_train_step, place_frozen,
-                                      with_empty_latents)
+from skyreels_jax.train.state import (LORA_BASE, abstract_state, all_finite, create_state,
+                                      jit_train_step, lora_on, make_optimizer,
+                                      make_train_step, place_frozen, with_empty_latents)
 from skyreels_jax.weights.trees import with_shardings
 
 # Guard counters: not metrics to average or plot per step, read one step behind instead.
@@ -146,6 +147,7 @@ def train(config, workdir: str, *, restore_step: int | None = None,
   config.train.restore_step."""
   started_at = started_at or time.time()
   validate(config)
+  init_lib.check(config, workdir)   # a run that has no checkpoint yet starts from this
   _, mcfg = derive(config)
   mesh = make_mesh(config.mesh)
   axis_rules = rules(config)
@@ -188,15 +190,23 @@ def train(config, workdir: str, *, restore_step: int | None = None,
         ckpt, with_shardings(abstract, shardings), iterator,
         restore_step=config.train.restore_step if restore_step is None else restore_step,
         data_shares=shares, events=events, say=_print)
-    if state is None:
+    fresh = state is None
+    if fresh:
       graphdef, state, shardings = create_state(config, tx, mesh, axis_rules)
       start = 0
+      if config.train.init_from and not lora_on(config):
+        state, _ = init_lib.initialize(config, state, mesh, axis_rules, workdir, say=_print)
     else:
       _print(f"resuming from checkpoint step {start}")
     _print(describe(config, mesh, state["params"]))
 
     train_step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
     frozen, frozen_sharding = place_frozen(codecs, mesh, axis_rules)
+    lora_base = {}   # a LoRA run's frozen base rides with the frozen encoders' weights
+    if lora_on(config):
+      base, base_sharding = init_lib.load_lora_base(config, mesh, axis_rules, workdir,
+                                                    fresh=fresh, say=_print)
+      lora_base = {LORA_BASE: (base, base_sharding)}
     jitted: dict[tuple, Any] = {}
 
     def step_fn(state, batch):
@@ -206,6 +216,8 @@ def train(config, workdir: str, *, restore_step: int | None = None,
       if key not in jitted:
         args, args_sharding = with_empty_latents(config, codecs, batch, frozen,
                                                  frozen_sharding, mesh, mcfg.use_audio)
+        for k, (tree, sharding) in lora_base.items():
+          args, args_sharding = {**args, k: tree}, {**args_sharding, k: sharding}
         jitted[key] = args, jit_train_step(train_step, shardings, {
             k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
             args_sharding)

@@ -4,6 +4,7 @@ sampling, the params to start another run from) needs no optimizer and no traine
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -11,13 +12,13 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.serialization import type_handler_registry as registry
 
 
 def array_registry():
   """Default handlers, but replicated arrays are written from one replica: orbax's
   replica-parallel path jit-compiles a slice per array shape (hundreds of compiles at the
   first save of a replicated model) for a speed-up that only matters at pod scale."""
-  from orbax.checkpoint._src.serialization import type_handler_registry as registry
   handlers = [(ty, ocp.type_handlers.ArrayHandler(use_replica_parallel=False))
               if ty is jax.Array else (ty, h) for ty, h in registry._DEFAULT_TYPE_HANDLERS]
   return registry.create_type_handler_registry(*handlers)
@@ -58,6 +59,12 @@ def restore_subtree(mngr: ocp.CheckpointManager, step: int, key: str, abstract: 
   return mngr.restore(step, args=ocp.args.Composite(state=args))["state"][key]
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether the run has a checkpoint step folder (cheap: a directory listing)."""
+  folder = checkpoint_dir(workdir)
+  return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def read(workdir: str, key: str, abstract: Any, *, step: int | None = None) -> tuple[int, Any]:
   """(step, state[key]) of a run's latest (or given) checkpoint; FileNotFoundError when the
   run has none."""
@@ -71,3 +78,26 @@ def read(workdir: str, key: str, abstract: Any, *, step: int | None = None) -> t
     return step, restore_subtree(mngr, step, key, abstract)
   finally:
     mngr.close()
+
+
+# What a run started from (train/init.py): {source, step, weights, loaded, new, ignored, ...}.
+INIT_REPORT = "init_report.json"
+
+
+def read_init_report(workdir: str) -> dict[str, Any]:
+  path = os.path.join(workdir, INIT_REPORT)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: the run did not start from another run")
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_base(workdir: str, abstract: Any) -> Any:
+  """A LoRA run's base weights: the checkpoint its init_report.json recorded (source run,
+  step, ema | params), into the shardings and dtypes `abstract` carries."""
+  report = read_init_report(workdir)
+  source = report["source"]
+  if not checkpoint_dir(source).exists():
+    raise FileNotFoundError(f"the base of {workdir} ({source}, step {report['step']}) is "
+                            "gone: a LoRA run needs it on every resume and at sampling")
+  return read(source, report["weights"], abstract, step=int(report["step"]))[1]

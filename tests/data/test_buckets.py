@@ -7,13 +7,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import base
 from skyreels_jax.data import buckets, loader, records
 
 FPS, SR = 8.0, 1000
 
 
 def _data_config(path="", **overrides):
-  c = ml_collections.ConfigDict(dict(
+  c = base.get_config().data     # every field has its one default there
+  c.update(dict(
       path=path, height=16, width=16, num_frames=8, fps=FPS, sample_rate=SR, audio_channels=1,
       batch_size=4, num_workers=0, shuffle=True, resolutions=((16, 16), (8, 24)),
       durations=(1.0,), bucket_weights=ml_collections.ConfigDict()))

@@ -142,7 +142,7 @@ def test_text_inputs_are_the_frozen_encoders_outputs(converted):
   with jax.set_mesh(mesh):
     inputs = fn(placed, batch, jax.random.key(1))
   assert "text_ids" not in inputs and inputs["text"].shape == (8, 208, 64)
-  encoder = qwen_prompt.load_encoder(config.text.path)
+  encoder = frozen.load_encoder(config.text.path)
   own, own_mask = encoder(batch["text_ids"], batch["text_mask"])
   null = tokenizer("")
   null_emb, null_mask = encoder(null["text_ids"][None], null["text_mask"][None])

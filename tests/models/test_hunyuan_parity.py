@@ -1,7 +1,7 @@
 """Numerical parity of the video branch with diffusers' HunyuanVideo transformer (float32, CPU).
 
 Every diffusers tensor is randomised (AdaLN included, which our side zero-initialises) and
-copied through the mapping tables of skyreels_jax.tools.hunyuan_mapping, which check that
+copied through the mapping tables of skyreels_jax.models.mappings.hunyuan, which check that
 every source tensor is used and every target param filled. The V4-only layers (text
 cross-attention, audio<->video cross-attention) are tested both absent and present: with
 their zero-initialised output projections they must not change the result.
@@ -24,7 +24,7 @@ from skyreels_jax.models.layers import (ConditionEmbedding, masked_mean, patchif
 from skyreels_jax.models.mmdit import BranchIO, MMDiT, MMDiTConfig  # noqa: E402
 from skyreels_jax.models.rope import (audio_positions, rope_cos_sin,  # noqa: E402
                                       video_positions)
-from skyreels_jax.tools import hunyuan_mapping as hm  # noqa: E402
+from skyreels_jax.models.mappings import hunyuan as hm  # noqa: E402
 
 ATOL, RTOL = 1e-5, 1e-4
 HEADS, HEAD_DIM = 2, 16

@@ -12,7 +12,7 @@ from flax import nnx
 
 from skyreels_jax.models.autoencoders.oobleck_vae import (OobleckAudioAutoencoder,
                                                           OobleckConfig, OobleckVAE)
-from skyreels_jax.tools import oobleck_mapping as om
+from skyreels_jax.models.mappings import oobleck as om
 
 RTOL = 1e-4
 TINY = dict(encoder_hidden_size=8, downsampling_ratios=[2, 4], channel_multiples=[1, 2],

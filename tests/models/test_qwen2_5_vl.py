@@ -22,7 +22,7 @@ from flax import nnx
 
 from skyreels_jax.models.text import qwen_prompt
 from skyreels_jax.models.text.qwen2_5_vl import Qwen25VLEncoder, mrope_positions
-from skyreels_jax.tools import qwen_mapping
+from skyreels_jax.models.mappings import qwen as qwen_mapping
 
 # The tiny tokenizer's special-token ids (it lists its specials first), shared by the model.
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
@@ -421,8 +421,13 @@ def test_convert_then_encoder_parts(models, tokenizer_dir, tmp_path):
   from skyreels_jax.tools import convert
   _, folder, encoder = models
   convert.convert("qwen2_5_vl", folder, str(tmp_path / "converted"))
-  tok, make, width = qwen_prompt.text_encoder_parts(str(tmp_path / "converted"), tokenizer_dir,
-                                                    max_length=400, output_layer=1)
+  from configs import base
+  from skyreels_jax.models import encoders
+  t = base.get_config().text      # the run's frozen text encoder, as a config names it
+  t.kind, t.path, t.tokenizer_path = "qwen2_5_vl", str(tmp_path / "converted"), tokenizer_dir
+  t.max_length, t.output_layer, t.width = 400, 1, 64
+  spec = encoders.build_text(t, dtype=jnp.float32, param_dtype=jnp.float32)
+  tok, make, width = spec.tokenizer, spec.make_encoder, spec.width
   assert width == 64
   ids, mask = _text_batch()
   ours = make(nnx.Rngs(0))(jnp.asarray(ids), jnp.asarray(mask))[0]

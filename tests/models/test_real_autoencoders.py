@@ -10,7 +10,7 @@ import pytest
 from conftest import convert_tiny_encoders
 from configs import tiny
 from skyreels_jax.config import ConfigError, derive, validate
-from skyreels_jax.models import autoencoders
+from skyreels_jax.models import encoders
 from skyreels_jax.tasks.examples import make_codecs, training_inputs
 
 RATE = 800   # the tiny Oobleck's sampling rate: 9 frames at 8 fps = 900 samples
@@ -73,4 +73,4 @@ def test_missing_or_mismatched_checkpoints_are_config_errors(converted, tmp_path
   with pytest.raises(ConfigError, match=r"data.sample_rate.*800 Hz"):
     validate(config)
   with pytest.raises(ValueError, match="choose one of"):
-    autoencoders.build_video(ml_collections.ConfigDict(dict(kind="vqgan")))
+    encoders.build_video(ml_collections.ConfigDict(dict(kind="vqgan")))

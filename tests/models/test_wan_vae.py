@@ -11,9 +11,9 @@ import torch
 from diffusers import AutoencoderKLWan
 from flax import nnx
 
-from skyreels_jax.models import autoencoders
+from skyreels_jax.models import encoders
 from skyreels_jax.models.autoencoders.wan_vae import WanVAE, WanVideoAutoencoder
-from skyreels_jax.tools import wan_vae_mapping as wm
+from skyreels_jax.models.mappings import wan_vae as wm
 
 RTOL = 1e-4
 TINY = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
@@ -226,7 +226,7 @@ def test_bad_tiling_fields_are_named():
                               ("tile_width", 20, "multiple")):
     cfg = ml_collections.ConfigDict(dict(good, **{field: value}))
     with pytest.raises(ValueError, match=rf"video_ae\.{field}: {value}.*{match}"):
-      autoencoders.build_video(cfg)
+      encoders.build_video(cfg)
   # valid tiling passes the check and fails only later, on the missing checkpoint path
   with pytest.raises(ValueError, match="path"):
-    autoencoders.build_video(ml_collections.ConfigDict(good))
+    encoders.build_video(ml_collections.ConfigDict(good))

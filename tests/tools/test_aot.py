@@ -148,3 +148,18 @@ def test_analytic_flops_scan_bodies_once():
   assert one["scan_bodies_once"] == flops["scan_bodies_once"]
   assert flops["scan_bodies_once"] < flops["step"]
   assert 2 * (flops["step"] - one["step"]) < flops["step"]
+
+
+def test_a_lora_step_compiles_with_its_frozen_base_as_an_argument():
+  """The LoRA step: adapters + Adam + EMA are the donated state, the base (bf16) an argument."""
+  config = _config()
+  config.train.init_from, config.train.lora.rank = "base", 8
+  config.train.lora.base_dtype = "bfloat16"
+  report = aot.compile_report(config, "v5p:2x2x1")
+  assert report["fits"] is True
+  _, state = abstract_state(config, make_optimizer(config))
+  adapters = count_params(state["params"])
+  base = count_params(abstract_state(_config(), make_optimizer(config))[1]["params"])
+  assert adapters < base / 10
+  # Arguments: a quarter (FSDP over 4) of the bf16 base, and the adapters' state.
+  assert base * 2 / 4 <= report["argument_bytes"] < base * 4 * 4 / 4

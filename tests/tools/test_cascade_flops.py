@@ -1,5 +1,5 @@
 """benchmarks/cascade_flops.py at tiny sizes (--quick): the per-layer extrapolation of XLA's
-compiled count, and its agreement with the analytic count of tools/flops.py."""
+compiled count, and its agreement with the analytic count of perf/flops.py."""
 
 import json
 

@@ -13,6 +13,7 @@ from diffusers import AutoencoderKLWan
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from skyreels_jax.models import frozen
 from skyreels_jax.tools import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,10 +40,10 @@ def _flat(module):
 
 
 def test_wan_vae_round_trip(wan_folder, tmp_path):
-  from skyreels_jax.tools import wan_vae_mapping
+  from skyreels_jax.models.mappings import wan_vae as wan_vae_mapping
   meta = convert.convert("wan_vae", str(wan_folder), str(tmp_path / "dst"))
   assert meta["kind"] == "wan_vae" and meta["module_config"]["z_dim"] == 4
-  restored = convert.restore(str(tmp_path / "dst"), "wan_vae")
+  restored = frozen.restore(str(tmp_path / "dst"), "wan_vae")
   direct = wan_vae_mapping.load_diffusers_folder(str(wan_folder))
   a, b = _flat(restored), _flat(direct)
   assert a.keys() == b.keys() and len(a) > 20
@@ -52,9 +53,9 @@ def test_wan_vae_round_trip(wan_folder, tmp_path):
     json_path = tmp_path / "dst" / "converted.json"
     meta = json.loads(json_path.read_text())
     json_path.write_text(json.dumps(dict(meta, kind="oobleck_vae")))
-    convert.restore(str(tmp_path / "dst"), "wan_vae")
+    frozen.restore(str(tmp_path / "dst"), "wan_vae")
   with pytest.raises(FileNotFoundError, match="not a converted checkpoint"):
-    convert.restore(str(tmp_path / "nowhere"), "wan_vae")
+    frozen.restore(str(tmp_path / "nowhere"), "wan_vae")
 
 
 def test_cli_exits_nonzero_naming_the_unmapped_tensors(wan_folder, tmp_path):
@@ -77,7 +78,7 @@ def test_cli_exits_nonzero_naming_the_unmapped_tensors(wan_folder, tmp_path):
 def test_oobleck_vae_round_trip(tmp_path):
   """Weight norm is folded at conversion: the restored params equal the folder loader's."""
   from diffusers import AutoencoderOobleck
-  from skyreels_jax.tools import oobleck_mapping
+  from skyreels_jax.models.mappings import oobleck as oobleck_mapping
   torch.manual_seed(1)
   model = AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[2, 4],
                              channel_multiples=[1, 2], decoder_channels=8,
@@ -87,7 +88,7 @@ def test_oobleck_vae_round_trip(tmp_path):
       p.add_(0.1 * torch.randn(p.shape))
   model.save_pretrained(tmp_path / "src")
   convert.convert("oobleck_vae", str(tmp_path / "src"), str(tmp_path / "dst"))
-  a = _flat(convert.restore(str(tmp_path / "dst"), "oobleck_vae"))
+  a = _flat(frozen.restore(str(tmp_path / "dst"), "oobleck_vae"))
   b = _flat(oobleck_mapping.load_diffusers_folder(str(tmp_path / "src")))
   assert a.keys() == b.keys() and len(a) > 10
   for k in a:

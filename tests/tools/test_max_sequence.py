@@ -12,7 +12,7 @@ import pytest
 from configs import hv13b, small
 from skyreels_jax.config import ConfigError, derive
 from skyreels_jax.tools import max_sequence as ms
-from skyreels_jax.tools.memory import train_memory_bytes
+from skyreels_jax.perf.memory import train_memory_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 G = 1 << 30

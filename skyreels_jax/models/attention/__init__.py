@@ -21,27 +21,14 @@ Main lengths that do not divide the `sequence` axis are padded and masked, never
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-STRATEGY_NAMES = ("dot_product", "cudnn", "splash", "ulysses", "ring", "vsa")
-SEQUENCE_PARALLEL = ("ulysses", "ring")
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionSpec:
-  """The strategy and the mesh axes it may use (from the config's logical-axis rules)."""
-  impl: str = "dot_product"
-  batch_axes: tuple[str, ...] = ()
-  sequence_axis: str | None = None
-  head_axis: str | None = None
-  # Video Sparse Attention only (see vsa.py); the other strategies ignore these.
-  video_grid: tuple[int, int, int] | None = None   # (T, H, W) video token grid
-  vsa_cube: tuple[int, int, int] = (4, 4, 4)       # tokens per cube along (T, H, W)
-  vsa_top_k: int = 0                               # key cubes per query cube; 0 = all
+from skyreels_jax.models.attention import cudnn, dot_product, ring, splash, ulysses, vsa
+from skyreels_jax.models.attention.common import (  # noqa: F401 (the package's names)
+    SEQUENCE_PARALLEL, STRATEGY_NAMES, AttentionSpec, join, split)
 
 
 def _ones_mask(x: jax.Array) -> jax.Array:
@@ -65,7 +52,6 @@ def attention(q, k, v, kv_mask=None, *, q_ctx=None, k_ctx=None, v_ctx=None, ctx_
 
 
 def _strategy(spec: AttentionSpec) -> Callable:
-  from skyreels_jax.models.attention import cudnn, dot_product, ring, splash, ulysses, vsa
   if spec.impl in SEQUENCE_PARALLEL:
     mesh = jax.sharding.get_abstract_mesh()
     axis = spec.sequence_axis
@@ -83,18 +69,3 @@ def _strategy(spec: AttentionSpec) -> Callable:
   if spec.impl == "vsa":
     return lambda *a: vsa.attend(*a, spec=spec)
   return dot_product.local_attend
-
-
-def join(main, ctx, axis: int = 1):
-  """[main; ctx] along the sequence axis, either may be None."""
-  parts = [x for x in (main, ctx) if x is not None]
-  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
-
-
-def split(x, n_main: int | None, has_ctx: bool):
-  """Inverse of `join` for the query side: (main, ctx)."""
-  if not has_ctx:
-    return x, None
-  if not n_main:
-    return None, x
-  return x[:, :n_main], x[:, n_main:]

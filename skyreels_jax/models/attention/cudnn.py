@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.models.attention import join, split
+from skyreels_jax.models.attention.common import join, split
 
 
 def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask):

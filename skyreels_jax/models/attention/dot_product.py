@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.models.attention import join, split
+from skyreels_jax.models.attention.common import join, split
 
 
 def attend_joined(q, k, v, mask):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from skyreels_jax.models.attention import join
+from skyreels_jax.models.attention.common import join
 from skyreels_jax.models.attention._sharded import padded_main, shard_map_args
 
 _NEG = -1e30

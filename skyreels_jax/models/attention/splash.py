@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-from skyreels_jax.models.attention import join, split
+from skyreels_jax.models.attention.common import join, split
 from skyreels_jax.models.attention._sharded import pad_to, specs
 
 BLOCK = 128

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 from jax import lax
 
-from skyreels_jax.models.attention import join
+from skyreels_jax.models.attention.common import join
 from skyreels_jax.models.attention._sharded import check_heads, padded_main, shard_map_args
 from skyreels_jax.models.attention.dot_product import attend_joined
 

@@ -30,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.models.attention import join
+from skyreels_jax.models.attention.common import join
 from skyreels_jax.models.attention.dot_product import attend_joined, local_attend
 
 
@@ -161,7 +161,7 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec):
 def vsa_attention_flops(grid, cube, top_k: int, heads: int, head_dim: int,
                         context_len: int) -> tuple[int, int]:
   """(dense, sparse) attention FLOPs of one sample's [grid; context] self-attention:
-  2 x the multiply-adds of QK^T and PV, as tools/flops.py counts them.
+  2 x the multiply-adds of QK^T and PV, as perf/flops.py counts them.
   dense   every one of S + L queries over S + L keys (S = prod(grid), L = context_len).
   sparse  fine: N * C grid queries (grid padded to whole cubes) over K * C + L keys;
           context queries over all S + L keys; coarse: N x N pooled-cube scores (QK^T only).

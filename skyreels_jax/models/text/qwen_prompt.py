@@ -11,13 +11,11 @@ image processor one by one and laid out in numpy as the video processor patchifi
 (`video_patches`).
 
 `QwenPromptTokenizer` is the host-side half of models/text's interface (picklable: grain
-workers load the folder lazily); `text_encoder_parts` gives the tokenizer, the encoder
-factory and the width for a `TextEncoderSpec`.
+workers load the folder lazily); models/encoders.py pairs it with the frozen encoder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -112,7 +110,7 @@ class QwenPromptTokenizer:
   @property
   def tokenizer(self):
     if self._tokenizer is None:
-      from transformers import AutoTokenizer
+      from transformers import AutoTokenizer  # late: transformers' tokenizer, on first use
       self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
     return self._tokenizer
 
@@ -121,7 +119,7 @@ class QwenPromptTokenizer:
     if self._image_processor is None:
       if not os.path.exists(os.path.join(self.folder, "preprocessor_config.json")):
         raise FileNotFoundError(f"{self.folder}: no preprocessor_config.json, no images")
-      from transformers import AutoImageProcessor
+      from transformers import AutoImageProcessor  # late: transformers' processor, first use
       self._image_processor = AutoImageProcessor.from_pretrained(self.folder,
                                                                  local_files_only=True)
     return self._image_processor
@@ -180,46 +178,3 @@ class QwenPromptTokenizer:
   def batch(self, captions: list[str]) -> dict[str, np.ndarray]:
     rows = [self(c) for c in captions]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def load_encoder(path: str, *, output_layer: int = -1, dtype=None, param_dtype=None):
-  """The frozen encoder from a converted folder (tools/convert.py: converted.json + orbax
-  params) or a transformers folder (config.json + safetensors), with hidden state
-  `output_layer` and the given dtypes."""
-  import dataclasses
-
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from skyreels_jax.tools import convert, qwen_mapping
-
-  if os.path.exists(os.path.join(path, "converted.json")):
-    source = convert.restore(path, "qwen2_5_vl")
-  else:
-    source = qwen_mapping.load_hf_folder(path)
-  param_dtype = param_dtype or jnp.float32
-  encoder = qwen_mapping.abstract_encoder(
-      dataclasses.replace(source.config, output_layer=output_layer), dtype, param_dtype)
-  nnx.update(encoder, jax.tree.map(lambda a: a.astype(param_dtype), nnx.state(source)))
-  return encoder
-
-
-def hidden_size(path: str) -> int:
-  """The embedding width of a converted or transformers folder, without reading weights."""
-  converted = os.path.join(path, "converted.json")
-  if os.path.exists(converted):
-    with open(converted) as f:
-      return int(json.load(f)["module_config"]["hidden_size"])
-  with open(os.path.join(path, "config.json")) as f:
-    c = json.load(f)
-  return int((c.get("text_config") or c)["hidden_size"])
-
-
-def text_encoder_parts(checkpoint: str, tokenizer_dir: str, max_length: int,
-                       output_layer: int = -1, *, dtype=None, param_dtype=None):
-  """(tokenizer, make_encoder(rngs), width) for models/text's TextEncoderSpec (frozen)."""
-  tokenizer = QwenPromptTokenizer(tokenizer_dir, max_length)
-  make = lambda rngs: load_encoder(checkpoint, output_layer=output_layer, dtype=dtype,
-                                   param_dtype=param_dtype)
-  return tokenizer, make, hidden_size(checkpoint)

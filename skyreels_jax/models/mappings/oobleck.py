@@ -11,7 +11,7 @@ names `state_dict()` gives under torch 2.13 with diffusers' `torch.nn.utils.weig
 those of the published checkpoint), or `X.parametrizations.weight.original0` / `original1`
 (torch's newer parametrisation), becomes one `X.weight` = g * v / |v|, the norm taken over
 all axes but the first, as torch does. The table then names these folded `X.weight` tensors.
-Exact for inference (the VAE is frozen here). `load_into` (tools/weights.py) then fails,
+Exact for inference (the VAE is frozen here). `load_into` (weights/tables.py) then fails,
 naming the tensor, on anything missing, extra or misshapen; a lone g or v fails in the fold.
 
 No torch here: weights are read with `safetensors.numpy`.
@@ -20,8 +20,6 @@ No torch here: weights are read with `safetensors.numpy`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,8 +27,8 @@ from flax import nnx
 
 from skyreels_jax.models.autoencoders.oobleck_vae import (OobleckConfig, OobleckVAE,
                                                           decoder_dims, encoder_dims)
-from skyreels_jax.tools import weights
-from skyreels_jax.tools.weights import Entry, Path
+from skyreels_jax.weights import tables
+from skyreels_jax.weights.tables import Entry, Path
 
 # (suffix of the magnitude g, suffix of the direction v) of each weight-norm naming.
 WEIGHT_NORM_NAMES = (("weight_g", "weight_v"),
@@ -142,23 +140,18 @@ def config_from_diffusers(config_json: Mapping[str, Any]) -> OobleckConfig:
 
 def load_into_vae(vae: OobleckVAE, tensors: Mapping[str, np.ndarray]) -> None:
   """Fills `vae` (concrete or `nnx.eval_shape`) from a diffusers state dict, strictly."""
-  weights.load_into(vae, fold_weight_norm(tensors), oobleck_entries(vae.config))
+  tables.load_into(vae, fold_weight_norm(tensors), oobleck_entries(vae.config))
 
 
 def load_diffusers_folder(path: str) -> OobleckVAE:
   """An `OobleckVAE` from a diffusers `vae/` folder (config.json + *.safetensors), float32,
   without random init (the module is built abstract and filled). Wrap it in
   `OobleckAudioAutoencoder` for the audio-autoencoder interface."""
-
-  with open(os.path.join(path, "config.json")) as f:
-    cfg = config_from_diffusers(json.load(f))
-  tensors = weights.read_safetensors(path)
-  vae = nnx.eval_shape(lambda: OobleckVAE(cfg, rngs=nnx.Rngs(0)))
-  load_into_vae(vae, tensors)
-  return vae
+  return tables.load_folder(path, config_from_diffusers,
+                            lambda cfg: OobleckVAE(cfg, rngs=nnx.Rngs(0)), load_into_vae)
 
 
-# --- The interface of tools/convert.py.
+# --- The interface of models/frozen.py (KINDS) and tools/convert.py.
 
 load_folder = load_diffusers_folder
 
@@ -168,4 +161,4 @@ def module_config(vae: OobleckVAE) -> dict[str, Any]:
 
 
 def build_module(config: Mapping[str, Any]) -> OobleckVAE:
-  return OobleckVAE(weights.dataclass_from_json(OobleckConfig, config), rngs=nnx.Rngs(0))
+  return OobleckVAE(tables.dataclass_from_json(OobleckConfig, config), rngs=nnx.Rngs(0))

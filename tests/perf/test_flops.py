@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from skyreels_jax.models.mmdit import MMDiT, MMDiTConfig
-from skyreels_jax.tools.flops import mmdit_forward_flops, mmdit_train_flops
+from skyreels_jax.perf.flops import mmdit_forward_flops, mmdit_train_flops
 
 
 def _tiny(**kw) -> MMDiTConfig:

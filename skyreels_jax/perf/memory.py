@@ -4,7 +4,8 @@ is checked against it (README, "Memory").
 
 Assumes the intended FSDP layout: the train state sharded over `fsdp` x `tensor`, the batch
 over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device:
-  state        params + Adam mu, nu + EMA in `model.param_dtype`, and the gradients
+  state        params + Adam mu, nu + EMA in `model.param_dtype`, and the gradients (a
+               LoRA run: of its adapters; `base` then counts its frozen weights)
   layer        one layer's weights gathered in the compute dtype and their gradients before
                the reduce-scatter
   saved        what the remat policy keeps for the backward pass, per layer, times the layers
@@ -24,11 +25,13 @@ from __future__ import annotations
 import math
 
 import jax
+from flax import nnx
 
-from skyreels_jax.config import DTYPES, derive, mesh_shape, num_audio_samples
-from skyreels_jax.models import abstract_model
+from skyreels_jax.config import (DTYPES, abstract_model, derive, mesh_shape,
+                                 num_audio_samples)
 from skyreels_jax.parallel.mesh import logical_to_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
+from skyreels_jax.weights import lora
 
 # Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
 # the layer's input (the scan carry, 1) plus what the policy saves. save_dots: fitted to the
@@ -59,7 +62,6 @@ def _attention_scores(impl: str, heads: int, sizes: dict, lengths) -> float:
 
 def _param_counts(config) -> tuple[int, int]:
   """(all parameters, parameters of the largest joint layer)."""
-  from flax import nnx
   params = nnx.state(abstract_model(config), nnx.Param)
   total, layer = 0, {"dual_layers": 0, "single_layers": 0}
   for path, leaf in nnx.to_flat_state(params):
@@ -73,7 +75,6 @@ def _param_counts(config) -> tuple[int, int]:
 
 def _frozen_bytes(config, sizes: dict) -> float:
   """Per-device bytes of the frozen weights under the config's logical rules."""
-  from flax import nnx
   codecs, _ = make_codecs(config, abstract=True)
   total = 0.0
   leaves = jax.tree.leaves(codecs.frozen_params(), is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -108,7 +109,17 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   width, heads, layers = m.width, m.num_heads, m.num_dual_blocks + m.num_single_blocks
 
   out = {}
-  out["state"] = total_params * pb * 5 / shard     # params, mu, nu, EMA, gradients
+  lo = config.train.lora
+  if lo.rank > 0:
+    # LoRA: the adapters' params, mu, nu, EMA and gradients; the base frozen in its dtype,
+    # sharded like the params (the step folds the adapters into a compute-dtype copy of one
+    # layer at a time, which `layer` counts).
+    base = nnx.state(abstract_model(config), nnx.Param)
+    out["state"] = lora.count(lora.abstract_adapters(base, lo.targets, lo.rank)) * pb * 5
+    out["state"] /= shard
+    out["base"] = total_params * DTYPES[lo.base_dtype].dtype.itemsize / shard
+  else:
+    out["state"] = total_params * pb * 5 / shard     # params, mu, nu, EMA, gradients
   out["layer"] = layer_params * (cb + pb) / sizes["tensor"]
   out["saved"] = b * layers * SAVED_PER_TOKEN[m.remat] * tokens * width * 2 / seq
   out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq

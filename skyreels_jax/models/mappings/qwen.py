@@ -6,7 +6,7 @@ layout change; `qwen_entries` emits one `Entry` per tensor and decoder / vision 
 layers are stacked on a leading axis). Two source layouts exist and both are tables, not
 string rewrites: the hub checkpoints and transformers' `save_pretrained` write
 `model.layers.*` / `visual.*`; transformers' in-memory module tree is
-`model.language_model.layers.*` / `model.visual.*`. `load_into` (tools/weights.py) fails,
+`model.language_model.layers.*` / `model.visual.*`. `load_into` (weights/tables.py) fails,
 naming the tensor, on anything missing, extra or misshapen.
 
 `lm_head.weight` is deliberately unused (an encoder has no vocabulary head): it is the one
@@ -24,11 +24,12 @@ from typing import Any, Mapping
 
 import numpy as np
 from flax import nnx
+import jax.numpy as jnp
 
 from skyreels_jax.models.text.qwen2_5_vl import Qwen25VLConfig, Qwen25VLEncoder
 from skyreels_jax.models.text.qwen2_5_vl_vision import Qwen25VisionConfig
-from skyreels_jax.tools import weights
-from skyreels_jax.tools.weights import Entry, Path
+from skyreels_jax.weights import tables
+from skyreels_jax.weights.tables import Entry, Path
 
 Rows = tuple[tuple[str, Path, Any], ...]
 
@@ -154,7 +155,6 @@ def config_from_hf(config_json: Mapping[str, Any], *, output_layer: int = -1,
 def abstract_encoder(cfg: Qwen25VLConfig, dtype=None, param_dtype=None) -> Qwen25VLEncoder:
   """Shapes and logical axes only (no memory, no random init), ready for `load_into_encoder`.
   Eager sharding is off: params are placed later, by the caller's logical rules."""
-  import jax.numpy as jnp
 
   kw = dict(dtype=dtype or jnp.float32, param_dtype=param_dtype or jnp.float32)
   with nnx.use_eager_sharding(False):
@@ -165,10 +165,10 @@ def load_into_encoder(encoder: Qwen25VLEncoder, tensors: Mapping[str, np.ndarray
   """Fills `encoder` (concrete or `nnx.eval_shape`) from a Qwen2.5-VL state dict, strictly."""
   layout = source_layout(tensors)
   skip = UNUSED_SOURCES + ((LAYOUTS[layout][1],) if encoder.config.vision is None else ())
-  weights.load_into(encoder, tensors, qwen_entries(encoder.config, layout), skip_sources=skip)
+  tables.load_into(encoder, tensors, qwen_entries(encoder.config, layout), skip_sources=skip)
 
 
-read_safetensors = weights.read_safetensors
+read_safetensors = tables.read_safetensors
 
 
 def load_hf_folder(path: str, *, output_layer: int = -1, with_vision: bool = True,
@@ -182,7 +182,7 @@ def load_hf_folder(path: str, *, output_layer: int = -1, with_vision: bool = Tru
   return encoder
 
 
-# --- The interface of tools/convert.py.
+# --- The interface of models/frozen.py (KINDS) and tools/convert.py.
 
 load_folder = load_hf_folder
 

@@ -3,7 +3,7 @@
 import pytest
 
 from configs import hv13b, small
-from skyreels_jax.tools.memory import train_memory_bytes
+from skyreels_jax.perf.memory import train_memory_bytes
 
 G = 1 << 30
 
@@ -69,3 +69,22 @@ def test_hv13b_state_per_chip():
   # ~32B parameters x (params, mu, nu, EMA, gradients) x 4 bytes over 64 chips: ~10 GB.
   mem = train_memory_bytes(hv13b.get_config(), 64)
   assert 8 * G < mem["state"] < 12 * G
+
+
+def test_a_lora_run_of_small_beside_the_full_fine_tune():
+  """The adapters (rank 64) and their Adam / EMA replace the full train state; the frozen
+  base counts once, in bf16 (README, "LoRA")."""
+  from skyreels_jax.weights import lora
+  from skyreels_jax.config import abstract_model
+  from flax import nnx
+  c = _small(batch_size=8)
+  full = train_memory_bytes(c, 8)
+  c.train.init_from, c.train.lora.rank, c.train.lora.base_dtype = "base", 64, "bfloat16"
+  adapted = train_memory_bytes(c, 8)
+  params = nnx.state(abstract_model(c), nnx.Param)
+  n = lora.count(lora.abstract_adapters(params, c.train.lora.targets, 64))
+  assert adapted["state"] == pytest.approx(n * 4 * 5 / 8)
+  assert adapted["base"] == pytest.approx(full["state"] / 10)    # bf16 params alone
+  assert adapted["total"] < 0.75 * full["total"]
+  assert {k: v for k, v in adapted.items() if k not in ("state", "base", "total")} == {
+      k: v for k, v in full.items() if k not in ("state", "total")}

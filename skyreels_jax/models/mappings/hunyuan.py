@@ -26,8 +26,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from skyreels_jax.tools import weights
-from skyreels_jax.tools.weights import TRANSFORMS, Entry, Path  # noqa: F401 (the table's types)
+from skyreels_jax.weights import tables
+from skyreels_jax.weights.tables import TRANSFORMS, Entry, Path  # noqa: F401 (the table's types)
 
 
 # Our modules with no diffusers counterpart (zero-initialised outputs).
@@ -149,7 +149,18 @@ def video_branch_entries(num_dual: int, num_single: int, *, guidance: bool) -> l
 def load_into(module, tensors: Mapping[str, np.ndarray], entries: Iterable[Entry], *,
               skip_targets: Iterable[str] = V4_ONLY,
               skip_sources: Iterable[str] = UNMAPPED_SOURCE_PREFIXES) -> None:
-  """`weights.load_into` with HunyuanVideo's defaults: our V4-only layers and diffusers'
+  """`tables.load_into` with HunyuanVideo's defaults: our V4-only layers and diffusers'
   token refiner are left out (see the module docstring)."""
-  weights.load_into(module, tensors, entries, skip_targets=skip_targets,
+  tables.load_into(module, tensors, entries, skip_targets=skip_targets,
                     skip_sources=skip_sources)
+
+
+def module_names(num_dual: int, num_single: int) -> dict[tuple[str, ...], str]:
+  """{(our Linear's path in the MMDiT..., layer index as str): diffusers module name} of the
+  video branch's linear layers (LoRA export names adapters by them)."""
+  out = {}
+  for e in video_branch_entries(num_dual, num_single, guidance=True):
+    if e.transform == "linear_kernel" and e.source.endswith(".weight"):
+      key = tuple(e.target[:-1]) + (() if e.layer is None else (str(e.layer),))
+      out[key] = e.source[:-len(".weight")]
+  return out

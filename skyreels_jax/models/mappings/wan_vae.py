@@ -3,7 +3,7 @@
 Each row below names a diffusers tensor (relative to its module), our param path and the
 layout change; `wan_vae_entries` walks the block layout of models/autoencoders/wan_vae.py
 (`encoder_blocks`, `decoder_blocks`, the same lists that build the module) and emits one
-`Entry` per tensor. `load_into` (tools/weights.py) then fails, naming the tensor, on anything
+`Entry` per tensor. `load_into` (weights/tables.py) then fails, naming the tensor, on anything
 missing, extra or misshapen. Checked against diffusers in tests/models/test_wan_vae.py.
 
 No torch here: weights are read with `safetensors.numpy`.
@@ -12,8 +12,6 @@ No torch here: weights are read with `safetensors.numpy`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,8 +19,8 @@ from flax import nnx
 
 from skyreels_jax.models.autoencoders.wan_vae import (WanVAE, WanVAEConfig, decoder_blocks,
                                                       encoder_blocks)
-from skyreels_jax.tools import weights
-from skyreels_jax.tools.weights import Entry, Path
+from skyreels_jax.weights import tables
+from skyreels_jax.weights.tables import Entry, Path
 
 
 def conv3d_kernel(w: np.ndarray) -> np.ndarray:
@@ -155,21 +153,17 @@ def config_from_diffusers(config_json: Mapping[str, Any]) -> WanVAEConfig:
 
 def load_into_vae(vae: WanVAE, tensors: Mapping[str, np.ndarray]) -> None:
   """Fills `vae` (concrete or `nnx.eval_shape`) from a diffusers state dict, strictly."""
-  weights.load_into(vae, tensors, wan_vae_entries(vae.config))
+  tables.load_into(vae, tensors, wan_vae_entries(vae.config))
 
 
 def load_diffusers_folder(path: str) -> WanVAE:
   """A `WanVAE` from a diffusers `vae/` folder (config.json + *.safetensors), float32,
   without random init (the module is built abstract and filled)."""
-  with open(os.path.join(path, "config.json")) as f:
-    cfg = config_from_diffusers(json.load(f))
-  tensors = weights.read_safetensors(path)
-  vae = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-  load_into_vae(vae, tensors)
-  return vae
+  return tables.load_folder(path, config_from_diffusers,
+                            lambda cfg: WanVAE(cfg, rngs=nnx.Rngs(0)), load_into_vae)
 
 
-# --- The interface of tools/convert.py.
+# --- The interface of models/frozen.py (KINDS) and tools/convert.py.
 
 load_folder = load_diffusers_folder
 
@@ -179,4 +173,4 @@ def module_config(vae: WanVAE) -> dict[str, Any]:
 
 
 def build_module(config: Mapping[str, Any]) -> WanVAE:
-  return WanVAE(weights.dataclass_from_json(WanVAEConfig, config), rngs=nnx.Rngs(0))
+  return WanVAE(tables.dataclass_from_json(WanVAEConfig, config), rngs=nnx.Rngs(0))

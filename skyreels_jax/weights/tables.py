@@ -1,17 +1,23 @@
 """Strict weight import: source tensors (numpy, e.g. `safetensors.numpy.load_file`) -> NNX
 params through an explicit table of `Entry` rows (no chains of string replaces).
 
-Each model family keeps its table next to it (tools/hunyuan_mapping.py, and the encoders'
-mapping modules); `load_into` is shared: it fails, naming the tensors, when a source tensor is
+Each model family's table is data in skyreels_jax/models/mappings/ (it names the family's
+params); `load_into` is shared: it fails, naming the tensors, when a source tensor is
 left unused, a param unfilled or filled twice, or a shape disagrees. No torch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
+import os
 from typing import Callable, Iterable, Mapping
 
+import jax
 import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file
 
 Path = tuple[str, ...]
 
@@ -42,9 +48,6 @@ def load_into(module, tensors: Mapping[str, np.ndarray], entries: Iterable[Entry
   filled twice, or if a shape disagrees. `module` may be abstract (`nnx.eval_shape`: no
   random init, e.g. a 13B model) when nothing in it is skipped.
   """
-  import jax
-  from flax import nnx
-
   flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
   values, abstract = {}, set()
   for p, v in flat:
@@ -106,11 +109,6 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   the shards of `*.safetensors.index.json` when there is one; else diffusers' default file
   when present (a folder may also hold `.fp16` variants of the same tensors); else every
   `*.safetensors`. A tensor in two files is an error."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-
   indexes = sorted(glob.glob(os.path.join(path, "*.safetensors.index.json")))
   default = os.path.join(path, "diffusion_pytorch_model.safetensors")
   if indexes:
@@ -130,6 +128,16 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
       raise ValueError(f"{file}: tensors already read from another file: {twice[:5]}")
     tensors.update(part)
   return tensors
+
+
+def load_folder(path: str, parse_config: Callable, make: Callable, fill: Callable):
+  """A module from a Hugging Face / diffusers folder: `parse_config(config.json)`, built by
+  `make(cfg)` abstractly (no random init), filled strictly by `fill(module, tensors)`."""
+  with open(os.path.join(path, "config.json")) as f:
+    cfg = parse_config(json.load(f))
+  module = nnx.eval_shape(lambda: make(cfg))
+  fill(module, read_safetensors(path))
+  return module
 
 
 def dataclass_from_json(cls, config: Mapping) -> object:

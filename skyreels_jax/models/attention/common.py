@@ -1,0 +1,38 @@
+"""What every strategy shares: the spec, and joining / splitting main and context tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+STRATEGY_NAMES = ("dot_product", "cudnn", "splash", "ulysses", "ring", "vsa")
+SEQUENCE_PARALLEL = ("ulysses", "ring")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSpec:
+  """The strategy and the mesh axes it may use (from the config's logical-axis rules)."""
+  impl: str = "dot_product"
+  batch_axes: tuple[str, ...] = ()
+  sequence_axis: str | None = None
+  head_axis: str | None = None
+  # Video Sparse Attention only (see vsa.py); the other strategies ignore these.
+  video_grid: tuple[int, int, int] | None = None   # (T, H, W) video token grid
+  vsa_cube: tuple[int, int, int] = (4, 4, 4)       # tokens per cube along (T, H, W)
+  vsa_top_k: int = 0                               # key cubes per query cube; 0 = all
+
+
+def join(main, ctx, axis: int = 1):
+  """[main; ctx] along the sequence axis, either may be None."""
+  parts = [x for x in (main, ctx) if x is not None]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
+def split(x, n_main: int | None, has_ctx: bool):
+  """Inverse of `join` for the query side: (main, ctx)."""
+  if not has_ctx:
+    return x, None
+  if not n_main:
+    return None, x
+  return x[:, :n_main], x[:, n_main:]
