@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.use_audio = True          # False: video-only model (no audio branch, no A<->V attention)
   c.model.text_cross_attention = True
   c.model.guidance_embed = False    # distilled-guidance embedding (HunyuanVideo style)
+  c.model.text_refiner_layers = 0   # HunyuanVideo's token refiner blocks (2 in its release)
   c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"   # master params
   c.model.remat = "none"            # none | full | save_dots | save_named | offload_named
@@ -120,6 +121,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.flow.shift_mode = "fixed"
   c.flow.shift_base_tokens = 4096
   c.flow.video_loss_weight = 1.0
+  # model.guidance_embed (HunyuanVideo's guidance-distilled embedding): the scale fed to it in
+  # training, uniform in (min, max) per example (equal: fixed); sampling uses
+  # sample.embedded_guidance (--embedded_guidance), apart from the CFG scales.
+  c.flow.embedded_guidance = (1.0, 1.0)
   c.flow.audio_loss_weight = 1.0
 
   # --- Optimiser.
@@ -175,6 +180,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.shift_mode = "fixed"     # auto: sample.shift scaled like flow.shift_mode=auto
   c.sample.video_guidance = 5.0
   c.sample.audio_guidance = 4.0
+  c.sample.embedded_guidance = 6.0  # model.guidance_embed only (HunyuanVideo's default)
   c.sample.batch_size = 1
 
   # --- Mesh (SPEC / STYLE: axes data, fsdp, sequence, tensor; -1 fills the rest).

@@ -193,11 +193,13 @@ def derive(config, *, abstract: bool = False) -> tuple[Geometry, MMDiTConfig]:
       width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       num_dual_blocks=m.num_dual_blocks, num_single_blocks=m.num_single_blocks,
       video_latent_channels=vae.latent_channels, audio_latent_channels=aae.latent_channels,
-      text_dim=encoders.text_width(config, abstract), patch_size=m.patch_size, patch_size_t=m.patch_size_t,
+      text_dim=encoders.text_width(config, abstract), patch_size=m.patch_size,
+      patch_size_t=m.patch_size_t,
       audio_patch_size=m.audio_patch_size, rope_theta=m.rope_theta,
       rope_axes_dim=tuple(m.rope_axes_dim), audio_rope_theta=m.audio_rope_theta,
       audio_time_scale=scale, use_audio=m.use_audio,
       text_cross_attention=m.text_cross_attention, guidance_embed=m.guidance_embed,
+      text_refiner_layers=m.text_refiner_layers,
       attention=attention_spec(config), remat=m.remat, scan_blocks=m.scan_blocks,
       dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype])
   return geom, mcfg

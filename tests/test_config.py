@@ -57,7 +57,11 @@ BAD = {
     "unknown_video_ae": ({"video_ae.kind": "vqgan"}, "video_ae.kind"),
     "unknown_audio_task": ({"data.audio_tasks.a_remix": 1.0}, "data.audio_tasks"),
     "zero_audio_task_weights": ({"data.audio_tasks.none": 0.0}, "data.audio_tasks"),
-    "guidance_embed_not_wired": ({"model.guidance_embed": True}, "model.guidance_embed"),
+    # HunyuanVideo's layout (issue 14): the refiner depth and the embedded guidance range.
+    "text_refiner_layers_negative": ({"model.text_refiner_layers": -1},
+                                     "model.text_refiner_layers"),
+    "embedded_guidance_reversed": ({"flow.embedded_guidance": (4.0, 1.0)},
+                                   "flow.embedded_guidance"),
     # The resilience fields (train/trainer.py).
     "max_skipped_steps_zero": ({"train.max_skipped_steps": 0}, "train.max_skipped_steps"),
     "checkpoint_every_secs_negative": ({"train.checkpoint_every_secs": -1.0},

@@ -24,6 +24,12 @@ def model_timestep(t: jax.Array) -> jax.Array:
   return 1000.0 * (1.0 - t)
 
 
+def model_guidance(scale: jax.Array) -> jax.Array:
+  """An embedded guidance scale (model.guidance_embed) in the embedder's units: HunyuanVideo's
+  pipeline passes guidance x 1000, like the timesteps."""
+  return 1000.0 * jnp.asarray(scale, jnp.float32)
+
+
 def shift_sigma(sigma: jax.Array, shift: float) -> jax.Array:
   return shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
@@ -128,3 +134,6 @@ def check_config(config) -> None:
   check(f.shift_mode in SHIFT_MODES, "flow.shift_mode",
         f"{f.shift_mode!r} is not one of {sorted(SHIFT_MODES)}")
   check(f.shift_base_tokens >= 1, "flow.shift_base_tokens", "must be >= 1")
+  lo_hi = tuple(f.embedded_guidance)
+  check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], "flow.embedded_guidance",
+        f"{lo_hi} must be (min, max) with 0 <= min <= max")

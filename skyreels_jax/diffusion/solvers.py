@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from skyreels_jax.core import check
 from skyreels_jax.diffusion.flow_matching import SHIFT_MODES
@@ -62,3 +61,4 @@ def check_config(config) -> None:
         f"{s.shift_mode!r} is not one of {sorted(SHIFT_MODES)}")
   check(s.solver in SOLVERS, "sample.solver", f"{s.solver!r} is not one of {sorted(SOLVERS)}")
   check(s.num_steps >= 1, "sample.num_steps", "must be >= 1")
+  check(s.embedded_guidance >= 0, "sample.embedded_guidance", "must be >= 0")

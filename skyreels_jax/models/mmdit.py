@@ -28,6 +28,7 @@ from skyreels_jax.models.attention import AttentionSpec
 from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock
 from skyreels_jax.models.layers import (AdaLNModulation, ConditionEmbedding, dense, layer_norm,
                                         masked_mean, patchify, unpatchify)
+from skyreels_jax.models.token_refiner import TokenRefiner
 from skyreels_jax.models.rope import (audio_positions, keyframe_positions, rope_cos_sin,
                                       video_positions)
 
@@ -52,6 +53,7 @@ class MMDiTConfig:
   use_audio: bool = True
   text_cross_attention: bool = True
   guidance_embed: bool = False
+  text_refiner_layers: int = 0      # HunyuanVideo's token refiner blocks per branch (0: none)
   attention: AttentionSpec = AttentionSpec()
   remat: str = "none"
   scan_blocks: bool = True
@@ -77,8 +79,17 @@ class BranchIO(nnx.Module):
     self.x_embedder = dense(in_features, d, ("patch", "embed"), **kw)
     self.context_embedder = dense(cfg.text_dim, d, ("patch", "embed"), **kw)
     self.time_text_embed = ConditionEmbedding(d, cfg.text_dim, guidance=cfg.guidance_embed, **kw)
+    self.text_refiner = (TokenRefiner(d, cfg.text_dim, cfg.num_heads, cfg.text_refiner_layers,
+                                      **kw) if cfg.text_refiner_layers else None)
     self.norm_out = AdaLNModulation(d, 2, **kw)
     self.proj_out = dense(d, out_features, ("embed", "patch"), zero_init=True, **kw)
+
+  def text_context(self, text, text_mask, timestep):
+    """The branch's text tokens: projected to the width, then refined (token refiner)."""
+    x = self.context_embedder(text)
+    if self.text_refiner is not None:
+      x = self.text_refiner(x, text, text_mask, timestep)
+    return x
 
   def head(self, x, temb):
     scale, shift = self.norm_out(temb)  # diffusers AdaLayerNormContinuous order: scale, shift
@@ -253,7 +264,7 @@ class MMDiT(nnx.Module):
       ctx["v_attention"] = dataclasses.replace(cfg.attention, video_grid=(t, h, w))
     ctx["v_valid"] = v_valid
     ctx["v_temb"] = self.video_io.time_text_embed(video_timestep, pooled, guidance)
-    v_text = self.video_io.context_embedder(text)
+    v_text = self.video_io.text_context(text, text_mask, video_timestep)
     ctx["v_text"] = v_text
     v = self.video_io.x_embedder(v_in)
 
@@ -277,7 +288,7 @@ class MMDiT(nnx.Module):
       ctx["v_time_rope"] = rope_cos_sin(v_pos[:, :1], (hd,), cfg.audio_rope_theta)
       ctx["a_valid"] = a_valid
       ctx["a_temb"] = self.audio_io.time_text_embed(audio_timestep, pooled, guidance)
-      a_text = self.audio_io.context_embedder(text)
+      a_text = self.audio_io.text_context(text, text_mask, audio_timestep)
       a = self.audio_io.x_embedder(a_in)
 
     carry = (v, v_text, a, a_text)
@@ -317,10 +328,9 @@ def check_config(config) -> None:
         f"{tuple(m.rope_axes_dim)} must be 3 even sizes summing to the head dim {head_dim}")
   check(m.num_dual_blocks >= 1, "model.num_dual_blocks", "need at least one dual block")
   check(m.num_single_blocks >= 0, "model.num_single_blocks", "must be >= 0")
+  check(isinstance(m.text_refiner_layers, int) and m.text_refiner_layers >= 0,
+        "model.text_refiner_layers", "must be an int >= 0")
   check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
-  check(not m.guidance_embed, "model.guidance_embed",
-        "no trainer or sampler passes a guidance value yet (it comes with loading "
-        "HunyuanVideo's guidance-distilled weights); leave it False")
   for f in ("patch_size", "patch_size_t", "audio_patch_size"):
     check(m[f] >= 1, f"model.{f}", "must be >= 1")
   for f, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),

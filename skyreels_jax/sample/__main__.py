@@ -45,6 +45,9 @@ _STEPS = flags.DEFINE_integer("num_steps", None, "Solver steps (default: config.
 _SOLVER = flags.DEFINE_enum("solver", None, ["euler", "heun"], "ODE solver.")
 _VG = flags.DEFINE_float("video_guidance", None, "CFG scale for video.")
 _AG = flags.DEFINE_float("audio_guidance", None, "CFG scale for audio.")
+_EG = flags.DEFINE_float("embedded_guidance", None, "The scale fed to a guidance-distilled "
+                         "model's embedding (model.guidance_embed; default: config.sample), "
+                         "apart from the CFG scales.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _LORA = flags.DEFINE_enum("lora", "merged", ["merged", "unmerged"], "A LoRA run: fold the "
                           "adapters into its base once, or keep them apart (folded per call).")
@@ -225,7 +228,8 @@ def main(argv):
   except FileNotFoundError as e:   # no checkpoint, or a LoRA run whose base is gone
     raise usage(f"--workdir={_WORKDIR.value}: {e}") from None
   settings = sampler.settings(seed=_SEED.value, num_steps=_STEPS.value, solver=_SOLVER.value,
-                              video_guidance=_VG.value, audio_guidance=_AG.value)
+                              video_guidance=_VG.value, audio_guidance=_AG.value,
+                              embedded_guidance=_EG.value)
   cascade = None
   if _REFINER.value:
     from skyreels_jax.sample.cascade import Cascade
@@ -239,7 +243,7 @@ def main(argv):
                                    cascade.refiner.geometry)
     refiner_settings = cascade.refiner.settings(
         num_steps=_REFINER_STEPS.value, solver=_SOLVER.value, video_guidance=_VG.value,
-        audio_guidance=_AG.value)
+        audio_guidance=_AG.value, embedded_guidance=_EG.value)
   data = (cascade.refiner if cascade else sampler).config.data
   me, count = jax.process_index(), jax.process_count()
   os.makedirs(_OUT.value, exist_ok=True)

@@ -40,6 +40,7 @@ class SampleSettings:
   video_guidance: float
   audio_guidance: float
   seed: int
+  embedded_guidance: float = 6.0   # model.guidance_embed only
 
 
 class Sampler:
@@ -102,14 +103,15 @@ class Sampler:
     shift = fm.resolution_shift(s.shift, tokens, mode=s.shift_mode,
                                 base_tokens=self.config.flow.shift_base_tokens)
     base = dict(num_steps=s.num_steps, solver=s.solver, shift=shift,
-                video_guidance=s.video_guidance, audio_guidance=s.audio_guidance, seed=0)
+                video_guidance=s.video_guidance, audio_guidance=s.audio_guidance, seed=0,
+                embedded_guidance=s.embedded_guidance)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return SampleSettings(**base)
 
   def _generate(self, static: tuple[int, str], params, frozen, text_ids, text_mask, cond,
                 keys, scalars):
     """static: (num_steps, solver), the program's shape; scalars: (shift, video guidance,
-    audio guidance), traced, so new values do not recompile."""
+    audio guidance, embedded guidance), traced, so new values do not recompile."""
     num_steps, solver = static
     shift, video_guidance, audio_guidance = scalars[0], scalars[1], scalars[2]
     model = nnx.merge(self.graphdef, self._resolve(params))
@@ -146,6 +148,8 @@ class Sampler:
     if kf_times:
       empty_k = jnp.broadcast_to(codecs.empty_video_latent(1, *g.keyframe_size), z_k.shape)
       fixed["keyframe_times"] = kf_times
+    if self.mcfg.guidance_embed:
+      fixed["guidance"] = jnp.full((2 * b,), fm.model_guidance(scalars[3]))
 
     # Kept positions (I2V frames, extension prefix, the outside of an inpainting mask) follow
     # what training fed the model there: the interpolant t I + (1 - t) eps of the condition
@@ -279,8 +283,8 @@ class Sampler:
     # Only the step count and the solver shape the program: a new seed, shift or guidance
     # scale does not recompile.
     static = (settings.num_steps, settings.solver)
-    scalars = jnp.asarray([settings.shift, settings.video_guidance, settings.audio_guidance],
-                          jnp.float32)
+    scalars = jnp.asarray([settings.shift, settings.video_guidance, settings.audio_guidance,
+                           settings.embedded_guidance], jnp.float32)
     with jax.set_mesh(self.mesh):
       cond = (latent_condition if latent_condition is not None
               else self._condition_arrays(condition))

@@ -1,6 +1,7 @@
 """Offline weight conversion: a Hugging Face / diffusers folder -> an orbax checkpoint.
 
   python -m skyreels_jax.tools.convert --kind=wan_vae|oobleck_vae|qwen2_5_vl --src=DIR --dst=DIR
+  python -m skyreels_jax.tools.convert --kind=hunyuan_video --src=DIR --dst=DIR
   python -m skyreels_jax.tools.convert --kind=lora_export --src=LORA_RUN --dst=DIR
 
 Reads `DIR/config.json` and its safetensors (numpy, no torch), maps every tensor through the
@@ -40,7 +41,10 @@ from skyreels_jax.models.mappings import hunyuan
 from skyreels_jax.weights import converted, lora, runs
 from skyreels_jax.weights.converted import ConversionError  # noqa: F401 (raised here)
 
-KINDS = {**frozen.KINDS, "lora_export": None}
+# kind -> its table module (models/mappings/): the frozen encoders' and HunyuanVideo's
+# transformer (the video branch a run starts from: train.init_from).
+TABLES = {**frozen.KINDS, "hunyuan_video": hunyuan}
+KINDS = {**TABLES, "lora_export": None}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.json",
                    "chat_template.jinja", "preprocessor_config.json", "generation_config.json")
@@ -48,10 +52,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 def export_lora(src: str, dst: str) -> dict[str, Any]:
   """A LoRA run's EMA adapters as PEFT-named safetensors (see the module doc)."""
-  try:
-    config = load_run_config(src)
-  except FileNotFoundError as e:
-    raise ConversionError(str(e)) from None
+  if not os.path.isfile(os.path.join(src, "config.json")):
+    raise ConversionError(f"--src={src}: not a training run (no config.json)")
+  config = load_run_config(src)
   lo = config.train.lora
   if lo.rank <= 0:
     raise ConversionError(f"{src}: not a LoRA run (train.lora.rank is 0)")
@@ -97,7 +100,9 @@ def convert(kind: str, src: str, dst: str) -> dict[str, Any]:
   """Converts `src` into `dst`; returns converted.json's content."""
   if kind == "lora_export":
     return export_lora(src, dst)
-  table = frozen.table(kind)
+  if kind not in TABLES:
+    raise ConversionError(f"--kind={kind!r}: choose one of {sorted(KINDS)}")
+  table = TABLES[kind]
   config_path = os.path.join(src, "config.json")
   if not os.path.exists(config_path):
     raise ConversionError(f"{src}: no config.json (a save_pretrained folder is expected)")
@@ -128,7 +133,7 @@ def main(argv):
           f"{meta['tensors']} tensors in {f.dst}")
     return
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      frozen.restore(f.dst, f.kind)) if hasattr(x, "shape"))
+      converted.restore(f.dst, f.kind, TABLES[f.kind].build_module)) if hasattr(x, "shape"))
   print(f"converted {meta['kind']} from {f.src} to {f.dst}: {n / 1e6:.2f}M parameters")
 
 

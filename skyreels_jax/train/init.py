@@ -3,7 +3,9 @@ curriculum stage from the previous one, the refiner from the video model, SFT fr
 stage).
 
 The source is a run directory (its newest checkpoint, or train.init_step; the EMA weights,
-or train.init_weights=params). Parameters are matched by name and shape (weights/match.py):
+or train.init_weights=params), or a converted HunyuanVideo transformer (python -m
+skyreels_jax.tools.convert --kind=hunyuan_video: the video branch; the audio branch and the
+V4 layers keep their initialisation). Parameters are matched by name and shape (weights/match.py):
 those that match are loaded, those the source lacks keep their initialisation, anything
 else is an error naming the tensors unless train.init_ignore lists it. The run itself starts
 at step 0 with a fresh optimizer, schedule and data iterator; the report goes to
@@ -20,13 +22,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from skyreels_jax.config import DTYPES, ConfigError, abstract_model, load_run_config
-from skyreels_jax.parallel.mesh import state_shardings
-from skyreels_jax.weights import lora, match, runs
+from skyreels_jax.models.mappings import hunyuan
+from skyreels_jax.parallel.mesh import logical_to_mesh, state_shardings
+from skyreels_jax.train.state import lora_on
+from skyreels_jax.weights import converted, lora, match, runs
 from skyreels_jax.weights.trees import summary, with_shardings
 
 REPORT = runs.INIT_REPORT
+CONVERTED_KIND = "hunyuan_video"     # the converted folders a run starts from
 WEIGHTS = ("ema", "params")
 
 
@@ -40,11 +46,35 @@ def check(config, workdir: str | None = None) -> None:
   path = t.init_from
   if not os.path.isdir(path):
     raise ConfigError("train.init_from", f"{path}: no such directory")
-  if not os.path.isfile(os.path.join(path, "config.json")):
-    what = ("a converted folder (converted.json)"
-            if os.path.isfile(os.path.join(path, "converted.json")) else "not a training run")
-    raise ConfigError("train.init_from", f"{path}: {what}; give a run directory "
-                      "(WORKDIR with config.json and checkpoints/)")
+  if os.path.isfile(os.path.join(path, converted.META)):
+    if lora_on(config):
+      raise ConfigError("train.init_from", f"{path}: a LoRA run adapts a training run (a "
+                        "converted folder: start a full run from it first)")
+    try:
+      converted.read_meta(path, CONVERTED_KIND)
+    except ValueError as e:
+      raise ConfigError("train.init_from", str(e)) from None
+  elif not os.path.isfile(os.path.join(path, "config.json")):
+    raise ConfigError("train.init_from", f"{path}: neither a training run (config.json, "
+                      f"checkpoints/) nor a converted folder ({converted.META})")
+
+
+def _read_converted(config, mesh, axis_rules) -> tuple[int, dict[str, Any]]:
+  """A `tools.convert --kind=hunyuan_video` folder: the video branch, named as our model's
+  (`mmdit/...`), each array read straight into its sharding; what the folder left out is
+  not a source."""
+  path = config.train.init_from
+  meta = converted.read_meta(path, CONVERTED_KIND)
+  abstract = nnx.eval_shape(lambda: hunyuan.build_module(meta["module_config"]))
+  shardings = {match.name(p): NamedSharding(mesh, logical_to_mesh(
+      getattr(v, "out_sharding", None) or (), axis_rules))
+      for p, v in nnx.to_flat_state(nnx.state(abstract))}
+  place = lambda target: jax.tree_util.tree_map_with_path(
+      lambda p, _: shardings[match.name(p)], target)
+  module = converted.restore(path, CONVERTED_KIND, hunyuan.build_module, place)
+  left_out = set(meta["module_config"].get("left_out", ()))
+  return 0, {f"mmdit/{n}": v for n, v in match.flat(nnx.state(module)).items()
+             if n not in left_out}
 
 
 def _read_run(config, mesh, axis_rules) -> tuple[int, dict[str, Any]]:
@@ -72,7 +102,10 @@ def initialize(config, state: dict, mesh, axis_rules, workdir: str,
   """`state` (freshly created, step 0) with params and EMA loaded from train.init_from."""
   t = config.train
   check(config)
-  step, source = _read_run(config, mesh, axis_rules)
+  if os.path.isfile(os.path.join(t.init_from, converted.META)):
+    step, source = _read_converted(config, mesh, axis_rules)
+  else:
+    step, source = _read_run(config, mesh, axis_rules)
   target = match.flat(state["params"])
   try:
     values, report = match.match(target, source, tuple(t.init_ignore))

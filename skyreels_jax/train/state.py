@@ -20,12 +20,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from skyreels_jax.config import DTYPES, ConfigError, abstract_model, build_model
-from skyreels_jax.diffusion.flow_matching import flow_matching_loss
+from skyreels_jax.diffusion.flow_matching import flow_matching_loss, model_guidance
 from skyreels_jax.parallel.mesh import place_tree, state_shardings
 from skyreels_jax.tasks.examples import (Codecs, compute_empty_latents, needed_empty_latents,
                                          training_inputs)
@@ -33,6 +32,7 @@ from skyreels_jax.weights import lora
 
 # The frozen base of a LoRA run rides with the frozen encoders' weights (a jit argument).
 LORA_BASE = "lora_base"
+GUIDANCE_KEY = 0x6775    # fold_in of the step key for the embedded guidance scale
 
 
 def lr_schedule(config) -> optax.Schedule:
@@ -127,6 +127,11 @@ def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
     model = nnx.merge(graphdef, params)
     inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs.bind(frozen),
                                     use_audio=use_audio)
+    if config.model.guidance_embed:   # a key of its own: the other draws stay as they were
+      lo, hi = config.flow.embedded_guidance
+      scale = jax.random.uniform(jax.random.fold_in(rng, GUIDANCE_KEY),
+                                 (inputs["video"].shape[0],), minval=lo, maxval=hi)
+      inputs["guidance"] = model_guidance(scale)
     v_pred, a_pred, *k_pred = model(**inputs)
     keyframes = {}
     # The cascade base's generated keyframes carry a loss (tasks/keyframes.py); the

@@ -67,6 +67,12 @@ def test_only_the_adapters_train_and_are_saved(lora_run):
                  * RANK for k in kernels)
   _, abstract = abstract_state(config, make_optimizer(config))
   assert lora.count(abstract["params"]) == expected
+  # The adapters' logical axes follow the kernel's: A keeps its `in`, B its `out` axis.
+  adapters = dict((tuple(p), v) for p, v in nnx.to_flat_state(abstract["params"]))
+  for k in kernels:
+    axes = tuple(flat[k].out_sharding)
+    assert tuple(adapters[k + (lora.A,)].out_sharding) == axes[:-1] + (None,)
+    assert tuple(adapters[k + (lora.B,)].out_sharding) == axes[:-2] + (None, axes[-1])
   # The checkpoint holds the adapters (and their EMA and Adam moments), no base weight.
   ckpt = Checkpointer(workdir, async_save=False)
   try:
