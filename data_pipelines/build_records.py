@@ -3,8 +3,11 @@
   python -m data_pipelines.build_records --src=DIR_OR_MANIFEST --out=OUT [--workers=N] \
       [--chunk_size=16] [--config=configs/tiny.py --config.data.resolutions='((256,256),)']
 
-Inputs: a folder, searched recursively for videos (mp4/mov/mkv/webm), images (jpg/png/webp)
-and audio (wav/flac/mp3), each with an optional sidecar caption `NAME.txt` (wrapped in
+Inputs: a folder, searched recursively for videos (mp4/mov/mkv/webm/avi/m4v/ts), images
+(jpg/png/webp) and audio (wav/flac/mp3/ogg/oga/opus/m4a/aac), a container's kind decided by
+probing its streams (sound only: audio; cover art is not video); every other file, and a
+caption with no media file, is listed in skipped.jsonl with its reason. Each input has an
+optional sidecar caption `NAME.txt` (wrapped in
 `<text>..</text>` unless it already has tags) or `NAME.json` (fields text, sfx, dialogue,
 singing, bgm become `<text>..</text><sfx>..</sfx>...` in that order); or a JSONL / CSV
 manifest with a `path` column (relative to the manifest's folder) and the same caption fields
@@ -44,9 +47,10 @@ from skyreels_jax.data import records
 from skyreels_jax.data import references
 from skyreels_jax.data.media import AudioTrack, FrameSampler, cover, padded_audio
 
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
-AUDIO_EXTS = (".wav", ".flac", ".mp3")
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac")
+SIDECAR_EXTS = (".txt", ".json")   # captions: part of their media file, never inputs
 CAPTION_FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")
 CHUNKS_DIR = "_chunks"
 _TAG = re.compile(r"<(%s)>" % "|".join(CAPTION_FIELDS))
@@ -102,24 +106,55 @@ def media_kind(path: str) -> str | None:
   return None
 
 
+def probe_kind(path: str) -> str:
+  """What an input is, from its streams (PyAV) for audio / video containers: a container
+  with a real video stream is a video (cover art does not count), one with sound only is
+  audio, whatever its extension says. Raises SkipFile with the reason otherwise."""
+  kind = media_kind(path)
+  if kind is None:
+    raise SkipFile(f"unsupported file type ({os.path.splitext(path)[1] or 'no extension'}: "
+                   "not an image, video or audio file)")
+  if kind == "image":
+    return kind
+  with _open_media(path) as container:
+    pictures = [s for s in container.streams.video
+                if not s.disposition & av.stream.Disposition.attached_pic]
+    if pictures:
+      return "video"
+    if container.streams.audio:
+      return "audio"
+  raise SkipFile("no decodable video or audio stream")
+
+
 def list_inputs(src: str) -> list[dict[str, Any]]:
   """Inputs sorted by relative path: dicts with path, rel, caption and a fingerprint (size,
-  mtime, caption) that tells a restart whether the input changed."""
+  mtime, caption) that tells a restart whether the input changed. In a folder every file is
+  an input (what is not media is skipped with its reason) except caption sidecars, which
+  belong to their media file; a sidecar with no media file is reported."""
   if os.path.isdir(src):
     rows = []
     for root, dirs, files in os.walk(src):
       dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+      stems = {os.path.splitext(n)[0] for n in files
+               if os.path.splitext(n)[1].lower() not in SIDECAR_EXTS}
       for name in files:
+        if name.startswith("."):
+          continue
         path = os.path.join(root, name)
-        if media_kind(name) is not None:
-          rows.append(dict(path=path, rel=os.path.relpath(path, src), caption=""))
+        stem, ext = os.path.splitext(name)
+        row = dict(path=path, rel=os.path.relpath(path, src), caption="")
+        if ext.lower() in SIDECAR_EXTS:
+          if stem in stems:
+            continue          # a caption of its media file
+          row["error"] = "caption sidecar with no media file beside it"
+        rows.append(row)
   elif os.path.isfile(src):
     rows = _manifest_rows(src)
   else:
     raise FileNotFoundError(f"--src {src!r} is neither a folder nor a manifest file")
   rows.sort(key=lambda r: r["rel"])
   for row in rows:
-    if not row["caption"]:
+    if not row["caption"] and "error" not in row:
       try:
         row["caption"] = sidecar_caption(row["path"])
       except (OSError, ValueError) as e:  # the file is skipped with this reason, not the run.
@@ -312,10 +347,10 @@ def process_chunk(task: tuple[int, list[dict[str, Any]], str, dict[str, Any]]) -
   name = chunk_name(chunk_id)
   writers, counts, skipped, used, sources = {}, {}, [], [], {}
   for inp in inputs:
-    kind = media_kind(inp["path"])
     try:
-      if inp.get("error") or kind is None:
-        raise SkipFile(inp.get("error") or "unsupported file type")
+      if inp.get("error"):
+        raise SkipFile(inp["error"])
+      kind = probe_kind(inp["path"])
       encoded = [(bucket, records.encode_clip(clip),
                   clip["kind"] == "video" and clip.get("audio") is None, clip.get("source"))
                  for bucket, clip in _CLIPS_BY_KIND[kind](inp, geometry)]

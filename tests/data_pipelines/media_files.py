@@ -81,9 +81,11 @@ def write_media(folder) -> dict[str, str]:
   t = np.arange(int(2.3 * SOURCE_RATE)) / SOURCE_RATE
   tone = 0.5 * np.sin(2 * np.pi * TONE_HZ * t)
   sf.write(str(sub / "tone.wav"), np.stack([tone, tone], axis=1), SOURCE_RATE)
-  (folder / "notes.md").write_text("not media: ignored")
+  (folder / "notes.md").write_text("not media: listed as skipped")
+  (sub / "orphan.txt").write_text("a caption whose media file is gone")
   return {"sub/trunc.mp4": "cannot open", "sub/corrupt.mp4": "cannot open",
-          "sub/short.mp4": "shorter than every duration bucket"}
+          "sub/short.mp4": "shorter than every duration bucket",
+          "notes.md": "unsupported file type (.md", "sub/orphan.txt": "no media file"}
 
 
 def read_json(path):

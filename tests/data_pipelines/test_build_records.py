@@ -54,7 +54,7 @@ def test_skipped_lists_exactly_the_bad_files(built, media):
   assert sorted(reasons) == sorted(media[1])
   for path, expected in media[1].items():
     assert expected in reasons[path], (path, reasons[path])
-  assert index["inputs"] == dict(total=7, used=4, skipped=3)
+  assert index["inputs"] == dict(total=9, used=4, skipped=5)
 
 
 def test_index_counts_match_the_shards(built):
@@ -195,18 +195,18 @@ def test_restart_redoes_only_missing_chunks(media, tmp_path):
   first = build_records.build(str(media[0]), str(out), small_data_config(), chunk_size=2)
   before = _mtimes(out)
   assert sorted(p for p in before if p.startswith("_chunks")) == [
-      f"_chunks/chunk-0000{i}.json" for i in range(4)]
+      f"_chunks/chunk-0000{i}.json" for i in range(5)]
   assert build_records.build(str(media[0]), str(out), small_data_config(), chunk_size=2) == first
   assert _mtimes(out) == before  # nothing redone
 
-  os.remove(out / "_chunks" / "chunk-00002.json")  # sub/tall.mp4 and sub/tone.wav
+  os.remove(out / "_chunks" / "chunk-00003.json")  # sub/tall.mp4 and sub/tone.wav
   assert build_records.build(str(media[0]), str(out), small_data_config(), chunk_size=2) == first
   after = _mtimes(out)
   changed = sorted(p for p in after if after[p] != before.get(p))
-  assert changed == ["24x16x8/chunk-00002.array_record",
-                     "24x16x8/chunk-00002.array_record.sources.json", "_chunks/chunk-00002.json",
-                     "audio_8000/chunk-00002.array_record",
-                     "audio_8000/chunk-00002.array_record.sources.json"]
+  assert changed == ["24x16x8/chunk-00003.array_record",
+                     "24x16x8/chunk-00003.array_record.sources.json", "_chunks/chunk-00003.json",
+                     "audio_8000/chunk-00003.array_record",
+                     "audio_8000/chunk-00003.array_record.sources.json"]
   # Each shard's sidecar lists its records' sources in order (in-context references).
   from array_record.python import array_record_module
   from skyreels_jax.data import records, references
@@ -232,3 +232,44 @@ def test_cli_exits_1_when_nothing_is_usable(media, tmp_path):
   assert "no usable input" in result.stderr
   assert [json.loads(line)["path"] for line in
           (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()] == ["broken.mp4"]
+
+
+def _encode_tone(path, codec: str, rate: int = 48000, seconds: float = 1.5, **options):
+  """A 1 kHz stereo tone in `path`'s container with `codec` (PyAV, as real corpora have;
+  ffmpeg's own Vorbis encoder is flagged experimental)."""
+  import av  # pylint: disable=g-import-not-at-top
+  wave = (0.4 * np.sin(2 * np.pi * TONE_HZ * np.arange(int(seconds * rate)) / rate)).astype(
+      np.float32)
+  with av.open(str(path), "w", **options) as out:
+    stream = out.add_stream(codec, rate=rate, options={"strict": "experimental"})
+    stream.layout = "stereo"
+    for start in range(0, len(wave), 960):
+      chunk = wave[start:start + 960]
+      frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp",
+                                         layout="stereo")
+      frame.sample_rate, frame.pts = rate, start
+      out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+
+
+def test_real_corpus_audio_formats_are_probed_not_guessed(tmp_path):
+  """Ogg Vorbis, Opus, M4A / AAC and an audio-only .mp4 are audio records; a file no
+  decoder takes is skipped with its reason; nothing is silently left out."""
+  src = tmp_path / "src"
+  src.mkdir()
+  _encode_tone(src / "bell.ogg", "vorbis")
+  _encode_tone(src / "voice.opus", "libopus")
+  _encode_tone(src / "track.m4a", "aac", format="mp4")
+  _encode_tone(src / "sound_only.mp4", "aac")
+  (src / "data.bin").write_bytes(b"\0" * 64)
+  index = build_records.build(str(src), str(tmp_path / "out"), small_data_config())
+  assert index["inputs"] == dict(total=5, used=4, skipped=1)
+  audio = _records(tmp_path / "out", "audio_8000")
+  assert sorted(c["source"].split("@")[0] for c in audio) == [
+      "bell.ogg", "sound_only.mp4", "track.m4a", "voice.opus"]
+  for clip in audio:
+    assert abs(_peak_hz(clip["audio"][:, 0], clip["sample_rate"]) - TONE_HZ) < 20
+  skipped = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text()
+             .splitlines()]
+  assert [s["path"] for s in skipped] == ["data.bin"]
+  assert "unsupported file type" in skipped[0]["reason"]
