@@ -98,9 +98,8 @@ def _earlier(root: str, stage: str) -> str | None:
 
 def final_step(workdir_: str) -> int:
   """The newest checkpoint step of a run directory (-1: none)."""
-  folder = os.path.join(workdir_, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
-  return max(steps, default=-1)
+  from skyreels_jax.weights import runs  # pylint: disable=g-import-not-at-top
+  return runs.newest_step_on_disk(workdir_)
 
 
 def _run_local(args: list[str]) -> int:

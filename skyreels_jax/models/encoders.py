@@ -85,11 +85,10 @@ def _qwen(text_config, dtype, param_dtype, weights: bool, published_if_missing: 
 
   def make(rngs: nnx.Rngs):
     del rngs    # frozen: pretrained weights, never random
-    encoder = qwen_table.abstract_encoder(shape_only, dtype, param_dtype)
     if weights:
-      source = frozen.load("qwen2_5_vl", path, weights=True)
-      nnx.update(encoder, jax.tree.map(lambda a: a.astype(param_dtype), nnx.state(source)))
-    return encoder
+      return frozen.load_encoder(path, output_layer=text_config.output_layer, dtype=dtype,
+                                 param_dtype=param_dtype)
+    return qwen_table.abstract_encoder(shape_only, dtype, param_dtype)
 
   folder = text.tokenizer_folder(text_config)
   tok = None

@@ -70,7 +70,7 @@ class Sampler:
       base = lora.typed(abstract, DTYPES[lo.base_dtype])
       base = runs.read_base(workdir, with_shardings(
           base, state_shardings(base, self.mesh, axis_rules)))
-      self.lora_scale = (lo.alpha or lo.rank) / lo.rank
+      self.lora_scale = lora.scale(lo.rank, lo.alpha)
       self.params = (base, adapters)
       if lora_merged:
         with jax.set_mesh(self.mesh):

@@ -70,7 +70,7 @@ def export_lora(src: str, dst: str) -> dict[str, Any]:
   except FileNotFoundError as e:
     raise ConversionError(str(e)) from None
   names = hunyuan.module_names(config.model.num_dual_blocks, config.model.num_single_blocks)
-  scale = (lo.alpha or lo.rank) / lo.rank
+  scale = lora.scale(lo.rank, lo.alpha)
   pairs: dict[tuple, dict] = {}
   for path, v in nnx.to_flat_state(adapters):
     pairs.setdefault(tuple(map(str, path[:-1])), {})[path[-1]] = np.asarray(v.get_value())

@@ -22,11 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from skyreels_jax.config import DTYPES, ConfigError, abstract_model, load_run_config
 from skyreels_jax.models.mappings import hunyuan
-from skyreels_jax.parallel.mesh import logical_to_mesh, state_shardings
+from skyreels_jax.parallel.mesh import state_shardings
 from skyreels_jax.train.state import lora_on
 from skyreels_jax.weights import converted, lora, match, runs
 from skyreels_jax.weights.trees import summary, with_shardings
@@ -66,9 +65,7 @@ def _read_converted(config, mesh, axis_rules) -> tuple[int, dict[str, Any]]:
   path = config.train.init_from
   meta = converted.read_meta(path, CONVERTED_KIND)
   abstract = nnx.eval_shape(lambda: hunyuan.build_module(meta["module_config"]))
-  shardings = {match.name(p): NamedSharding(mesh, logical_to_mesh(
-      getattr(v, "out_sharding", None) or (), axis_rules))
-      for p, v in nnx.to_flat_state(nnx.state(abstract))}
+  shardings = match.flat(state_shardings(nnx.state(abstract), mesh, axis_rules))
   place = lambda target: jax.tree_util.tree_map_with_path(
       lambda p, _: shardings[match.name(p)], target)
   module = converted.restore(path, CONVERTED_KIND, hunyuan.build_module, place)

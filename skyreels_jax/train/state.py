@@ -65,8 +65,7 @@ def lora_on(config) -> bool:
 
 
 def lora_scale(config) -> float:
-  lo = config.train.lora
-  return (lo.alpha or lo.rank) / lo.rank
+  return lora.scale(config.train.lora.rank, config.train.lora.alpha)
 
 
 def abstract_params(config) -> tuple[nnx.GraphDef, nnx.State]:

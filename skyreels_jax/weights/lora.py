@@ -96,5 +96,10 @@ def typed(abstract: nnx.State, dtype) -> nnx.State:
                       is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def scale(rank: int, alpha: float) -> float:
+  """alpha / rank, alpha 0 meaning the rank (scale 1): train.lora's rule."""
+  return (alpha or rank) / rank
+
+
 def count(adapters: nnx.State) -> int:
   return sum(math.prod(v.shape) for _, v in nnx.to_flat_state(adapters))

@@ -59,10 +59,15 @@ def restore_subtree(mngr: ocp.CheckpointManager, step: int, key: str, abstract: 
   return mngr.restore(step, args=ocp.args.Composite(state=args))["state"][key]
 
 
-def has_checkpoint(workdir: str) -> bool:
-  """Whether the run has a checkpoint step folder (cheap: a directory listing)."""
+def newest_step_on_disk(workdir: str) -> int:
+  """The newest checkpoint step folder of a run (-1: none); a directory listing, no orbax."""
   folder = checkpoint_dir(workdir)
-  return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+  return max(steps, default=-1)
+
+
+def has_checkpoint(workdir: str) -> bool:
+  return newest_step_on_disk(workdir) >= 0
 
 
 def read(workdir: str, key: str, abstract: Any, *, step: int | None = None) -> tuple[int, Any]:

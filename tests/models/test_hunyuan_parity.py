@@ -278,6 +278,16 @@ def test_unpatchify_matches_diffusers(patch):
   np.testing.assert_array_equal(np.asarray(got).transpose(0, 4, 1, 2, 3), ref.numpy())
 
 
+def _model_inputs(seed: int):
+  """(video 2C+1 channels, text, text mask with a padded prompt, timesteps) of a batch of 2."""
+  rng = np.random.default_rng(seed)
+  b = len(TEXT_LENGTHS)
+  video = rng.standard_normal((b, 2, 6, 8, 2 * CHANNELS + 1)).astype(np.float32)
+  text = rng.standard_normal((b, TEXT_LEN, TEXT_DIM)).astype(np.float32)
+  text_mask = np.arange(TEXT_LEN)[None] < np.array(TEXT_LENGTHS)[:, None]
+  return video, text, text_mask, np.array([10.0, 870.0], np.float32)
+
+
 def test_video_branch_matches_full_model():
   """The whole video-only MMDiT (scanned blocks) vs HunyuanVideoTransformer3DModel with no
   token refiner (num_refiner_layers=0, so its context_embedder is proj_in) and 2C+1 input
@@ -297,12 +307,7 @@ def test_video_branch_matches_full_model():
   assert all(s.startswith("context_embedder.time_text_embed.") for s in unmapped)
   hm.load_into(ours, tensors, entries)
 
-  rng = np.random.default_rng(5)
-  b = len(TEXT_LENGTHS)
-  video = rng.standard_normal((b, 2, 6, 8, 2 * CHANNELS + 1)).astype(np.float32)
-  text = rng.standard_normal((b, TEXT_LEN, TEXT_DIM)).astype(np.float32)
-  text_mask = np.arange(TEXT_LEN)[None] < np.array(TEXT_LENGTHS)[:, None]
-  t = np.array([10.0, 870.0], np.float32)
+  video, text, text_mask, t = _model_inputs(5)
   pooled = masked_mean(jnp.asarray(text), jnp.asarray(text_mask))
   with torch.no_grad():
     ref = theirs(tt(video.transpose(0, 4, 1, 2, 3)), tt(t), tt(text),
@@ -335,12 +340,7 @@ def test_token_refiner_and_guidance_embedding_match_diffusers():
   """2 refiner layers and the guidance embedding: our video-only output equals diffusers'
   (padded prompts included: the refiner's mask lets padded tokens see the first one)."""
   theirs, ours = _published_layout(refiner_layers=2, guidance=True, seed=11)
-  rng = np.random.default_rng(6)
-  b = len(TEXT_LENGTHS)
-  video = rng.standard_normal((b, 2, 6, 8, 2 * CHANNELS + 1)).astype(np.float32)
-  text = rng.standard_normal((b, TEXT_LEN, TEXT_DIM)).astype(np.float32)
-  text_mask = np.arange(TEXT_LEN)[None] < np.array(TEXT_LENGTHS)[:, None]
-  t = np.array([10.0, 870.0], np.float32)
+  video, text, text_mask, t = _model_inputs(6)
   g = np.array([6000.0, 3500.0], np.float32)      # guidance x 1000, as the pipeline passes it
   pooled = masked_mean(jnp.asarray(text), jnp.asarray(text_mask))
   with torch.no_grad():
