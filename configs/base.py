@@ -94,12 +94,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.format = "clips"
   c.data.num_workers = 0            # grain worker processes (0: in-process)
   c.data.shuffle = True
-  # Task mixture (SPEC section 3); weights are normalised. Keys are skyreels_jax.tasks names.
-  c.data.tasks = ml_collections.ConfigDict(
-      dict(t2av=1.0, i2v=0.0, extend=0.0, start_end=0.0, inpaint=0.0))
+  # Task mixture (SPEC section 3); weights are normalised. Every task is listed (weight 0
+  # unless set), so --config.data.tasks.NAME=W works on any config (skyreels_jax/tasks/
+  # masks.py; inpaint_given / edit_pair / ref_inpaint read the records' masks, sources and
+  # references: tasks/given.py).
+  c.data.tasks = ml_collections.ConfigDict(dict(
+      t2av=1.0, i2v=0.0, extend=0.0, start_end=0.0, inpaint=0.0, inpaint_stroke=0.0,
+      inpaint_temporal=0.0, t2v=0.0, t2a=0.0, inpaint_given=0.0, edit_pair=0.0,
+      ref_inpaint=0.0))
   # Audio condition masks (SPEC section 3, [ours]): none = regenerate the whole track,
-  # a_extend = keep a prefix (continuation), a_inpaint = regenerate one span.
-  c.data.audio_tasks = ml_collections.ConfigDict(dict(none=1.0, a_extend=0.0, a_inpaint=0.0))
+  # a_extend = keep a prefix (continuation), a_inpaint = regenerate one span,
+  # a_inpaint_given = the record's audio_mask.
+  c.data.audio_tasks = ml_collections.ConfigDict(dict(none=1.0, a_extend=0.0, a_inpaint=0.0,
+                                                      a_inpaint_given=0.0))
+  # A data-given task drawn for a record without the fields it needs trains as this task
+  # instead (counted: the task_fallbacks metric).
+  c.data.given_fallback = "inpaint"
+  c.data.audio_given_fallback = "a_inpaint"
+  # edit_pair's prompt: the record's instruction alone, or "append"ed to its caption.
+  c.data.edit_prompt = "instruction"
   c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
   # In-context references (SPEC section 3; skyreels_jax/data/references.py), cut from another
   # clip of the same source video (records' `source`), augmented. Per example one kind:

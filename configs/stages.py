@@ -41,6 +41,15 @@ def _weights(c, *, video: float, image: float, audio: float):
   c.data.bucket_weights = {b.name: groups[b.kind] / counts[b.kind] for b in all_b}
 
 
+def set_weights(mixture, **weights) -> None:
+  """A stage's task weights: every task listed in configs/base.py stays (weight 0 unless
+  given here), so --config.data.tasks.NAME=W still works on a stage config."""
+  for name in mixture:
+    mixture[name] = float(weights.pop(name, 0.0))
+  if weights:
+    raise ValueError(f"unknown tasks {sorted(weights)}")
+
+
 def _stage(c, stage: str) -> dict[str, float]:
   """Sets the stage's data mixture; returns its bucket-kind split (video, image, audio)."""
   d = c.data
@@ -48,21 +57,21 @@ def _stage(c, stage: str) -> dict[str, float]:
   d.audio_ref_rate = 0.0
   if stage == "1":
     d.resolutions, d.durations = P256, (2.0,)
-    d.tasks = dict(t2v=1.0)
+    set_weights(d.tasks, t2v=1.0)
     split = dict(video=0.0, image=1.0, audio=0.0)
   elif stage == "2":
     d.resolutions, d.durations = P256, (2.0, 5.0, 10.0)
-    d.tasks = dict(t2v=1.0)
+    set_weights(d.tasks, t2v=1.0)
     split = dict(video=0.7, image=0.3, audio=0.0)
   elif stage in ("3", "4", "5"):
     d.resolutions = {"3": P256, "4": P256 + P480, "5": P480 + P720 + P1080}[stage]
     d.durations = (3.0, 5.0, 10.0, 15.0) if stage == "5" else (2.0, 5.0, 10.0, 15.0)
-    d.tasks = dict(t2v=0.8, inpaint=0.025, inpaint_stroke=0.025, i2v=0.05, extend=0.05,
+    set_weights(d.tasks, t2v=0.8, inpaint=0.025, inpaint_stroke=0.025, i2v=0.05, extend=0.05,
                    inpaint_temporal=0.05)
     split = dict(video=0.8, image=0.2, audio=0.0)
   elif stage == "6":
     d.resolutions, d.durations = P480 + P720, (5.0, 10.0)
-    d.tasks = dict(t2v=1.0)
+    set_weights(d.tasks, t2v=1.0)
     # SPEC: 60% T2V without references, 20% with 1-2 image references (stills), 20% with a
     # video reference (a 17-frame clip: ~1 s, 5 Wan latent frames), each from another clip
     # of the same source video (data/references.py).
@@ -71,14 +80,14 @@ def _stage(c, stage: str) -> dict[str, float]:
     split = dict(video=1.0, image=0.0, audio=0.0)
   elif stage == "audio":
     d.resolutions, d.durations = P256, (5.0, 10.0, 15.0)
-    d.tasks = dict(t2a=1.0)
+    set_weights(d.tasks, t2a=1.0)
     # 2 s of voice / music from elsewhere in the same source (43 Oobleck latents at 44.1 kHz,
     # hop 2048).
     d.audio_ref_rate, d.audio_ref_seconds = 0.2, 2.0
     split = dict(video=0.0, image=0.0, audio=1.0)
   elif stage in ("joint", "sft1", "sft2"):
     d.resolutions, d.durations = P720 + P1080, (5.0, 10.0, 15.0)
-    d.tasks = dict(t2v=0.3, t2av=0.5, t2a=0.2)
+    set_weights(d.tasks, t2v=0.3, t2av=0.5, t2a=0.2)
     d.refs = dict(none=0.8, image=0.1, video=0.1)
     d.ref_images, d.ref_video_frames = 2, 17
     d.audio_ref_rate, d.audio_ref_seconds = 0.2, 2.0

@@ -11,7 +11,10 @@ optional sidecar caption `NAME.txt` (wrapped in
 `<text>..</text>` unless it already has tags) or `NAME.json` (fields text, sfx, dialogue,
 singing, bgm become `<text>..</text><sfx>..</sfx>...` in that order); or a JSONL / CSV
 manifest with a `path` column (relative to the manifest's folder) and the same caption fields
-or one `caption` string.
+or one `caption` string. Masks, references, edit sources, instructions and audio masks come
+from sidecars (`NAME.mask.mp4|.png`, `NAME.mask/`, `NAME.ref*.png|mp4`) or manifest columns
+(`target`, `source_video`, `mask`, `references`, `instruction`, `audio_mask`), read through
+the input's own geometry (data_pipelines/sidecars.py); a sidecar with no input is reported.
 
 Every input is cut into the config's shape buckets (skyreels_jax/data/buckets.py): video frames
 are resampled to data.fps (nearest frame), resized to cover the closest-aspect resolution and
@@ -46,6 +49,8 @@ from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
 from skyreels_jax.data import references
 from skyreels_jax.data.media import AudioTrack, FrameSampler, cover, padded_audio
+
+from data_pipelines import sidecars
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -136,18 +141,41 @@ def list_inputs(src: str) -> list[dict[str, Any]]:
     for root, dirs, files in os.walk(src):
       dirs[:] = sorted(d for d in dirs if not d.startswith("."))
       stems = {os.path.splitext(n)[0] for n in files
-               if os.path.splitext(n)[1].lower() not in SIDECAR_EXTS}
+               if os.path.splitext(n)[1].lower() not in SIDECAR_EXTS
+               and sidecars.sidecar_of(n) is None}
+      found: dict[str, list[tuple[str, str]]] = {}    # stem -> [(kind, name)]
+      here = []
+      for name in list(dirs):   # NAME.mask/: PNG frames of a mask, never inputs
+        owner = sidecars.sidecar_of(name, is_dir=True)
+        if owner is not None:
+          dirs.remove(name)
+          if owner[0] in stems:
+            found.setdefault(owner[0], []).append(owner[1:] + (name,))
+          else:
+            rows.append(dict(path=os.path.join(root, name), caption="",
+                             rel=os.path.relpath(os.path.join(root, name), src),
+                             error="mask sidecar with no media file beside it"))
       for name in files:
         if name.startswith("."):
           continue
         path = os.path.join(root, name)
         stem, ext = os.path.splitext(name)
         row = dict(path=path, rel=os.path.relpath(path, src), caption="")
-        if ext.lower() in SIDECAR_EXTS:
+        owner = sidecars.sidecar_of(name)
+        if owner is not None:
+          if owner[0] in stems:
+            found.setdefault(owner[0], []).append(owner[1:] + (name,))
+            continue          # a mask or reference of its media file
+          row["error"] = f"{owner[1]} sidecar with no media file beside it"
+        elif ext.lower() in SIDECAR_EXTS:
           if stem in stems:
             continue          # a caption of its media file
           row["error"] = "caption sidecar with no media file beside it"
+        else:
+          here.append(row)
         rows.append(row)
+      for row in here:
+        sidecars.attach(row, root, found)
   elif os.path.isfile(src):
     rows = _manifest_rows(src)
   else:
@@ -165,7 +193,8 @@ def list_inputs(src: str) -> list[dict[str, Any]]:
     except OSError:
       stamp = "missing"
     row["fingerprint"] = hashlib.sha1(
-        f"{row['rel']}\0{stamp}\0{row['caption']}".encode()).hexdigest()[:16]
+        f"{row['rel']}\0{stamp}\0{row['caption']}\0{sidecars.stamp(row)}".encode()
+    ).hexdigest()[:16]
   return rows
 
 
@@ -180,11 +209,12 @@ def _manifest_rows(manifest: str) -> list[dict[str, Any]]:
       raise ValueError(f"manifest {manifest!r} must be .jsonl or .csv")
   rows = []
   for i, entry in enumerate(entries):
-    if not isinstance(entry, dict) or not entry.get("path"):
-      raise ValueError(f"{manifest} row {i + 1} has no `path`")
-    rel = os.path.normpath(entry["path"])
+    if not isinstance(entry, dict) or not (entry.get("path") or entry.get("target")):
+      raise ValueError(f"{manifest} row {i + 1} has no `path` (or `target`)")
+    rel = os.path.normpath(entry.get("path") or entry["target"])
     path = os.path.join(base, rel)
-    rows.append(dict(path=path, rel=rel, caption=caption_from_fields(entry)))
+    rows.append(dict(path=path, rel=rel, caption=caption_from_fields(entry),
+                     **sidecars.manifest_fields(entry, base)))
   return rows
 
 
@@ -274,14 +304,31 @@ def video_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
     raise SkipFile(f"shorter than every duration bucket ({num_frames / fps:.3f} s < "
                    f"{min(geometry['durations_frames']) / fps:.3f} s)")
   h, w = sampler.size
+  try:
+    given = sidecars.video_given(inp, sampler, (h, w))
+    audio_keep = None
+    if inp.get("audio_mask"):
+      if audio is None:
+        raise ValueError("audio_mask: the video has no sound")
+      audio_keep = sidecars.audio_keep_samples(inp["audio_mask"], len(audio), sr, track.start)
+  except ValueError as e:
+    raise SkipFile(str(e)) from None
   for start, length in spans:
     clip = dict(kind="video", video=video[start:start + length], fps=fps,
-                caption=inp["caption"], source=f"{inp['rel']}@{start / fps:.3f}")
+                caption=inp["caption"], source=f"{inp['rel']}@{start / fps:.3f}",
+                instruction=inp.get("instruction"), references=given.get("references"))
+    for key in ("mask", "source_video"):    # the clip's frames (a static mask: all)
+      if key in given:
+        clip[key] = given[key] if len(given[key]) == 1 and key == "mask" else (
+            given[key][start:start + length])
     if audio is not None:
       first = int(round((sampler.t0 + start / fps - track.start) * sr))
       samples = buckets_lib.samples_for_frames(length, fps, sr,
                                                geometry.get("endpoint_frame", False))
       clip.update(audio=padded_audio(audio, first, samples), sample_rate=sr)
+      if audio_keep is not None:   # samples past the track are silence, kept
+        regen = padded_audio(1.0 - audio_keep[:, None].astype(np.float32), first, samples)
+        clip["audio_mask"] = (regen[:, 0] < 0.5).astype(np.uint8)
     yield f"{h}x{w}x{length}", clip
 
 
@@ -297,6 +344,14 @@ def audio_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
     audio = track.finish()
   if not len(audio):
     raise SkipFile("zero decodable audio samples")
+  pictures = [k for k in sidecars.PATH_FIELDS if inp.get(k)]
+  if pictures:
+    raise SkipFile(f"a sound-only input cannot have {pictures}")
+  try:
+    keep = (sidecars.audio_keep_samples(inp["audio_mask"], len(audio), sr, track.start or 0.0)
+            if inp.get("audio_mask") else None)
+  except ValueError as e:
+    raise SkipFile(str(e)) from None
   samples = [buckets_lib.samples_for_frames(f, fps, sr, geometry.get("endpoint_frame", False))
              for f in geometry["durations_frames"]]
   spans = cut(len(audio), samples)
@@ -306,7 +361,10 @@ def audio_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
   for start, length in spans:
     yield f"audio_{length}", dict(kind="audio", audio=audio[start:start + length],
                                   sample_rate=sr, caption=inp["caption"],
-                                  source=f"{inp['rel']}@{start / sr:.3f}")
+                                  source=f"{inp['rel']}@{start / sr:.3f}",
+                                  instruction=inp.get("instruction"),
+                                  audio_mask=None if keep is None
+                                  else keep[start:start + length])
 
 
 def image_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple[str, dict]]:
@@ -321,8 +379,13 @@ def image_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
   h, w = buckets_lib.closest_resolution(img.height, img.width,
                                         [tuple(r) for r in geometry["resolutions"]])
   pixels = cover(img, h, w)
+  try:
+    given = sidecars.image_given(inp, img, (h, w))
+  except ValueError as e:
+    raise SkipFile(str(e)) from None
   yield f"image_{h}x{w}", dict(kind="image", video=pixels[None], fps=geometry["fps"],
-                               caption=inp["caption"], source=f"{inp['rel']}@0.000")
+                               caption=inp["caption"], source=f"{inp['rel']}@0.000",
+                               instruction=inp.get("instruction"), **given)
 
 
 _CLIPS_BY_KIND = dict(video=video_clips, audio=audio_clips, image=image_clips)

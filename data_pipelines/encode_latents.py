@@ -11,7 +11,10 @@ records to the same layout under LAT (`LAT/<bucket>/<same shard name>`), plus `L
 counts, the encoders' identity, the config geometry and the latent shapes per bucket.
 
 A shard is written under a temporary name and renamed when complete, then entered in
-index.json, so a restarted run redoes only the shards it had not finished. A restart with
+index.json, so a restarted run redoes only the shards it had not finished. Given
+conditions travel along (data/latents.py schema 2): masks brought to the latent grids by
+the rule of tasks/given.py, sources and reference stills encoded, edit prompts tokenized
+(or embedded) by data.edit_prompt. A restart with
 other encoders, geometry or dtype is refused: latents of two encoders must not mix. Bad
 records (corrupt bytes, clips that do not fit their bucket) are skipped and counted.
 """
@@ -175,18 +178,66 @@ class Encoders:
                            f"{shapes[f'{key}_latent_shape']}")
       for i, z in zip(which, lat):
         out[i][f"{key}_latent"] = z
-    tokens = [self.tokenizer(c["caption"]) for c in clips]
+    self._text_fields(out, [c["caption"] for c in clips], "")
+    self._given(clips, examples, out)
+    return out
+
+  def _text_fields(self, out: list[dict], prompts: list[str], prefix: str,
+                   which: list[int] | None = None) -> None:
+    """Token ids (a trained text encoder) or frozen embeddings of `prompts` into the
+    records `which` (default: all) as PREFIX + text_ids / text_embedding / text_mask."""
+    which = list(range(len(out))) if which is None else which
+    if not which:
+      return
+    tokens = [self.tokenizer(p) for p in prompts]
     if self._text is None:
-      for rec, tok in zip(out, tokens):
-        rec["text_ids"] = np.asarray(tok["text_ids"], np.int32)
-        rec["text_mask"] = np.asarray(tok["text_mask"], np.bool_)
+      for i, tok in zip(which, tokens):
+        out[i][prefix + "text_ids"] = np.asarray(tok["text_ids"], np.int32)
+        out[i][prefix + "text_mask"] = np.asarray(tok["text_mask"], np.bool_)
     else:
       ids = np.stack([np.asarray(t["text_ids"], np.int32) for t in tokens])
       mask = np.stack([np.asarray(t["text_mask"], np.bool_) for t in tokens])
       emb, emb_mask = self.embed_text(ids, mask)
-      for rec, e, m in zip(out, emb, emb_mask):
-        rec["text_embedding"], rec["text_mask"] = e, m
-    return out
+      for i, e, m in zip(which, emb, emb_mask):
+        out[i][prefix + "text_embedding"], out[i][prefix + "text_mask"] = e, m
+
+  def _given(self, clips: list[dict], examples: list[dict], out: list[dict]) -> None:
+    """The records' given conditions as latents (tasks/given.py's grid rule for masks)."""
+    from skyreels_jax.tasks import given  # pylint: disable=g-import-not-at-top
+    from skyreels_jax.tasks.refiner import still_frames  # pylint: disable=g-import-not-at-top
+    tf = self.video_ae.temporal_factor
+    for c, ex, rec in zip(clips, examples, out):
+      z = rec["video_latent"]
+      if c.get("mask") is not None and z is not None:
+        frames = ex["video"].shape[0]
+        keep = given.video_keep(c["mask"][:frames], z.shape[:3], tf)
+        rec["given_keep"] = keep[..., 0].astype(np.uint8)
+      if c.get("audio_mask") is not None and rec["audio_latent"] is not None:
+        n = ex["audio"].shape[0]
+        mask = np.ones((n,), np.uint8)
+        mask[:min(n, len(c["audio_mask"]))] = c["audio_mask"][:n]
+        rec["given_audio_keep"] = given.audio_keep(mask, rec["audio_latent"].shape[0])[
+            ..., 0].astype(np.uint8)
+      rec["instruction"] = c.get("instruction")
+    params = self._params.get("video_ae")
+    which = [i for i, c in enumerate(clips)
+             if c.get("source_video") is not None and out[i]["video_latent"] is not None]
+    if which:
+      pixels = np.stack([clips[i]["source_video"][:examples[i]["video"].shape[0]]
+                         .astype(np.float32) / 127.5 - 1.0 for i in which])
+      for i, z in zip(which, self._run(self._video, (pixels,), params)):
+        out[i]["source_latent"] = z
+    for i, c in enumerate(clips):   # stills: one latent frame each (refiner.still_latents)
+      if c.get("references") is not None and out[i]["video_latent"] is not None:
+        stills = np.repeat(c["references"][:, None].astype(np.float32) / 127.5 - 1.0,
+                           still_frames(self.video_ae), 1)
+        out[i]["reference_latents"] = self._run(self._video, (stills,), params)[:, 0]
+    edits = [i for i, c in enumerate(clips) if c.get("source_video") is not None]
+    mode = self.config.data.edit_prompt
+    prompts = [clips[i]["instruction"] if mode == "instruction" and clips[i].get("instruction")
+               else f"{clips[i]['caption']} {clips[i].get('instruction') or ''}".strip()
+               for i in edits]
+    self._text_fields(out, prompts, "edit_", edits)
 
 
 def preprocess(prep: ClipPreprocessor, clip: dict) -> dict[str, np.ndarray | None]:
@@ -265,11 +316,13 @@ def encode_dataset(data_dir: str, out_dir: str, config, *, batch_size: int = 8,
                     audio_channels=int(d.audio_channels)),
       text=dict(length=int(np.asarray(empty["text_ids"]).shape[0]),
                 embedding_width=int(enc.text_spec.width) if enc.text_frozen else None),
+      edit_prompt=str(d.edit_prompt),
       buckets={}, shards={}, num_records=0, bad_records=0)
   index = json.loads(json.dumps(index))  # the JSON form, to compare with a saved index
   previous = _read_index(out_dir)
   if previous is not None:
-    for key in ("latent_schema_version", "dtype", "encoders", "geometry", "text"):
+    for key in ("latent_schema_version", "dtype", "encoders", "geometry", "text",
+                "edit_prompt"):
       if previous.get(key) != index[key]:
         raise ValueError(f"{out_dir} holds latents with another {key} ({previous.get(key)} "
                          f"vs {index[key]}): encode into a new --out folder")

@@ -5,10 +5,13 @@ Every clip has exact ground truth, so models and the pipeline can be checked by 
   blue, never repeated), so channel c of the video shows only the shape of colour c;
 - each wall bounce starts an 80 ms tone at the bounce time whose pitch names the shape kind
   (circle 440 Hz, square 660 Hz, triangle 880 Hz); stereo clips pan it by horizontal position;
-- `bounces` holds every bounce time in seconds; the caption says what is seen and heard.
+- `bounces` holds every bounce time in seconds; the caption says what is seen and heard;
+- with --edit_pairs a record is an edit: one shape recoloured or removed, its exact pixels
+  as the mask, the scene before as source_video, the instruction, a still of the new shape.
 
   python -m data_pipelines.synthetic --out=/tmp/synth --num_clips=200 [--seed=0] \
       [--config=configs/tiny.py --config.data.height=64]
+  python -m data_pipelines.synthetic --out=/tmp/edits --num_clips=200 --edit_pairs
   python -m data_pipelines.synthetic --out=/tmp/synth --num_clips=64 --buckets \
       --config=configs/stages.py:2,tiny     # every bucket of a bucketed config
 """
@@ -39,13 +42,21 @@ GEOMETRY_KEYS = ("height", "width", "num_frames", "fps", "sample_rate", "channel
 
 
 def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: int,
-              fps: float, sample_rate: int, channels: int) -> dict[str, Any]:
-  """One clip dict (see skyreels_jax.data.records) with `bounces`, drawn from `rng`."""
+              fps: float, sample_rate: int, channels: int, edit: bool = False) -> dict[str, Any]:
+  """One clip dict (see skyreels_jax.data.records) with `bounces`, drawn from `rng`.
+
+  edit: an edit pair instead (its draws come after the clip's, so the source is the clip
+  `edit=False` gives): `video` is the scene with one shape recoloured (to a colour no other
+  shape has) or removed, `source_video` the scene before, `mask` 0 on the edited shape's
+  pixels of every frame (exact), `instruction` ("make the red circle blue", "remove the
+  green square"); a recolour also has `references`: a still of the new shape, centred."""
   if max(PITCH_HZ.values()) >= sample_rate / 2:
     raise ValueError(f"sample_rate {sample_rate} is too low for the {max(PITCH_HZ.values())} "
                      "Hz tones (Nyquist)")
   if channels not in (1, 2):
     raise ValueError(f"channels must be 1 or 2, got {channels}")
+  geometry = dict(height=height, width=width, num_frames=num_frames, fps=fps,
+                  sample_rate=sample_rate, channels=channels)
   duration = num_frames / fps
   side = min(height, width)
 
@@ -61,17 +72,43 @@ def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: 
     velocity = speed * np.array([np.cos(angle), np.sin(angle)])
     shapes.append(dict(kind=kind, colour=int(colour), half=half, centre=centre,
                        velocity=velocity))
-
   background = rng.integers(0, 21, size=3).astype(np.uint8)
-  frame_times = np.arange(num_frames) / fps
+  clip = _render(shapes, background, **geometry)
+  if not edit:
+    return clip
+  target = int(rng.integers(num_shapes))
+  s = shapes[target]
+  free = [c for c in range(3) if c not in colours]
+  edited = [dict(x) for x in shapes]
+  name = f"{COLOURS[s['colour']]} {s['kind']}"
+  if free and (num_shapes == 1 or rng.random() < 0.75):
+    new_colour = int(free[int(rng.integers(len(free)))])
+    edited[target]["colour"] = new_colour
+    instruction = f"make the {name} {COLOURS[new_colour]}"
+    still = np.empty((1, height, width, 3), np.uint8)
+    still[:] = background
+    ys, xs = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+    still[0, :, :, new_colour][_mask(s["kind"], xs - width / 2, ys - height / 2,
+                                     s["half"])] = 255
+    references = still
+  else:
+    del edited[target]
+    instruction, references = f"remove the {name}", None
+  out = _render(edited, background, **geometry)
+  keep = ~_shape_pixels(s, **geometry)
+  return dict(out, source_video=clip["video"], mask=keep.astype(np.uint8),
+              instruction=instruction, references=references)
+
+
+def _render(shapes: list[dict], background: np.ndarray, *, height: int, width: int,
+            num_frames: int, fps: float, sample_rate: int, channels: int) -> dict[str, Any]:
+  """The clip of `shapes` moving over `background`: video, audio, bounces and caption."""
+  duration = num_frames / fps
   video = np.empty((num_frames, height, width, 3), np.uint8)
   video[:] = background
-  ys = np.arange(height)[:, None] + 0.5  # pixel centres
-  xs = np.arange(width)[None, :] + 0.5
   num_samples = int(round(duration * sample_rate))
   audio = np.zeros((num_samples, channels), np.float64)
   bounce_times = []
-
   for s in shapes:
     extent = np.array([width, height], np.float64)
     for axis in range(2):  # 0: x (left/right walls), 1: y (top/bottom walls)
@@ -81,11 +118,8 @@ def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: 
         x_at_t = _fold(s["centre"][0], s["velocity"][0], s["half"], width, t)
         _add_tone(audio, t, PITCH_HZ[s["kind"]], pan=x_at_t / width, sample_rate=sample_rate)
       bounce_times.extend(times)
-    cx = _fold(s["centre"][0], s["velocity"][0], s["half"], width, frame_times)
-    cy = _fold(s["centre"][1], s["velocity"][1], s["half"], height, frame_times)
-    for f in range(num_frames):
-      mask = _mask(s["kind"], xs - cx[f], ys - cy[f], s["half"])
-      video[f, :, :, s["colour"]][mask] = 255
+    video[..., s["colour"]][_shape_pixels(s, height=height, width=width,
+                                          num_frames=num_frames, fps=fps)] = 255
 
   peak = np.max(np.abs(audio)) if audio.size else 0.0
   if peak > 1.0:  # overlapping tones: rescale rather than clip, so pitches stay clean.
@@ -99,6 +133,19 @@ def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: 
                           any_bounce=bool(bounce_times)),
       bounces=np.sort(np.asarray(bounce_times, np.float32)),
   )
+
+
+def _shape_pixels(s: dict, *, height: int, width: int, num_frames: int, fps: float,
+                  **unused) -> np.ndarray:
+  """(T, H, W) bool: the pixels shape `s` covers on every frame."""
+  del unused
+  frame_times = np.arange(num_frames) / fps
+  ys = np.arange(height)[:, None] + 0.5  # pixel centres
+  xs = np.arange(width)[None, :] + 0.5
+  cx = _fold(s["centre"][0], s["velocity"][0], s["half"], width, frame_times)
+  cy = _fold(s["centre"][1], s["velocity"][1], s["half"], height, frame_times)
+  return np.stack([_mask(s["kind"], xs - cx[f], ys - cy[f], s["half"])
+                   for f in range(num_frames)])
 
 
 def caption_for(kinds: list[str], colours: list[int], *, any_bounce: bool) -> str:
@@ -167,11 +214,12 @@ def _add_tone(audio: np.ndarray, start: float, freq: float, *, pan: float,
 
 
 def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: int = 64,
-                  clips_per_source: int = 1, kind: str = "video",
+                  clips_per_source: int = 1, kind: str = "video", edit_pairs: bool = False,
                   **geometry) -> dict[str, Any]:
   """Writes `num_clips` clips as ArrayRecord shards plus index.json; returns the index.
   `kind`: video records, or each clip's first frame as an image record, or its sound alone
-  as an audio record (the image and audio buckets of data/buckets.py).
+  as an audio record (the image and audio buckets of data/buckets.py). `edit_pairs`: each
+  record an edit pair (make_clip's edit: mask, source_video, instruction, references).
 
   Clips come in sources of `clips_per_source` consecutive windows of one longer scene (the
   records' `source` is `synthetic/SEED/S@start_seconds`, as build_records writes for real
@@ -204,7 +252,8 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
       src, window = divmod(i, clips_per_source)
       if scene.get("id") != src:
         long = dict(geometry, num_frames=geometry["num_frames"] * clips_per_source)
-        scene = dict(id=src, clip=make_clip(np.random.default_rng([seed, src]), **long))
+        scene = dict(id=src, clip=make_clip(np.random.default_rng([seed, src]), **long,
+                                            edit=edit_pairs))
       clip = _window(scene["clip"], window, geometry["num_frames"])
       clip["source"] = f"synthetic/{seed}/{src}@{window * geometry['num_frames'] / geometry['fps']:.3f}"
       sources.append(clip["source"])
@@ -218,6 +267,7 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
       num_clips=num_clips,
       seed=seed,
       clips_per_source=clips_per_source,
+      edit_pairs=bool(edit_pairs),
       geometry=dict(geometry),
       num_bounces=num_bounces,
       shards=shards,
@@ -229,8 +279,10 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
 
 def _as_kind(clip: dict[str, Any], kind: str) -> dict[str, Any]:
   if kind == "image":
+    given = {k: clip[k][:1] for k in ("source_video", "mask") if clip.get(k) is not None}
     return dict(kind="image", video=clip["video"][:1], caption=clip["caption"],
-                source=clip["source"])
+                source=clip["source"], instruction=clip.get("instruction"),
+                references=clip.get("references"), **given)
   if kind == "audio":
     return dict(kind="audio", audio=clip["audio"], sample_rate=clip["sample_rate"],
                 caption=clip["caption"], source=clip["source"])
@@ -238,7 +290,8 @@ def _as_kind(clip: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def write_buckets(out_dir: str, data_config, *, num_clips: int, seed: int,
-                  clips_per_source: int = 1) -> dict[str, dict[str, Any]]:
+                  clips_per_source: int = 1,
+                  edit_pairs: bool = False) -> dict[str, dict[str, Any]]:
   """`num_clips` records in every shape bucket of `data_config` (data/buckets.py), each in
   OUT/<bucket name>/ as the loader reads them; returns {bucket name: index}."""
   from skyreels_jax.data import buckets  # pylint: disable=g-import-not-at-top
@@ -249,7 +302,8 @@ def write_buckets(out_dir: str, data_config, *, num_clips: int, seed: int,
     if b.kind != "audio":
       geometry.update(height=b.height, width=b.width)
     out[b.name] = write_dataset(os.path.join(out_dir, b.name), num_clips=num_clips, seed=seed,
-                                clips_per_source=clips_per_source, kind=b.kind, **geometry)
+                                clips_per_source=clips_per_source, kind=b.kind,
+                                edit_pairs=edit_pairs and b.kind != "audio", **geometry)
   return out
 
 
@@ -259,8 +313,9 @@ def _window(clip: dict[str, Any], w: int, num_frames: int) -> dict[str, Any]:
   t0, t1 = w * num_frames / fps, (w + 1) * num_frames / fps
   a0, a1 = int(round(t0 * rate)), int(round(t1 * rate))
   bounces = clip["bounces"]
-  return dict(clip, video=clip["video"][w * num_frames:(w + 1) * num_frames],
-              audio=clip["audio"][a0:a1],
+  frames = slice(w * num_frames, (w + 1) * num_frames)
+  cut = {k: clip[k][frames] for k in ("source_video", "mask") if clip.get(k) is not None}
+  return dict(clip, video=clip["video"][frames], audio=clip["audio"][a0:a1], **cut,
               bounces=(bounces[(bounces >= t0) & (bounces < t1)] - t0).astype(np.float32))
 
 
@@ -279,13 +334,14 @@ def _main(argv):
   start = time.perf_counter()
   if flags.FLAGS.buckets:
     found = write_buckets(flags.FLAGS.out, config.data, num_clips=flags.FLAGS.num_clips,
-                          seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source)
+                          seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source,
+                          edit_pairs=flags.FLAGS.edit_pairs)
     print(f"wrote {flags.FLAGS.num_clips} records into each of {sorted(found)} under "
           f"{flags.FLAGS.out}, {time.perf_counter() - start:.1f} s")
     return
   index = write_dataset(flags.FLAGS.out, num_clips=flags.FLAGS.num_clips,
                         seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source,
-                        **geometry_from_config(config.data))
+                        edit_pairs=flags.FLAGS.edit_pairs, **geometry_from_config(config.data))
   g = index["geometry"]
   print(f"wrote {index['num_clips']} clips ({index['num_bounces']} bounces) in "
         f"{len(index['shards'])} shards to {flags.FLAGS.out}: {g['num_frames']}x{g['height']}x"
@@ -304,6 +360,8 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "Data set seed.")
   flags.DEFINE_integer("clips_per_source", 1, "Consecutive clips cut from one scene (pairs "
                        "for in-context references, data.refs).")
+  flags.DEFINE_bool("edit_pairs", False, "Edit pairs: each record a shape recoloured or "
+                    "removed, with mask, source_video, instruction (and a reference still).")
   flags.DEFINE_bool("buckets", False, "Write every shape bucket of the config (video, image "
                     "and audio records) into OUT/<bucket>/, as the loader reads them.")
   config_flags.DEFINE_config_file("config", default_config,

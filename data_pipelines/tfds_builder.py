@@ -11,8 +11,9 @@ Splits: one per shape bucket, named like the bucket (`16x24x8`, `image_16x24`, `
 because a batch holds one bucket's shape and `tfds.data_source` opens one split at a time;
 `split="16x24x8+image_16x24"` concatenates buckets when shapes do not matter. Examples are the
 record bytes exactly as build_records wrote them (`record`, decoded by
-skyreels_jax.data.records.decode_clip) plus the bucket name (`bucket`), so the clip schema
-stays in one place. The geometry of the build (index.json's `geometry`) is in
+skyreels_jax.data.records.decode_clip: masks, sources, references and instructions travel
+inside it) plus the bucket name (`bucket`) and the given conditions present (`given`), so
+the clip schema stays in one place. The geometry of the build (index.json's `geometry`) is in
 `builder.info.metadata`. `as_dataset()` / `tfds.load` need TensorFlow: use the data source.
 """
 
@@ -30,9 +31,11 @@ NAME = "skyreels_clips"
 class SkyreelsClips(tfds.core.GeneratorBasedBuilder):
   """Examples are the records of one build_records folder, one split per bucket."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
       "1.0.0": "Records schema 2 (video / image / audio kinds), one split per shape bucket.",
+      "1.1.0": "Records schema 3: given conditions (mask, audio_mask, source_video, "
+               "references, instruction) inside `record`; `given` lists those present.",
   }
   # tfds finds a packaged builder's source file through the `importlib_resources` backport,
   # which is not installed (nor needed elsewhere): name the file directly.
@@ -59,6 +62,9 @@ class SkyreelsClips(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "record": tfds.features.Tensor(shape=(), dtype=np.object_),
             "bucket": tfds.features.Text(),
+            # The record's given conditions, comma-separated ("mask,source_video,..."):
+            # select edit pairs or masked clips without decoding the pixels.
+            "given": tfds.features.Text(),
         }),
         metadata=metadata,
     )
@@ -72,6 +78,7 @@ class SkyreelsClips(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, bucket: str, entry: dict[str, Any]):
     import grain  # pylint: disable=g-import-not-at-top
+    from skyreels_jax.data import records  # pylint: disable=g-import-not-at-top
     for shard in entry["shards"]:
       source = grain.sources.ArrayRecordDataSource([os.path.join(self._records_dir,
                                                                  shard["path"])])
@@ -79,7 +86,9 @@ class SkyreelsClips(tfds.core.GeneratorBasedBuilder):
         raise ValueError(f"{shard['path']} holds {len(source)} records, index.json says "
                          f"{shard['num_records']}: rebuild {self._records_dir}")
       for i in range(len(source)):
-        yield f"{shard['path']}:{i}", dict(record=source[i], bucket=bucket)
+        clip = records.decode_clip(source[i])   # a bad record stops the build: rebuild
+        given = ",".join(k for k in records.GIVEN_FIELDS if clip.get(k) is not None)
+        yield f"{shard['path']}:{i}", dict(record=source[i], bucket=bucket, given=given)
 
 
 def read_index(records_dir: str) -> dict[str, Any]:

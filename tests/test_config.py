@@ -2,6 +2,7 @@
 
 import importlib
 import math
+import os
 
 import jax
 import pytest
@@ -11,6 +12,8 @@ from configs import tiny
 from skyreels_jax.config import (ConfigError, count_params, derive, hybrid_mesh_shape,
                                  mesh_shape, validate)
 from skyreels_jax.config import abstract_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def set_path(config, path, value):
@@ -57,6 +60,11 @@ BAD = {
     "unknown_video_ae": ({"video_ae.kind": "vqgan"}, "video_ae.kind"),
     "unknown_audio_task": ({"data.audio_tasks.a_remix": 1.0}, "data.audio_tasks"),
     "zero_audio_task_weights": ({"data.audio_tasks.none": 0.0}, "data.audio_tasks"),
+    # Data-given tasks (issue 15): the fallback must draw its own mask.
+    "given_fallback_given": ({"data.given_fallback": "edit_pair"}, "data.given_fallback"),
+    "audio_given_fallback": ({"data.audio_given_fallback": "a_remix"},
+                             "data.audio_given_fallback"),
+    "edit_prompt": ({"data.edit_prompt": "prefix"}, "data.edit_prompt"),
     # HunyuanVideo's layout (issue 14): the refiner depth and the embedded guidance range.
     "text_refiner_layers_negative": ({"model.text_refiner_layers": -1},
                                      "model.text_refiner_layers"),
@@ -218,7 +226,26 @@ def test_curriculum_stages_validate(stage):
   if stage == "1":
     assert kinds == {"video": 0.0, "image": 1.0, "audio": 0.0}
   if stage == "audio":
-    assert dict(c.data.tasks) == {"t2a": 1.0} and kinds["audio"] == 1.0
+    assert {k: w for k, w in c.data.tasks.items() if w} == {"t2a": 1.0} and kinds["audio"] == 1.0
+  # Stages set weights, never drop a task: --config.data.tasks.NAME=W works on every stage.
+  from skyreels_jax.tasks.masks import AUDIO_TASKS, VIDEO_TASKS
+  assert sorted(c.data.tasks) == sorted(VIDEO_TASKS)
+  assert sorted(c.data.audio_tasks) == sorted(AUDIO_TASKS)
+
+
+def test_every_task_can_be_set_from_the_command_line(tmp_path):
+  """configs/base.py lists every task, so a flag can weigh any of them on any config (a
+  locked ConfigDict cannot gain keys): the flags of a real command line parse."""
+  import subprocess
+  import sys
+  from skyreels_jax.tasks.masks import VIDEO_TASKS
+  for config_file in ("configs/tiny.py", "configs/stages.py:3,tiny"):
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_pipelines.synthetic", f"--out={tmp_path}",
+         "--num_clips=1", f"--config={config_file}"]
+        + [f"--config.data.tasks.{name}=0.5" for name in VIDEO_TASKS],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_unknown_stage_is_named():

@@ -13,6 +13,15 @@ entry (LATENT_SCHEMA_VERSION 1):
   source          str     optional: where the clip came from
   encoders        dict    {"video_ae": {...}, "audio_ae": {...}, "text": {...}}: the kind and
                           settings of each encoder, so a run refuses latents of other encoders
+Given conditions (schema 2, optional; from the clip record's, tasks/given.py):
+  given_keep        uint8 (T, h, w): the mask on the latent grid (1 = keep), by the rule
+  given_audio_keep  uint8 (Ta,): the audio mask on the audio latent grid
+  source_latent     like video_latent: the edit's source clip
+  reference_latents (N, h, w, C): the reference stills, each encoded as a still
+  instruction       str
+  edit_text_ids / edit_text_embedding, edit_text_mask: the edit prompt (index.json's
+                    edit_prompt: the instruction alone or appended to the caption), as the
+                    caption's text fields
 
 All float arrays of a record share one dtype. bfloat16 travels as its uint16 bit pattern (with
 `dtype` saying so) because msgpack readers without ml_dtypes cannot rebuild bfloat16 arrays;
@@ -29,8 +38,8 @@ import numpy as np
 
 from skyreels_jax.data import records
 
-LATENT_SCHEMA_VERSION = 1
-READABLE_VERSIONS = (1,)
+LATENT_SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 KINDS = ("video", "image", "audio")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 ENCODER_KEYS = ("video_ae", "audio_ae", "text")
@@ -40,9 +49,12 @@ DEFAULTS = {"video_ae": dict(tile_height=0, tile_width=0, tile_stride_height=0,
                              tile_stride_width=0),
             "text": dict(path="", tokenizer_path="", output_layer=-1)}
 
-_FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding")
+_FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding", "source_latent",
+                 "reference_latents", "edit_text_embedding")
+GIVEN_FIELDS = ("given_keep", "given_audio_keep", "source_latent", "reference_latents",
+                "instruction", "edit_text_ids", "edit_text_embedding", "edit_text_mask")
 _FIELDS = ("kind", "video_latent", "audio_latent", "text_ids", "text_mask", "text_embedding",
-           "caption", "source", "encoders")
+           "caption", "source", "encoders") + GIVEN_FIELDS
 
 
 class LatentRecordError(ValueError):
@@ -182,9 +194,63 @@ def _validated(record: dict[str, Any]) -> dict[str, Any]:
   if bool(encoders["text"].get("frozen")) != (embedding is not None):
     raise LatentRecordError("encoders['text']['frozen'] must be true exactly when the record "
                             "holds a text_embedding")
-  return dict(kind=kind, video_latent=video, audio_latent=audio, text_ids=ids, text_mask=mask,
-              text_embedding=embedding, caption=caption, source=source,
-              encoders=_plain(encoders))
+  out = dict(kind=kind, video_latent=video, audio_latent=audio, text_ids=ids, text_mask=mask,
+             text_embedding=embedding, caption=caption, source=source,
+             encoders=_plain(encoders))
+  out.update(_given(record, video, audio, ids is not None, mask.shape, float_dtypes))
+  return out
+
+
+def _given(record: dict[str, Any], video, audio, ids: bool, text_shape,
+           float_dtypes: set) -> dict[str, Any]:
+  """The given-condition fields, checked against the latents and the caption's text."""
+  out = dict.fromkeys(GIVEN_FIELDS)
+  grid = None if video is None else video.shape[:3]
+  if record.get("given_keep") is not None:
+    keep = _array(record["given_keep"], "given_keep", np.uint8, ndim=3)
+    if grid is None or keep.shape != grid or keep.max(initial=0) > 1:
+      raise LatentRecordError(f"given_keep must be 0 / 1 on the video latent grid {grid}, "
+                              f"got shape {keep.shape}")
+    out["given_keep"] = keep
+  if record.get("given_audio_keep") is not None:
+    keep = _array(record["given_audio_keep"], "given_audio_keep", np.uint8, ndim=1)
+    if audio is None or keep.shape != audio.shape[:1] or keep.max(initial=0) > 1:
+      raise LatentRecordError(f"given_audio_keep must be 0 / 1 on the audio latent grid, got "
+                              f"shape {keep.shape}")
+    out["given_audio_keep"] = keep
+  for key, ndim in (("source_latent", 4), ("reference_latents", 4)):
+    z = _latent(record.get(key), key, ndim=ndim)
+    if z is None:
+      continue
+    want = video.shape if key == "source_latent" else video.shape[1:] if video is not None else None
+    got = z.shape if key == "source_latent" else z.shape[1:]
+    if want is None or got != want:
+      raise LatentRecordError(f"{key} has shape {z.shape}; the video latent is "
+                              f"{None if video is None else video.shape}")
+    float_dtypes.add(z.dtype)
+    out[key] = z
+  if record.get("instruction") is not None:
+    if not isinstance(record["instruction"], str):
+      raise LatentRecordError("instruction must be a str")
+    out["instruction"] = record["instruction"]
+  if record.get("edit_text_mask") is not None:
+    out["edit_text_mask"] = _array(record["edit_text_mask"], "edit_text_mask", np.bool_, ndim=1)
+    if ids:
+      out["edit_text_ids"] = _array(record.get("edit_text_ids"), "edit_text_ids", np.int32,
+                                    ndim=1)
+    else:
+      out["edit_text_embedding"] = _latent(record.get("edit_text_embedding"),
+                                           "edit_text_embedding", ndim=2)
+      if out["edit_text_embedding"] is None:
+        raise LatentRecordError("edit_text_mask without edit_text_embedding")
+      float_dtypes.add(out["edit_text_embedding"].dtype)
+    if out["edit_text_mask"].shape != text_shape:
+      raise LatentRecordError(f"edit_text_mask {out['edit_text_mask'].shape} and text_mask "
+                              f"{text_shape} differ")
+  if len(float_dtypes) > 1:
+    raise LatentRecordError(f"latents and embeddings must share one dtype, got "
+                            f"{sorted(map(str, float_dtypes))}")
+  return out
 
 
 def _latent(value: Any, name: str, *, ndim: int) -> np.ndarray | None:

@@ -27,7 +27,9 @@ stays disjoint from the others'; only the exact equality with a one-process run 
 
 Batches are dicts of numpy arrays with a leading batch dim: `video` float32 (B, T, H, W, 3) in
 [-1, 1], `audio` float32 (B, S, C) in [-1, 1], `has_video` / `has_audio` bool (B,), plus the
-tokenizer's fields (`text_ids` int32 (B, L), `text_mask` bool (B, L)). By bucket kind:
+tokenizer's fields (`text_ids` int32 (B, L), `text_mask` bool (B, L)), plus, with data-given
+tasks in the mixture, the records' masks, sources, references and edit prompts
+(data/given.py). By bucket kind:
   video  clips at the bucket's size; a clip without sound has zero audio, has_audio False
   image  1-frame videos (T2I); no audio field
   audio  sound alone (T2A); `video` is black at the smallest bucket resolution for the
@@ -60,6 +62,7 @@ import numpy as np
 from absl import flags
 
 from skyreels_jax.data import buckets as buckets_lib
+from skyreels_jax.data import given as given_lib
 from skyreels_jax.data import latents
 from skyreels_jax.data import records
 from skyreels_jax.data import references
@@ -143,6 +146,11 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
   fmt = data_config.format
   index = _latent_index(data_config.path, encoders, text_frozen) if fmt == "latents" else None
+  if index is not None and float(data_config.tasks.get("edit_pair", 0.0)) > 0 and (
+      index.get("edit_prompt", "instruction") != data_config.edit_prompt):
+    raise ValueError(f"{data_config.path} holds edit prompts made with data.edit_prompt="
+                     f"{index.get('edit_prompt', 'instruction')!r}; this run uses "
+                     f"{data_config.edit_prompt!r}: re-encode")
   per_bucket, counts = {}, {}
   with_refs = fmt == "clips" and references.enabled(data_config)
   for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
@@ -159,7 +167,8 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
     # rows this process reads, and a reference draw's generator follows the GLOBAL position:
     # P processes draw what one process would.
     if fmt == "latents":
-      ds = ds.map(LatentPreprocessor.for_bucket(bucket, index, smallest, video_latent_shape))
+      ds = ds.map(LatentPreprocessor.for_bucket(bucket, index, smallest, video_latent_shape,
+                                                given_lib.GivenFields.from_config(data_config)))
     elif with_refs:
       ds = ds.random_map(ReferencedClips.for_bucket(bucket, data_config, tokenizer, smallest,
                                                     source, shards),
@@ -219,10 +228,11 @@ class LatentPreprocessor:
   kind: str
   video_shape: tuple[int, ...] | None     # the bucket's video latent (the stand-in's shape
   audio_shape: tuple[int, ...] | None     # for sound-only buckets) and audio latent
+  given: given_lib.GivenFields | None = None
 
   @classmethod
   def for_bucket(cls, bucket: buckets_lib.Bucket, index: dict, blank_size: tuple[int, int],
-                 video_latent_shape) -> "LatentPreprocessor":
+                 video_latent_shape, given=None) -> "LatentPreprocessor":
     entry = next((b for b in index["buckets"].values() if b["name"] == bucket.name), {})
     video, audio = entry.get("video_latent_shape"), entry.get("audio_latent_shape")
     if bucket.kind == "audio":
@@ -230,7 +240,7 @@ class LatentPreprocessor:
         raise ValueError("sound-only latent buckets need video_latent_shape")
       video = video_latent_shape(bucket.num_frames, *blank_size)
     return cls(kind=bucket.kind, video_shape=None if video is None else tuple(video),
-               audio_shape=None if audio is None else tuple(audio))
+               audio_shape=None if audio is None else tuple(audio), given=given)
 
   def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
     try:
@@ -264,6 +274,9 @@ class LatentPreprocessor:
     if self.video_shape and out["video_latent"].shape != self.video_shape:
       raise latents.LatentRecordError(f"video latent {out['video_latent'].shape} in a bucket "
                                       f"of {self.video_shape}")
+    if self.given is not None:
+      out.update(self.given.latent_fields(
+          rec, out, "text_embedding" if "text_embedding" in out else "text_ids"))
     return out
 
 
@@ -310,6 +323,7 @@ class ClipPreprocessor:
   # Audio buckets: the size of the black stand-in video (the smallest bucket resolution).
   blank_size: tuple[int, int] = (0, 0)
   endpoint_frame: bool = False    # data.endpoint_frame (buckets.samples_for_frames)
+  given: given_lib.GivenFields | None = None   # data-given task fields (data/given.py)
 
   @classmethod
   def from_config(cls, data_config, tokenizer) -> "ClipPreprocessor":
@@ -318,7 +332,8 @@ class ClipPreprocessor:
                num_frames=int(data_config.num_frames), fps=float(data_config.fps),
                sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
-               endpoint_frame=bool(data_config.endpoint_frame))
+               endpoint_frame=bool(data_config.endpoint_frame),
+               given=given_lib.GivenFields.from_config(data_config))
 
   @classmethod
   def for_bucket(cls, bucket: buckets_lib.Bucket, data_config, tokenizer,
@@ -327,7 +342,8 @@ class ClipPreprocessor:
                fps=float(data_config.fps), sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
                kind=bucket.kind, blank_size=tuple(blank_size),
-               endpoint_frame=bool(data_config.endpoint_frame))
+               endpoint_frame=bool(data_config.endpoint_frame),
+               given=given_lib.GivenFields.from_config(data_config))
 
   @property
   def num_samples(self) -> int:
@@ -355,6 +371,8 @@ class ClipPreprocessor:
     if clash:
       raise ValueError(f"tokenizer output overwrites example fields {sorted(clash)}")
     example.update(text)
+    if self.given is not None:
+      example.update(self.given.fields(clip, example, self.tokenizer))
     return example
 
   def preprocess(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """The on-disk clip record: one msgpack blob per ArrayRecord entry, with a schema version.
 
-A clip is a dict (schema 2):
+A clip is a dict (schema 3):
   kind         str     "video" (a clip, with or without sound), "image" (a still: one frame)
                        or "audio" (sound only)
   video        uint8   (T, H, W, 3); T = 1 for an image; None for audio
@@ -11,11 +11,20 @@ A clip is a dict (schema 2):
   caption      str     structured caption (`<text>...</text><sfx>...</sfx>`, SPEC section 3)
   source       str     optional: where the clip came from (`path@start_seconds`)
   bounces      float32 (N,) optional: bounce times in seconds (synthetic ground truth)
+Given conditions (schema 3, all optional; SPEC section 3: 1 = keep, 0 = generate):
+  mask         uint8 (T, H, W) or (1, H, W) (static) of 0 / 1: what an inpainting or edit
+               keeps, on the video's own frames and pixels
+  audio_mask   uint8 (S,) of 0 / 1: the audio samples kept (the rest is regenerated)
+  source_video uint8 (T, H, W, 3): the clip before the edit (an edit pair; `video` is the
+               edited target, `mask` where they may differ)
+  references   uint8 (N, H, W, 3): stills of the subject a reference-guided inpainting fills
+               the mask with, at the video's size
+  instruction  str: the edit's text ("make the red circle blue")
 
 A video's audio covers the same time span as its frames: S = T / fps * sample_rate, give or
 take one video frame. Any change to this layout bumps SCHEMA_VERSION. Readers take the
 versions in READABLE_VERSIONS (schema 1, the first issue's audio-video clips, reads as a
-"video" with sound) and reject others.
+"video" with sound; schema 2 has no given conditions) and reject others.
 """
 
 import math
@@ -24,11 +33,13 @@ from typing import Any
 from flax import serialization
 import numpy as np
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 KINDS = ("video", "image", "audio")
 
-_FIELDS = ("kind", "video", "audio", "fps", "sample_rate", "caption", "source", "bounces")
+GIVEN_FIELDS = ("mask", "audio_mask", "source_video", "references", "instruction")
+_FIELDS = ("kind", "video", "audio", "fps", "sample_rate", "caption", "source",
+           "bounces") + GIVEN_FIELDS
 
 
 class RecordError(ValueError):
@@ -126,6 +137,7 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
 
   out = dict(kind=kind, video=video, audio=audio, fps=fps, sample_rate=sample_rate,
              caption=caption, source=source, bounces=None)
+  out.update(_given(clip, video, audio))
   if clip.get("bounces") is not None:
     if kind != "video":
       raise RecordError("bounces belong to video records")
@@ -136,6 +148,50 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
       raise RecordError(f"bounces must be times within [0, {duration}] s")
     out["bounces"] = bounces
   return out
+
+
+def _given(clip: dict[str, Any], video, audio) -> dict[str, Any]:
+  """The given-condition fields, checked against the clip's frames, pixels and samples."""
+  out = dict.fromkeys(GIVEN_FIELDS)
+  present = [k for k in GIVEN_FIELDS if clip.get(k) is not None]
+  pictures = sorted(set(present) - {"audio_mask", "instruction"})
+  if video is None and pictures:
+    raise RecordError(f"an audio record has no {pictures}")
+  if clip.get("mask") is not None:
+    mask = check_array(clip["mask"], "mask", np.uint8, ndim=3)
+    if mask.shape[0] not in (1, video.shape[0]) or mask.shape[1:] != video.shape[1:3]:
+      raise RecordError(f"mask has shape {mask.shape}; the video {video.shape[:3]} needs "
+                        f"({video.shape[0]} or 1, {video.shape[1]}, {video.shape[2]})")
+    out["mask"] = _binary(mask, "mask")
+  if clip.get("audio_mask") is not None:
+    if audio is None:
+      raise RecordError("audio_mask needs audio")
+    mask = check_array(clip["audio_mask"], "audio_mask", np.uint8, ndim=1)
+    if mask.shape[0] != audio.shape[0]:
+      raise RecordError(f"audio_mask has {mask.shape[0]} samples, audio {audio.shape[0]}")
+    out["audio_mask"] = _binary(mask, "audio_mask")
+  if clip.get("source_video") is not None:
+    src = check_array(clip["source_video"], "source_video", np.uint8, ndim=4)
+    if src.shape != video.shape:
+      raise RecordError(f"source_video has shape {src.shape}, video {video.shape}")
+    out["source_video"] = src
+  if clip.get("references") is not None:
+    refs = check_array(clip["references"], "references", np.uint8, ndim=4)
+    if refs.shape[0] == 0 or refs.shape[1:] != video.shape[1:]:
+      raise RecordError(f"references have shape {refs.shape}; stills at the video's size "
+                        f"(N >= 1, {video.shape[1]}, {video.shape[2]}, 3)")
+    out["references"] = refs
+  if clip.get("instruction") is not None:
+    if not isinstance(clip["instruction"], str):
+      raise RecordError(f"instruction must be a str, got {type(clip['instruction']).__name__}")
+    out["instruction"] = clip["instruction"]
+  return out
+
+
+def _binary(mask: np.ndarray, name: str) -> np.ndarray:
+  if mask.size and mask.max() > 1:
+    raise RecordError(f"{name} must hold 0 (generate) and 1 (keep) only, found {mask.max()}")
+  return mask
 
 
 def _positive(value: Any, name: str, kind: type) -> float | int:

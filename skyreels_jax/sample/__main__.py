@@ -1,11 +1,17 @@
 """python -m skyreels_jax.sample --workdir=W (--prompt=TEXT ... | --prompt_file=F) --out=OUT
-    [task: --image=PNG | --first=PNG --last=PNG | --video=MP4 (--extend=K | --mask=PNG)]
+    [task: --image=PNG | --first=PNG --last=PNG |
+           --video=MP4 (--extend=K | --mask=PNG|MP4|DIR [--audio_mask=S:E] | --audio_mask=S:E)]
     [references: --ref_image=PNG ... --ref_video=MP4 --audio_ref=WAV] [--seed=S]
 
 Tasks (SPEC section 3): text-to-audio-video by default; --image image-to-video; --first and
 --last start-end frames; --video with --extend=K keeps its first K latent frames (and their
-sound) and generates the rest; --video with --mask inpaints / edits (white = regenerate, on
-every frame; the audio is regenerated). References combine with any task.
+sound) and generates the rest; --video with --mask inpaints (white = regenerate): a PNG holds
+on every frame, an MP4 or a folder of PNGs (one per frame of --video, same size) is
+spatio-temporal, downsampled to the latent grid by the training rule (tasks/given.py); the
+audio is regenerated. With an instruction as --prompt ("make the red circle blue") it is an
+edit, with --ref_image it fills the mask with the reference's subject. --audio_mask=START:END
+(seconds) regenerates that span of --video's own sound track and keeps the rest (with --mask
+or alone, then every frame is kept). References combine with any task.
 
 --refiner_workdir=R runs the efficiency cascade (SPEC section 5; sample/cascade.py): the
 --workdir run is the base (its low-res video, high-res keyframes if it makes them, and the
@@ -25,6 +31,7 @@ import os
 from absl import app, flags
 
 from skyreels_jax.parallel import multihost
+from skyreels_jax.tasks import given
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt(s); repeat for several.")
@@ -36,7 +43,10 @@ _FIRST = flags.DEFINE_string("first", None, "First frame of start-end generation
 _LAST = flags.DEFINE_string("last", None, "Last frame of start-end generation.")
 _VIDEO = flags.DEFINE_string("video", None, "Source video for --extend or --mask.")
 _EXTEND = flags.DEFINE_integer("extend", None, "Latent frames of --video to keep.")
-_MASK = flags.DEFINE_string("mask", None, "Inpaint mask image: white = regenerate.")
+_MASK = flags.DEFINE_string("mask", None, "Inpaint / edit mask (white = regenerate): a PNG "
+                            "(every frame), or an MP4 / PNG folder (per frame of --video).")
+_AUDIO_MASK = flags.DEFINE_string("audio_mask", None, "START:END seconds of --video's sound "
+                                  "to regenerate (the rest of its track is kept).")
 _REF_IMAGE = flags.DEFINE_multi_string("ref_image", [], "Reference image(s).")
 _REF_VIDEO = flags.DEFINE_string("ref_video", None, "Reference video clip.")
 _AUDIO_REF = flags.DEFINE_string("audio_ref", None, "Reference audio (WAV/FLAC/MP3).")
@@ -85,7 +95,8 @@ def task_of(v: dict) -> str:
   or a missing file. v: flag name -> value."""
   for name in ("image", "first", "last", "video", "mask", "ref_video", "audio_ref",
                "prompt_file"):
-    if v.get(name) and not os.path.isfile(v[name]):
+    folder = name == "mask" and v.get(name) and os.path.isdir(v[name])  # PNG frames
+    if v.get(name) and not (os.path.isfile(v[name]) or folder):
       raise usage(f"--{name}={v[name]}: no such file")
   for path in v.get("ref_image") or []:
     if not os.path.isfile(path):
@@ -94,15 +105,21 @@ def task_of(v: dict) -> str:
     raise usage("give --prompt or --prompt_file (one of them)")
   if v.get("extend") is not None and not v.get("video"):
     raise usage("--extend needs --video")
-  if v.get("mask") and not v.get("video"):
-    raise usage("--mask needs --video")
+  for name in ("mask", "audio_mask"):
+    if v.get(name) and not v.get("video"):
+      raise usage(f"--{name} needs --video")
+  if v.get("audio_mask"):
+    audio_span(v["audio_mask"])
   if v.get("video"):
-    if (v.get("extend") is not None) == bool(v.get("mask")):
-      raise usage("--video needs one of --extend or --mask")
+    masks = bool(v.get("mask") or v.get("audio_mask"))
+    if (v.get("extend") is not None) == masks:
+      raise usage("--video needs one of --extend or --mask / --audio_mask")
     for other in ("image", "first", "last"):
       if v.get(other):
         raise usage(f"--{other} cannot be combined with --video")
-    return "extend" if v.get("extend") is not None else "inpaint"
+    if v.get("extend") is not None:
+      return "extend"
+    return "inpaint" if v.get("mask") else "a_inpaint"
   if v.get("image"):
     for other in ("first", "last"):
       if v.get(other):
@@ -111,6 +128,14 @@ def task_of(v: dict) -> str:
   if bool(v.get("first")) != bool(v.get("last")):
     raise usage("--first and --last go together")
   return "start_end" if v.get("first") else "t2av"
+
+
+def audio_span(text: str) -> tuple[float, float]:
+  """--audio_mask=START:END (seconds) -> (start, end); a usage error else."""
+  try:
+    return given.parse_span(text)
+  except ValueError as e:
+    raise usage(f"--audio_mask={text}: {e}") from None
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -169,8 +194,20 @@ def build_condition(task: str, v: dict, config, geometry):
       except ValueError as e:
         raise usage(f"--extend={k} --video={v['video']}: {e}") from None
     else:
-      cond = C.inpaint(g, d.audio_channels, video,
-                       read("mask", v["mask"], C.read_mask, g.height, g.width))
+      keep_samples = None
+      if v.get("audio_mask"):
+        if not config.model.use_audio:
+          raise usage("--audio_mask: the run has no audio stream (model.use_audio=False)")
+        if audio is None:
+          raise usage(f"--audio_mask: --video={v['video']} has no sound track")
+        keep_samples = given.span_keep(g.num_samples, d.sample_rate,
+                                       *audio_span(v["audio_mask"]))
+      if task == "inpaint":
+        mask = read("mask", v["mask"], C.read_video_mask, v["video"], fps=d.fps,
+                    height=g.height, width=g.width)
+        cond = C.inpaint(g, d.audio_channels, video, mask, tf, audio, keep_samples)
+      else:
+        cond = C.audio_inpaint(g, d.audio_channels, video, audio, keep_samples)
   refs = [read("ref_image", p, C.read_image, g.height, g.width) for p in v["ref_image"] or []]
   ref_video = read("ref_video", v["ref_video"], C.read_video, **media)[0] if v.get(
       "ref_video") else None
@@ -184,14 +221,14 @@ def build_condition(task: str, v: dict, config, geometry):
   cond = C.add_references(cond, g, tf, images=refs, video=ref_video, audio=audio_ref,
                           vae_frames=prefix)
   cond.fields = {k: v.get(k) for k in ("image", "first", "last", "video", "extend", "mask",
-                                       "ref_image", "ref_video", "audio_ref")}
+                                       "audio_mask", "ref_image", "ref_video", "audio_ref")}
   return cond
 
 
 def main(argv):
   del argv
   names = ("prompt", "prompt_file", "image", "first", "last", "video", "extend", "mask",
-           "ref_image", "ref_video", "audio_ref")
+           "audio_mask", "ref_image", "ref_video", "audio_ref")
   values = {n: flags.FLAGS[n].value for n in names}
   task = task_of(values)     # before JAX starts: a usage error costs nothing
   if _REFINER.value and not os.path.isfile(os.path.join(_REFINER.value, "config.json")):

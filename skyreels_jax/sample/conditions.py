@@ -11,7 +11,10 @@ batch and is encoded once.
 | i2v       | the image at latent frame 0's pixels      | t = 0           | 0                 |
 | extend    | the source video                          | t < K           | the kept span     |
 | start_end | first / last image at latent 0 / T-1      | t = 0, T-1      | 0                 |
-| inpaint   | the source video                          | 1 - mask image  | 0 (regenerated)   |
+| inpaint   | the source video                          | 1 - mask (rule) | 0, or its own     |
+|           | (an edit: the instruction as the prompt)  |                 | track (--audio_mask)|
+| a_inpaint | the source video                          | 1               | its own track but |
+|           |                                           |                 | the --audio_mask span|
 
 References (any task): images and a video clip, resized to the run's frame size (one spatial
 size, as the model needs), and an audio clip; prepended to the tokens as Concat(ref, ref, 1).
@@ -27,10 +30,12 @@ import jax
 import numpy as np
 from PIL import Image
 
-from skyreels_jax.data.media import AudioTrack, FrameSampler, cover, padded_audio
+from skyreels_jax.data.media import (AudioTrack, FrameSampler, aligned_frames, cover, mask_keep,
+                                     padded_audio)
+from skyreels_jax.tasks.given import audio_keep, video_keep
 from skyreels_jax.tasks.masks import video_task_mask
 
-TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint")
+TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint", "a_inpaint")
 
 
 @dataclasses.dataclass
@@ -133,22 +138,51 @@ def extend(geometry, temporal_factor: int, fps: float, channels: int, video: np.
                    _source_audio(g, audio, channels), keep_a)
 
 
-def mask_to_grid(mask: np.ndarray, geometry) -> np.ndarray:
-  """Regenerate-mask image (H, W) at the run's frame size (white = regenerate) to the keep
-  mask (T, h, w, 1): a latent cell is regenerated when any of its pixels is white, so no
-  white pixel is kept."""
+def mask_to_grid(mask: np.ndarray, geometry, temporal_factor: int = 1) -> np.ndarray:
+  """A mask at the run's frame size -> the keep mask (T, h, w, 1) on the latent grid, by
+  the training rule (tasks/given.py: a latent cell is kept only where all its pixels are).
+  `mask`: a grey image (H, W) (white = regenerate, static), or a keep mask uint8 (n, H, W)
+  (1 keep; n = 1 static, else the frames of the clip: its first F frames, a shorter one
+  holding its last frame)."""
   g = geometry
-  _, h, w = g.video_grid
-  cells = (mask > 127).reshape(h, g.height // h, w, g.width // w).any(axis=(1, 3))
-  return np.broadcast_to((~cells)[None, :, :, None], (*g.video_grid, 1)).astype(np.float32)
+  keep = mask_keep(mask)[None] if mask.ndim == 2 else np.asarray(mask, np.uint8)
+  if keep.shape[0] > 1:
+    keep = keep[np.minimum(np.arange(g.num_frames), len(keep) - 1)]
+  return video_keep(keep, g.video_grid, temporal_factor)
 
 
-def inpaint(geometry, channels: int, video: np.ndarray, mask: np.ndarray) -> Condition:
-  """Kept regions come from the source video on every frame; the audio is regenerated,
-  conditioned on the edited video (SPEC section 3)."""
-  return Condition("inpaint", _source(geometry, video), mask_to_grid(mask, geometry)[None],
-                   _source_audio(geometry, None, channels),
-                   np.zeros((1, geometry.audio_length, 1), np.float32))
+def inpaint(geometry, channels: int, video: np.ndarray, mask: np.ndarray,
+            temporal_factor: int = 1, audio: np.ndarray | None = None,
+            audio_keep_samples: np.ndarray | None = None) -> Condition:
+  """Kept regions come from the source video (mask: see mask_to_grid; an edit is the same
+  condition with the instruction as the prompt). The audio is regenerated, conditioned on
+  the edited video (SPEC section 3), unless `audio_keep_samples` (S,) keeps part of the
+  source's own track `audio` (--audio_mask)."""
+  g = geometry
+  keep_v = mask_to_grid(mask, g, temporal_factor)[None]
+  return Condition("inpaint", _source(g, video), keep_v, *_audio_span(g, channels, audio,
+                                                                      audio_keep_samples))
+
+
+def _audio_span(geometry, channels: int, audio, keep_samples):
+  """(waveform, keep_a): silence and all regenerated, or the source track with the latents
+  all of whose samples are kept (tasks/given.audio_keep)."""
+  g = geometry
+  if keep_samples is None:
+    return (_source_audio(g, None, channels), np.zeros((1, g.audio_length, 1), np.float32))
+  keep = np.zeros((g.num_samples,), np.uint8)     # no source sound there: regenerated
+  n = min(len(keep_samples), g.num_samples, 0 if audio is None else len(audio))
+  keep[:n] = keep_samples[:n]
+  return _source_audio(g, audio, channels), audio_keep(keep, g.audio_length)[None]
+
+
+def audio_inpaint(geometry, channels: int, video: np.ndarray, audio: np.ndarray | None,
+                  keep_samples: np.ndarray) -> Condition:
+  """--video with --audio_mask alone: every frame kept, the sound regenerated where
+  `keep_samples` is 0 and kept (the source's own track) elsewhere."""
+  g = geometry
+  return Condition("a_inpaint", _source(g, video), np.ones((1, *g.video_grid, 1), np.float32),
+                   *_audio_span(g, channels, audio, keep_samples))
 
 
 def add_references(cond: Condition, geometry, temporal_factor: int, *, images=(), video=None,
@@ -187,8 +221,24 @@ def read_image(path: str, height: int, width: int) -> np.ndarray:
 
 def read_mask(path: str, height: int, width: int) -> np.ndarray:
   """Grayscale (H, W) uint8, center-cropped and resized as the video frames are."""
-  gray = np.asarray(Image.open(path).convert("L"))
-  return cover(np.repeat(gray[..., None], 3, -1), height, width)[..., 0]
+  return cover(Image.open(path).convert("L"), height, width)
+
+
+def read_video_mask(path: str, video_path: str, *, fps: float, height: int,
+                    width: int) -> np.ndarray:
+  """A --mask for --video: keep mask uint8 (n, H, W) (n = 1 for a PNG), frames picked and
+  fitted exactly as the video's (data/media.aligned_frames: same size and frame count as
+  the video, binarised after resizing)."""
+  with av.open(video_path) as container:
+    stream = container.streams.video[0]
+    frames = FrameSampler(fps, [(height, width)])
+    for frame in container.decode(stream):
+      if frame.time is not None:
+        frames.add(frame, frame.time)
+    frames.finish(stream.average_rate or stream.guessed_rate)
+  gray = aligned_frames(path, frames.picked, height, width, source_size=frames.source_size,
+                        num_source=frames.seen, mode="L")
+  return mask_keep(gray)
 
 
 def read_video(path: str, *, fps: float, height: int, width: int, sample_rate: int,

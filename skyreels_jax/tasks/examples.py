@@ -20,8 +20,10 @@ from flax import nnx
 from skyreels_jax.core import DTYPES, ConfigError
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.models import encoders, frozen, text
-from skyreels_jax.tasks.masks import (VIDEO_TASKS, channel_concat, condition_latent, given,
-                                      sample_task_masks)
+from skyreels_jax.tasks.masks import (AUDIO_TASKS, VIDEO_TASKS, audio_task_mask, channel_concat,
+                                      condition_latent, given, sample_task_masks,
+                                      video_task_mask)
+from skyreels_jax.tasks import given as given_lib
 from skyreels_jax.tasks import keyframes as keyframes_lib
 from skyreels_jax.tasks.refiner import refiner_video, still_latents
 
@@ -154,12 +156,22 @@ def _right_align(z: jax.Array, valid: jax.Array, slots: int):
           jnp.pad(valid, ((0, 0), (pad, 0))))
 
 
-def video_reference_inputs(batch: dict, video_ae, config):
+def video_reference_inputs(batch: dict, video_ae, config, given_refs=None):
   """(video_refs, video_ref_valid) from the loader's reference pixels (data/references.py):
   per example the image stills or the reference clip, whichever it drew, right-aligned in
-  one set of slots; None when config.data.refs draws neither."""
-  mix = dict(config.data.refs)
+  one set of slots; None when config.data.refs draws neither. given_refs: (B,) bool, the
+  examples trained as ref_inpaint, which take their record's own stills instead."""
+  # Latent batches (data.format = "latents") carry the given stills encoded, and no
+  # drawn references (data/references.py needs pixel clips).
+  latents = "video_latent" in batch
+  mix = {} if latents else dict(config.data.refs)
   options = []
+  if given_refs is not None:
+    z = (batch["given_ref_latents"].astype(jnp.float32) if latents
+         else still_latents(video_ae, batch["given_refs"]))
+    n = z.shape[1]
+    options.append((z, (jnp.arange(n)[None] >= n - batch["given_ref_count"][:, None])
+                    & given_refs[:, None]))
   if mix.get("image", 0.0) > 0:
     z = still_latents(video_ae, batch["ref_images"])
     n = z.shape[1]
@@ -171,11 +183,15 @@ def video_reference_inputs(batch: dict, video_ae, config):
     return None
   slots = max(z.shape[1] for z, _ in options)
   options = [_right_align(z, v, slots) for z, v in options]
+  if given_refs is not None:   # the record's stills win; the drawn kinds fill the rest
+    options = options[1:] + options[:1]
+  uses = [None] if mix.get("image", 0.0) > 0 else []     # the first option needs no test
+  uses += [batch["has_ref_video"]] if mix.get("video", 0.0) > 0 else []
+  uses += [given_refs] if given_refs is not None else []
   z, valid = options[0]
-  if len(options) == 2:       # an example drew one kind: the clip where it has one
-    use_clip = batch["has_ref_video"]
-    z = jnp.where(use_clip[:, None, None, None, None], options[1][0], z)
-    valid = jnp.where(use_clip[:, None], options[1][1], valid)
+  for (z_k, valid_k), use in zip(options[1:], uses[1:]):   # one kind per example
+    z = jnp.where(use[:, None, None, None, None], z_k, z)
+    valid = jnp.where(use[:, None], valid_k, valid)
   return prepended_refs(z, valid, config.model.patch_size_t)
 
 
@@ -283,7 +299,8 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   if keyframes_lib.enabled(config):   # cascade base: the clip is the high-res one
     high_res = batch["video"]
     batch = dict(batch, video=keyframes_lib.low_res(high_res, config.keyframes))
-    for k in ("ref_images", "ref_video"):   # references share the video stream's grid
+    # References and an edit's source share the video stream's grid.
+    for k in ("ref_images", "ref_video", "source_video", "given_refs"):
       if k in batch:
         batch[k] = keyframes_lib.low_res(batch[k], config.keyframes)
   if latents:
@@ -299,15 +316,32 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     z0_a = (batch["audio_latent"].astype(jnp.float32) if latents
             else codecs.audio_ae.encode(batch["audio"]))
     eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)
-  keep_v, keep_a, tasks = sample_task_masks(
+  keep_v, keep_a, tasks, a_tasks = sample_task_masks(
       k_task, b, video_grid=z0_v.shape[1:4], audio_length=z0_a.shape[1] if use_audio else None,
-      video_mixture=dict(d.tasks), audio_mixture=dict(d.audio_tasks))
+      video_mixture=dict(d.tasks), audio_mixture=dict(d.audio_tasks), return_audio_tasks=True)
+  # A key of its own: mixtures without data-given tasks draw what they drew before.
+  tasks, keep_v, keep_a, edit, given_refs, fallbacks = _given_tasks(
+      config, batch, jax.random.fold_in(rng, GIVEN_KEY), tasks, keep_v, a_tasks, keep_a,
+      video_ae=codecs.video_ae, latents=latents)
   drop_v, drop_a = modality_drops(tasks, batch, use_audio)
   inputs = {}
+  empty_v = codecs.empty_video_latent(nf, hh, ww)
+  cond_v = None
+  if edit is not None:     # edit pairs: I holds the source clip where kept
+    z_src = (batch["source_latent"].astype(jnp.float32) if latents
+             else codecs.video_ae.encode(batch["source_video"]))
+    cond_v = jnp.where(edit.reshape(-1, 1, 1, 1, 1), condition_latent(z_src, keep_v, empty_v),
+                       condition_latent(z0_v, keep_v, empty_v))
+    batch = dict(batch)
+    for k in ("text_ids", "text_embedding", "text_mask"):   # the edit's prompt
+      if k in batch:
+        batch[k] = jnp.where(edit.reshape((-1,) + (1,) * (batch[k].ndim - 1)),
+                             batch["edit_" + k], batch[k])
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
-      z0_v, eps_v, t, keep_v, drop_v, codecs.empty_video_latent(nf, hh, ww))
+      z0_v, eps_v, t, keep_v, drop_v, empty_v, cond=cond_v)
   inputs.update(_text_inputs(k_cap, batch, codecs, d.caption_dropout))
-  video_refs = None if latents else video_reference_inputs(batch, codecs.video_ae, config)
+  video_refs = (None if latents and given_refs is None else
+                video_reference_inputs(batch, codecs.video_ae, config, given_refs=given_refs))
   if video_refs is not None:
     inputs["video_refs"], valid = video_refs
     inputs["video_ref_valid"] = valid & ~drop_v[:, None]
@@ -323,6 +357,8 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   terms = dict(video_z0=z0_v, video_eps=eps_v, video_keep=loss_keep_v, audio_z0=z0_a,
                audio_eps=eps_a, audio_keep=loss_keep_a, tasks=tasks, t=t,
                drop_video=drop_v, drop_audio=drop_a)
+  if fallbacks is not None:
+    terms["task_fallbacks"] = fallbacks
   if high_res is not None:
     frames, times = keyframes_lib.keyframe_frames(config.keyframes, high_res.shape[1],
                                                   codecs.video_ae)
@@ -333,6 +369,56 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     inputs["keyframe_times"] = times
     terms.update(keyframe_z0=z0_k, keyframe_eps=eps_k)
   return inputs, terms
+
+
+GIVEN_KEY = 0x617   # fold_in constant of the data-given tasks' draws
+
+
+def _given_tasks(config, batch: dict, rng, tasks, keep_v, a_tasks, keep_a, *, video_ae,
+                 latents: bool):
+  """The data-given tasks (tasks/given.py) of this draw: examples drawn for one take their
+  record's masks, or fall back to the configured random-mask task when the record lacks a
+  field. Returns (tasks, keep_v, keep_a, edit (B,) bool or None, ref_inpaint (B,) bool or
+  None, fallbacks: how many examples fell back, or None without data-given tasks)."""
+  d = config.data
+  names = given_lib.enabled(d.tasks)
+  audio_names = (given_lib.enabled(d.audio_tasks, given_lib.AUDIO_GIVEN_TASKS)
+                 if keep_a is not None else ())
+  if not names and not audio_names:
+    return tasks, keep_v, keep_a, None, None, None
+  b = tasks.shape[0]
+  has = {k: batch[k] for k in ("has_mask", "has_source", "has_refs", "has_audio_mask")
+         if k in batch}
+  k_v, k_a = jax.random.split(rng)
+  fallbacks = jnp.zeros((), jnp.float32)
+  edit = refs = None
+  if names:
+    grid = keep_v.shape[1:4]
+    given_keep = (batch["given_keep"].astype(jnp.float32)[..., None] if latents
+                  else given_lib.video_keep(batch["given_mask"], grid, video_ae.temporal_factor))
+    fallback = VIDEO_TASKS.index(d.given_fallback)
+    fallback_keep = jax.vmap(lambda r: video_task_mask(fallback, r, grid))(
+        jax.random.split(k_v, b))
+    tasks, keep_v, used, fell = given_lib.substitute(
+        tasks, keep_v, names=names, task_names=VIDEO_TASKS, given_keep=given_keep, has=has,
+        fallback=d.given_fallback, fallback_keep=fallback_keep)
+    fallbacks += fell.sum()
+    if "edit_pair" in names:
+      edit = used & (tasks == VIDEO_TASKS.index("edit_pair"))
+    if "ref_inpaint" in names:
+      refs = used & (tasks == VIDEO_TASKS.index("ref_inpaint"))
+  if audio_names:
+    length = keep_a.shape[1]
+    given_keep = (batch["given_audio_keep"].astype(jnp.float32)[..., None] if latents
+                  else given_lib.audio_keep(batch["given_audio_mask"], length))
+    fallback = AUDIO_TASKS.index(d.audio_given_fallback)
+    fallback_keep = jax.vmap(lambda r: audio_task_mask(fallback, r, length))(
+        jax.random.split(k_a, b))
+    _, keep_a, _, fell = given_lib.substitute(
+        a_tasks, keep_a, names=audio_names, task_names=AUDIO_TASKS, given_keep=given_keep,
+        has=has, fallback=d.audio_given_fallback, fallback_keep=fallback_keep)
+    fallbacks += fell.sum()
+  return tasks, keep_v, keep_a, edit, refs, fallbacks
 
 
 def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):

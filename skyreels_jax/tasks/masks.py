@@ -13,10 +13,16 @@ Video masks have shape (T, h, w, 1), audio masks (Ta, 1); 1 = keep, 0 = generate
 | inpaint_temporal | 0 over a random time span (whole frames)                  |
 | t2v              | 0 everywhere; the audio stream is dropped (examples.py)   |
 | t2a              | 0 everywhere; the video stream is dropped (examples.py)   |
+| inpaint_given    | the record's mask (given.py)                              |
+| edit_pair        | the record's mask; I from its source_video (given.py)     |
+| ref_inpaint      | the record's mask; its references prepended (given.py)    |
 
 Audio follows video by default (regenerated in full, conditioned on the video); the audio
-tasks `a_extend` / `a_inpaint` keep a prefix / all but a random span of the audio.
-On 1-frame (image) batches only the tasks in IMAGE_TASKS are drawn.
+tasks `a_extend` / `a_inpaint` keep a prefix / all but a random span of the audio, and
+`a_inpaint_given` the record's audio_mask.
+On 1-frame (image) batches only the tasks in IMAGE_TASKS are drawn. The data-given tasks
+are drawn only when one of them has weight, so mixtures without them draw what they drew
+before those tasks existed.
 """
 
 from __future__ import annotations
@@ -26,11 +32,17 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-VIDEO_TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint", "inpaint_stroke",
-               "inpaint_temporal", "t2v", "t2a")
-IMAGE_TASKS = ("t2av", "inpaint", "inpaint_stroke", "t2v")
+from skyreels_jax.tasks.given import AUDIO_GIVEN_TASKS, GIVEN_TASKS
+
+# Tasks that draw their own masks; the data-given ones follow (their masks come from the
+# batch: given.py).
+RANDOM_TASKS = ("t2av", "i2v", "extend", "start_end", "inpaint", "inpaint_stroke",
+                "inpaint_temporal")
+VIDEO_TASKS = RANDOM_TASKS + ("t2v", "t2a") + GIVEN_TASKS
+IMAGE_TASKS = ("t2av", "inpaint", "inpaint_stroke", "t2v") + GIVEN_TASKS
 NUM_STROKES = 3
-AUDIO_TASKS = ("none", "a_extend", "a_inpaint")
+AUDIO_RANDOM_TASKS = ("none", "a_extend", "a_inpaint")
+AUDIO_TASKS = AUDIO_RANDOM_TASKS + AUDIO_GIVEN_TASKS
 
 
 def _span(rng, n: int, min_len: int = 1):
@@ -68,7 +80,7 @@ def video_task_mask(task: str | jax.Array, rng: jax.Array, grid: Sequence[int]) 
       ~jnp.broadcast_to(span, full),
       generate_all,
       generate_all,
-  ])
+  ] + [generate_all] * len(GIVEN_TASKS))    # placeholders: given.py substitutes the batch's
   return masks[task].astype(jnp.float32)[..., None]
 
 
@@ -96,33 +108,44 @@ def audio_task_mask(task: str | jax.Array, rng: jax.Array, length: int) -> jax.A
   k1, k2 = jax.random.split(rng)
   k = jax.random.randint(k1, (), 1, max(length, 2))
   s0, s1 = _span(k2, length, min_len=max(1, length // 8))
-  masks = jnp.stack([jnp.zeros((length,), bool), i < k, ~((i >= s0) & (i < s1))])
+  masks = jnp.stack([jnp.zeros((length,), bool), i < k, ~((i >= s0) & (i < s1))]
+                    + [jnp.zeros((length,), bool)] * len(AUDIO_GIVEN_TASKS))
   return masks[task].astype(jnp.float32)[:, None]
 
 
-def _weights(mixture: Mapping[str, float], names: Sequence[str]) -> jax.Array:
+def _weights(mixture: Mapping[str, float], names: Sequence[str],
+             given: Sequence[str]) -> jax.Array:
+  """Log weights over `names`; without weight on the `given` tasks (the last ones) they are
+  left out of the draw, which then draws exactly what it did before they existed."""
+  if not any(float(mixture.get(n, 0.0)) > 0 for n in given):
+    names = names[:len(names) - len(given)]
   w = jnp.array([float(mixture.get(n, 0.0)) for n in names])
   return jnp.log(w / w.sum())
 
 
 def sample_task_masks(rng: jax.Array, batch: int, *, video_grid: Sequence[int],
                       audio_length: int | None, video_mixture: Mapping[str, float],
-                      audio_mixture: Mapping[str, float] | None = None):
+                      audio_mixture: Mapping[str, float] | None = None,
+                      return_audio_tasks: bool = False):
   """Draws a task per example from the mixtures; returns video masks (B, T, h, w, 1), audio
-  masks (B, Ta, 1) or None, and the task indices."""
+  masks (B, Ta, 1) or None, and the task indices (and the audio task indices, or None)."""
   k_task, k_v, k_atask, k_a = jax.random.split(rng, 4)
   if video_grid[0] == 1:   # images: no temporal tasks
     image_mix = {n: w for n, w in video_mixture.items() if n in IMAGE_TASKS}
     video_mixture = image_mix if sum(image_mix.values()) > 0 else {"t2av": 1.0}
-  tasks = jax.random.categorical(k_task, _weights(video_mixture, VIDEO_TASKS), shape=(batch,))
+  tasks = jax.random.categorical(k_task, _weights(video_mixture, VIDEO_TASKS, GIVEN_TASKS),
+                                 shape=(batch,))
   v = jax.vmap(lambda t, r: video_task_mask(t, r, video_grid))(
       tasks, jax.random.split(k_v, batch))
   a = None
   if audio_length is not None:
     mix = audio_mixture or {"none": 1.0}
-    a_tasks = jax.random.categorical(k_atask, _weights(mix, AUDIO_TASKS), shape=(batch,))
+    a_tasks = jax.random.categorical(k_atask, _weights(mix, AUDIO_TASKS, AUDIO_GIVEN_TASKS),
+                                     shape=(batch,))
     a = jax.vmap(lambda t, r: audio_task_mask(t, r, audio_length))(
         a_tasks, jax.random.split(k_a, batch))
+  if return_audio_tasks:
+    return v, a, tasks, a_tasks if audio_length is not None else None
   return v, a, tasks
 
 

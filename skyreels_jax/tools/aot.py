@@ -30,7 +30,7 @@ from absl import app, flags
 from skyreels_jax.config import ConfigError, derive, hybrid_mesh_shape, validate
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
-from skyreels_jax.data import references
+from skyreels_jax.data import given, references
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.perf.flops import mmdit_train_flops
 from skyreels_jax.train.init import lora_base_target
@@ -76,6 +76,9 @@ def abstract_batch(config, mesh, axis_rules) -> dict[str, jax.ShapeDtypeStruct]:
             "text_ids": ((b, length), jnp.int32), "text_mask": ((b, length), jnp.bool_)}
   if references.enabled(d):
     shapes.update(references.batch_fields(d, b, d.height, d.width))
+  shapes.update(given.batch_fields(d, b, num_frames=d.num_frames, height=d.height,
+                                   width=d.width, num_samples=geom.num_samples,
+                                   channels=d.audio_channels, text_length=length))
   return {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sharding(mesh, len(s), axis_rules))
           for k, (s, dt) in shapes.items()}
 

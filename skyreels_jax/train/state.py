@@ -139,11 +139,14 @@ def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
       keyframes = dict(keyframe_pred=k_pred[0], keyframe_z0=terms["keyframe_z0"],
                        keyframe_eps=terms["keyframe_eps"], keyframe_keep=terms["keyframe_keep"],
                        keyframe_weight=config.keyframes.loss_weight)
-    return flow_matching_loss(
+    loss, parts = flow_matching_loss(
         video_pred=v_pred, video_z0=terms["video_z0"], video_eps=terms["video_eps"],
         video_keep=terms["video_keep"], audio_pred=a_pred, audio_z0=terms["audio_z0"],
         audio_eps=terms["audio_eps"], audio_keep=terms["audio_keep"],
         video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight, **keyframes)
+    if "task_fallbacks" in terms:   # data-given tasks whose record lacked a field
+      parts = dict(parts, task_fallbacks=terms["task_fallbacks"])
+    return loss, parts
 
   return loss_fn
 

@@ -286,3 +286,41 @@ def test_config_errors(tmp_path, clean_dir):
                          global_batch_size=6, seed=0, process_index=0, process_count=4)
   with pytest.raises(TypeError):
     loader.iterator_stats(iter([1]))
+
+
+@pytest.mark.parametrize("edit_prompt", ["instruction", "append"])
+def test_given_fields_of_edit_pairs(tmp_path, edit_prompt):
+  """With data-given tasks on, every example carries the fields (one shape per batch):
+  the record's mask, source, edit prompt (the instruction alone or appended to the
+  caption) and reference stills right-aligned; plain records carry fills, flagged off."""
+  tok = WordHashTokenizer()
+  synthetic.write_dataset(str(tmp_path / "e"), num_clips=4, seed=1, edit_pairs=True,
+                          **GEOMETRY)
+  synthetic.write_dataset(str(tmp_path / "p"), num_clips=4, seed=2, **GEOMETRY)
+  clips = [records.decode_clip(b) for b in _read(next((tmp_path / "e").glob("*.array_record")))]
+  plain = [records.decode_clip(b) for b in _read(next((tmp_path / "p").glob("*.array_record")))]
+  data = tiny.get_config().data
+  data.path, data.shuffle = str(tmp_path / "*" / "*.array_record"), False
+  data.tasks.edit_pair = data.tasks.ref_inpaint = 1.0
+  data.ref_images, data.edit_prompt = 2, edit_prompt
+  batch = next(loader.make_iterator(data, tokenizer=tok, global_batch_size=8, seed=0))
+  for i, clip in enumerate(clips + plain):
+    edited = i < 4
+    assert batch["has_mask"][i] == batch["has_source"][i] == edited
+    if edited:
+      np.testing.assert_array_equal(batch["given_mask"][i], clip["mask"])
+      np.testing.assert_allclose(batch["source_video"][i],
+                                 clip["source_video"] / 127.5 - 1.0, atol=1e-6)
+      prompt = (clip["instruction"] if edit_prompt == "instruction"
+                else f"{clip['caption']} {clip['instruction']}")
+      np.testing.assert_array_equal(batch["edit_text_ids"][i], tok(prompt)["text_ids"])
+      n = 0 if clip["references"] is None else 1
+      assert batch["given_ref_count"][i] == n and batch["has_refs"][i] == (n > 0)
+      if n:
+        np.testing.assert_allclose(batch["given_refs"][i, -1],
+                                   clip["references"][0] / 127.5 - 1.0, atol=1e-6)
+        assert not batch["given_refs"][i, 0].any()
+    else:
+      assert batch["given_mask"][i].min() == 1 and not batch["has_refs"][i]
+      np.testing.assert_array_equal(batch["source_video"][i], batch["video"][i])
+      np.testing.assert_array_equal(batch["edit_text_ids"][i], batch["text_ids"][i])

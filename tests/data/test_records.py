@@ -31,7 +31,7 @@ def _raw(clip, **fields):
 def test_round_trip_is_exact():
   clip = _clip(source="a/b.mp4@1.5")
   out = records.decode_clip(records.encode_clip(clip))
-  assert sorted(out) == sorted(set(clip) | {"kind"})
+  assert sorted(out) == sorted(set(clip) | {"kind"} | set(records.GIVEN_FIELDS))
   assert out["kind"] == "video" and out["source"] == "a/b.mp4@1.5"
   for key in ("video", "audio", "bounces"):
     assert out[key].dtype == clip[key].dtype
@@ -103,8 +103,8 @@ def test_truncated_record():
 
 
 def test_wrong_schema_version():
-  with pytest.raises(records.RecordError, match="schema_version is 3"):
-    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=3)))
+  with pytest.raises(records.RecordError, match="schema_version is 4"):
+    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=4)))
   with pytest.raises(records.RecordError, match="schema_version is None"):
     records.decode_clip(serialization.msgpack_serialize(_clip()))
 
@@ -148,3 +148,46 @@ def test_audio_length_tolerance_is_one_frame():
   for n in (374, 626):
     with pytest.raises(records.RecordError, match=f"audio has {n} samples"):
       records.decode_clip(_raw(_clip(audio=np.zeros((n, 1), np.float32))))
+
+
+def test_given_conditions_round_trip():
+  """Schema 3: mask (per frame or static), audio mask, source, references, instruction."""
+  c = _clip()
+  mask = np.ones((4, 6, 5), np.uint8)
+  mask[1:, 2:4, 1:3] = 0
+  clip = _clip(mask=mask, audio_mask=(np.arange(500) % 7 > 0).astype(np.uint8),
+               source_video=c["video"][::-1].copy(),
+               references=np.zeros((2, 6, 5, 3), np.uint8), instruction="make it blue")
+  out = records.decode_clip(records.encode_clip(clip))
+  for key in ("mask", "audio_mask", "source_video", "references"):
+    np.testing.assert_array_equal(out[key], clip[key])
+  assert out["instruction"] == "make it blue"
+  static = records.decode_clip(records.encode_clip(_clip(mask=mask[:1])))
+  assert static["mask"].shape == (1, 6, 5) and static["source_video"] is None
+
+
+def test_schema_2_records_still_read():
+  clip = _clip()
+  data = serialization.msgpack_serialize(dict(clip, schema_version=2))
+  out = records.decode_clip(data)
+  assert out["mask"] is None and out["instruction"] is None
+  np.testing.assert_array_equal(out["video"], clip["video"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(mask=np.ones((3, 6, 5), np.uint8)), "mask has shape"),
+    (dict(mask=np.ones((4, 5, 6), np.uint8)), "mask has shape"),
+    (dict(mask=np.full((4, 6, 5), 255, np.uint8)), "0 \\(generate\\) and 1"),
+    (dict(mask=np.ones((4, 6, 5), np.float32)), "mask must be uint8"),
+    (dict(audio_mask=np.ones((499,), np.uint8)), "audio_mask has 499 samples"),
+    (dict(audio=None, sample_rate=None, audio_mask=np.ones((500,), np.uint8)),
+     "audio_mask needs audio"),
+    (dict(source_video=np.zeros((4, 6, 4, 3), np.uint8)), "source_video has shape"),
+    (dict(references=np.zeros((1, 3, 5, 3), np.uint8)), "references have shape"),
+    (dict(instruction=3), "instruction must be a str"),
+])
+def test_invalid_given_conditions(overrides, message):
+  with pytest.raises(records.RecordError, match=message):
+    records.encode_clip(_clip(**overrides))
+  with pytest.raises(records.RecordError, match=message):
+    records.decode_clip(_raw(_clip(), **overrides))

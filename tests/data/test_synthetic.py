@@ -206,3 +206,36 @@ def test_cli(tmp_path):
   assert index["geometry"] == dict(height=24, width=32, num_frames=16, fps=8.0,
                                    sample_rate=tiny_data.sample_rate, channels=2)
   assert index["seed"] == 1
+
+
+def test_edit_pairs_have_exact_ground_truth(tmp_path):
+  """Outside the mask target and source are equal to the pixel; inside, the edited shape
+  changed colour (to the instruction's) or vanished; recolours carry a still of it."""
+  geometry = dict(height=32, width=32, num_frames=8, fps=8.0, sample_rate=8000, channels=1)
+  plain = synthetic.make_clip(np.random.default_rng([0, 5]), **geometry)
+  kinds = set()
+  for s in range(12):
+    clip = synthetic.make_clip(np.random.default_rng([0, s]), **geometry, edit=True)
+    before = synthetic.make_clip(np.random.default_rng([0, s]), **geometry)
+    np.testing.assert_array_equal(clip["source_video"], before["video"])  # the clip unedited
+    inside = clip["mask"] == 0
+    assert inside.any() and clip["mask"].dtype == np.uint8
+    np.testing.assert_array_equal(clip["video"][~inside], clip["source_video"][~inside])
+    words = clip["instruction"].split()
+    old = synthetic.COLOURS.index(words[2])
+    assert (clip["video"][inside][:, old] < 255).all()     # the old colour is gone
+    if words[0] == "make":
+      kinds.add("recolour")
+      new = synthetic.COLOURS.index(words[-1])
+      assert (clip["video"][inside][:, new] == 255).all()
+      assert (clip["source_video"][inside][:, old] == 255).all()
+      assert clip["references"].shape == (1, 32, 32, 3)
+      assert (clip["references"][0, 16, 16, new] == 255)
+      assert f"{words[-1]} {words[3]}" in clip["caption"]
+    else:
+      kinds.add("remove")
+      assert clip["references"] is None and f"{words[2]} {words[3]}" not in clip["caption"]
+    records.decode_clip(records.encode_clip(clip))     # a valid schema-3 record
+  assert kinds == {"recolour", "remove"}
+  np.testing.assert_array_equal(plain["video"], synthetic.make_clip(
+      np.random.default_rng([0, 5]), **geometry)["video"])

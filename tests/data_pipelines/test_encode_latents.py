@@ -241,3 +241,54 @@ def test_cli_bfloat16(data, encoded, tmp_path):
         assert g[key].dtype == ml_dtypes.bfloat16
         np.testing.assert_array_equal(g[key], w[key].astype(ml_dtypes.bfloat16))
       np.testing.assert_array_equal(g["text_ids"], w["text_ids"])
+
+
+def test_given_conditions_travel_as_latents_and_train(tmp_path):
+  """Edit pairs through encode_latents: masks on the latent grid by the rule, the source
+  and reference stills encoded like the clip, the edit prompt tokenized; the loader yields
+  them and a train step on latents uses them (no task falls back)."""
+  from skyreels_jax.data import loader
+  from skyreels_jax.tasks import given
+  from skyreels_jax.tasks.refiner import still_latents
+  from skyreels_jax.train import trainer
+  config = small_run_config()
+  geometry = synthetic.geometry_from_config(config.data)
+  clips_dir, lat = tmp_path / "clips", tmp_path / "lat"
+  synthetic.write_dataset(str(clips_dir), num_clips=8, seed=3, edit_pairs=True, **geometry)
+  encode_latents.encode_dataset(str(clips_dir), str(lat), config, log=lambda _: None)
+  codecs, tokenizer = make_codecs(config)
+  clips = [records.decode_clip(b) for b in _read(next(clips_dir.glob("*.array_record")))]
+  recs = [latents.decode_latent_record(b) for b in _read(next(lat.glob("*.array_record")))]
+  for clip, rec in zip(clips, recs):
+    want = given.video_keep(clip["mask"], rec["video_latent"].shape[:3], 1)[..., 0]
+    np.testing.assert_array_equal(rec["given_keep"], want)
+    src = np.asarray(codecs.video_ae.encode(clip["source_video"][None] / 127.5 - 1.0))[0]
+    np.testing.assert_allclose(rec["source_latent"], src, atol=1e-6)
+    np.testing.assert_array_equal(rec["edit_text_ids"],
+                                  tokenizer(clip["instruction"])["text_ids"])
+    assert rec["instruction"] == clip["instruction"]
+    if clip["references"] is not None:
+      refs = np.asarray(still_latents(codecs.video_ae, clip["references"][None] / 127.5 - 1))
+      np.testing.assert_allclose(rec["reference_latents"], refs[0], atol=1e-6)
+    else:
+      assert rec["reference_latents"] is None
+  assert any(r["reference_latents"] is not None for r in recs)
+
+  config.data.format, config.data.path = "latents", str(lat)
+  for name in config.data.tasks:
+    config.data.tasks[name] = 0.0
+  config.data.tasks.edit_pair = config.data.tasks.inpaint_given = 1.0
+  config.data.tasks.ref_inpaint = 1.0
+  config.data.shuffle = False
+  it = loader.make_iterator(config.data, tokenizer=tokenizer, global_batch_size=8, seed=0,
+                            encoders=latents.encoder_identity(config, text_frozen=False))
+  batch = next(it)
+  assert batch["has_mask"].all() and batch["has_source"].all()
+  np.testing.assert_array_equal(batch["given_keep"][0], recs[0]["given_keep"])
+  np.testing.assert_array_equal(batch["edit_text_ids"][0], recs[0]["edit_text_ids"])
+  config.train.steps, config.train.log_every = 1, 1
+  out = trainer.train(config, str(tmp_path / "run"))
+  # Only ref_inpaint draws of removals (no reference) fall back.
+  removals = sum(r["reference_latents"] is None for r in recs)
+  assert 0 <= out["task_fallbacks"] <= removals and np.isfinite(out["loss"])
+  assert batch["has_refs"].sum() == len(recs) - removals

@@ -28,7 +28,7 @@ def records_dir(tmp_path_factory):
 def test_prepare_then_data_source_reads_every_record(records_dir, tmp_path):
   index = read_json(records_dir / "index.json")
   builder = tfds_builder.prepare(str(records_dir), str(tmp_path / "tfds"))
-  assert str(builder.info.version) == "1.0.0"
+  assert str(builder.info.version) == "1.1.0"
   assert builder.info.metadata["geometry"] == index["geometry"]
   expected = {name: e["num_records"] for name, e in index["buckets"].items()}
   assert {name: split.num_examples for name, split in builder.info.splits.items()} == expected
@@ -41,7 +41,7 @@ def test_prepare_then_data_source_reads_every_record(records_dir, tmp_path):
       example = source[i]
       assert example["bucket"] == name.encode()
       clip = records.decode_clip(example["record"])
-      assert clip["kind"] == entry["kind"]
+      assert clip["kind"] == entry["kind"] and example["given"] == b""
       originals.add(clip["source"])
   assert len(originals) == index["totals"]["num_records"] == 6
 
@@ -71,3 +71,28 @@ def test_cli_prepares_and_a_fresh_process_reads_without_the_builder_class(record
 def test_prepare_needs_a_records_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match="build_records folder"):
     tfds_builder.SkyreelsClips(records_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"))
+
+
+def test_given_conditions_travel_in_the_record(tmp_path):
+  """A mask and a reference sidecar reach the tfds examples: in the record, and named in
+  `given`."""
+  import numpy as np
+  from PIL import Image
+  from media_files import write_video
+  src = tmp_path / "src"
+  src.mkdir()
+  write_video(src / "a.mp4", width=32, height=32, fps=8, seconds=1.0)
+  mask = np.zeros((32, 32), np.uint8)
+  mask[:, :16] = 255
+  Image.fromarray(mask).save(src / "a.mask.png")
+  Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(src / "a.ref.png")
+  out = tmp_path / "records"
+  build_records.build(str(src), str(out), small_data_config())
+  tfds_builder.prepare(str(out), str(tmp_path / "tfds"))
+  (example,) = list(tfds.data_source(tfds_builder.NAME, data_dir=str(tmp_path / "tfds"),
+                                     split="16x16x8"))
+  assert example["given"] == b"mask,references"
+  clip = records.decode_clip(example["record"])
+  np.testing.assert_array_equal(clip["mask"][0, :, :8], 0)
+  np.testing.assert_array_equal(clip["mask"][0, :, 8:], 1)
+  assert clip["references"].shape == (1, 16, 16, 3)

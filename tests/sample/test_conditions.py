@@ -19,6 +19,7 @@ from skyreels_jax.sample import sampler as sampler_lib
 from skyreels_jax.sample import export
 from skyreels_jax.sample import __main__ as cli
 from skyreels_jax.sample.sampler import Sampler
+from skyreels_jax.tasks import given as given_lib
 
 from conftest import spy_sampler
 
@@ -219,3 +220,66 @@ def test_kept_positions_follow_the_training_interpolant_at_every_step(trained_ru
     if t > 0:   # not a copy of the condition where generated
       assert np.abs(np.where(kept_v, 0, z - want)).mean() > 1e-3
   assert len(seen) == 4 and min(seen) == 0.0   # t = 0, then three later times
+
+
+def _source_size(path):
+  import av
+  with av.open(path) as c:
+    return c.streams.video[0].height
+
+
+def test_spatio_temporal_masks_and_audio_span(sampler, trained_run, source, tmp_path):
+  """--mask as a PNG folder (one frame per frame of --video) and as an MP4 give the keep
+  mask of the training rule; --audio_mask keeps the video's own sound outside the span."""
+  g, d = sampler.geometry, sampler.config.data
+  mp4, frames, wave = source
+  white = np.zeros((g.num_frames, g.height, g.width), np.uint8)
+  for t in range(g.num_frames):
+    white[t, 4 * (t % 4):4 * (t % 4) + 2, 5:7] = 255       # 2x2 white: one or two cells
+  folder = tmp_path / "mask"
+  folder.mkdir()
+  scale = _source_size(mp4) // g.height     # the mask is at --video's own size
+  for t, m in enumerate(white):
+    Image.fromarray(np.repeat(np.repeat(m, scale, 0), scale, 1)).save(folder / f"{t:03d}.png")
+  want = given_lib.video_keep((white <= 127).astype(np.uint8), g.video_grid,
+                              sampler.temporal_factor)
+  assert 0 < want.mean() < 1
+  values = {"prompt": ["x"], "video": mp4, "mask": str(folder), "ref_image": [],
+            "audio_mask": "0.25:0.5"}
+  assert cli.task_of(values) == "inpaint"
+  cond = cli.build_condition("inpaint", values, sampler.config, g)
+  np.testing.assert_array_equal(cond.keep_v[0], want)
+  # Cell (t, 4 * (t % 4) // 4, 1): the white pixels of frame t, nothing else.
+  for t in range(g.num_frames):
+    assert cond.keep_v[0, t, :, :, 0].sum() == 15 and cond.keep_v[0, t, t % 4, 1, 0] == 0
+  np.testing.assert_allclose(cond.audio[0], wave, atol=1e-6)       # its own track
+  hop = g.num_samples // g.audio_length
+  ends = (np.arange(g.audio_length) + 1) * hop / d.sample_rate
+  starts = np.arange(g.audio_length) * hop / d.sample_rate
+  regen = (ends > 0.25) & (starts < 0.5)
+  np.testing.assert_array_equal(cond.keep_a[0, :, 0], ~regen)
+  # With --ref_image: reference-guided inpainting, the same keep mask plus the still.
+  Image.fromarray(frames[3]).save(tmp_path / "ref.png")
+  cond = cli.build_condition("inpaint", dict(values, ref_image=[str(tmp_path / "ref.png")]),
+                             sampler.config, g)
+  np.testing.assert_array_equal(cond.keep_v[0], want)
+  assert cond.ref_images.shape == (1, 1, g.height, g.width, 3)
+  # The same mask as an MP4 (the sampler's own writer, lossy): the same cells.
+  export.write_mp4(str(tmp_path / "mask.mp4"), np.repeat(white[..., None], 3, -1), d.fps)
+  cond = cli.build_condition("inpaint", dict(values, mask=str(tmp_path / "mask.mp4")),
+                             sampler.config, g)
+  np.testing.assert_array_equal(cond.keep_v[0], want)
+  # --audio_mask alone: every frame kept, the span regenerated.
+  alone = dict(values, mask=None)
+  assert cli.task_of(alone) == "a_inpaint"
+  cond = cli.build_condition("a_inpaint", alone, sampler.config, g)
+  assert cond.keep_v.min() == 1 and (cond.keep_a[0, :, 0] == ~regen).all()
+  for bad, message in (("1:0.5", "--audio_mask=1:0.5"), ("x", "--audio_mask=x")):
+    with pytest.raises(app.UsageError, match=message) as e:
+      cli.task_of(dict(values, audio_mask=bad))
+    assert e.value.exitcode == 2
+  short = tmp_path / "short"
+  short.mkdir()
+  Image.fromarray(np.repeat(np.repeat(white[0], scale, 0), scale, 1)).save(short / "0.png")
+  with pytest.raises(app.UsageError, match="--mask=.*1 frames, the video 8"):
+    cli.build_condition("inpaint", dict(values, mask=str(short)), sampler.config, g)

@@ -173,7 +173,7 @@ def test_task_frequencies_follow_the_weights():
              "inpaint_stroke": 1.0, "inpaint_temporal": 1.0, "t2v": 1.0, "t2a": 1.0}
   v, a, tasks = sample(4000, weights, audio_length=8)
   freq = np.bincount(tasks, minlength=len(masks.VIDEO_TASKS)) / len(tasks)
-  want = np.array([weights[n] for n in masks.VIDEO_TASKS]) / sum(weights.values())
+  want = np.array([weights.get(n, 0.0) for n in masks.VIDEO_TASKS]) / sum(weights.values())
   np.testing.assert_allclose(freq, want, atol=0.03)
   assert freq[masks.VIDEO_TASKS.index("extend")] == 0.0
   # Each example's mask is its task's mask.

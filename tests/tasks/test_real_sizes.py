@@ -35,11 +35,11 @@ def _real(c, root, *, frames, size, fps):
   return c
 
 
-def _train(config, root, name, clips_per_source=1):
+def _train(config, root, name, clips_per_source=1, edit_pairs=False):
   data = str(root / f"{name}_data")
   config.data.path = data
   write_dataset(data, num_clips=8, seed=0, clips_per_source=clips_per_source,
-                **geometry_from_config(config.data))
+                edit_pairs=edit_pairs, **geometry_from_config(config.data))
   result = train(config, str(root / name))
   assert result["step"] == 1 and np.isfinite(result["loss"])
   return str(root / name), result
@@ -48,10 +48,12 @@ def _train(config, root, name, clips_per_source=1):
 def test_every_task_trains_and_samples_at_wan_and_oobleck_geometry(converted, tmp_path):
   c = _real(small_run_config(), converted, frames=9, size=32, fps=8.0)
   c.data.tasks = dict(t2av=1.0, t2v=1.0, t2a=1.0, i2v=1.0, extend=1.0, start_end=1.0,
-                      inpaint=1.0, inpaint_stroke=1.0, inpaint_temporal=1.0)
-  c.data.audio_tasks = dict(none=1.0, a_extend=1.0, a_inpaint=1.0)
+                      inpaint=1.0, inpaint_stroke=1.0, inpaint_temporal=1.0,
+                      inpaint_given=1.0, edit_pair=1.0, ref_inpaint=1.0)
+  c.data.audio_tasks = dict(none=1.0, a_extend=1.0, a_inpaint=1.0, a_inpaint_given=1.0)
   c.data.ref_video_frames = 5          # a clip the causal VAE takes: 2 latent frames
-  workdir, result = _train(c, tmp_path, "run", clips_per_source=2)
+  # Edit pairs (9-frame masks on the causal grid, sources, reference stills).
+  workdir, result = _train(c, tmp_path, "run", clips_per_source=2, edit_pairs=True)
   assert result["loss_video"] > 0 and result["loss_audio"] > 0
 
   s = Sampler(workdir)
@@ -63,18 +65,24 @@ def test_every_task_trains_and_samples_at_wan_and_oobleck_geometry(converted, tm
   mask = np.zeros((32, 32), np.uint8)
   mask[8:24, 8:24] = 255
   tf = s.temporal_factor
+  # A spatio-temporal keep mask: frames 5-8 (latent frame 2) regenerate pixels 8:16 (cell 1).
+  moving = np.ones((9, 32, 32), np.uint8)
+  moving[5:, 8:16, 8:16] = 0
   tasks = {
       "t2av": C.text_to_video(g),
       "i2v": C.image_to_video(g, tf, clip[0]),
       "extend": C.extend(g, tf, 8.0, 1, clip, wave, 2),
       "start_end": C.start_end(g, tf, clip[0], clip[-1]),
       "inpaint": C.inpaint(g, 1, clip, mask),
+      "edit": C.inpaint(g, 1, clip, moving, tf),
       "refs": C.add_references(C.text_to_video(g), g, tf, images=[clip[3], clip[6]],
                                video=clip[:5], audio=wave[:2000],
                                vae_frames=C.causal_prefix(tf)),
   }
   # Which latent frames each task keeps at this geometry (frame 0 alone, then 4 frames).
   kept_frames = {"t2av": [], "i2v": [0], "extend": [0, 1], "start_end": [0, 2], "refs": []}
+  edit_keep = tasks["edit"].keep_v[0, ..., 0]
+  assert edit_keep.sum() == edit_keep.size - 1 and edit_keep[2, 1, 1] == 0
   for name, cond in tasks.items():
     out = s.generate(["a red circle"], condition=cond, seeds=[1])
     assert out["video"].shape == (1, 9, 32, 32, 3) and out["audio"].shape == (1, RATE, 1)

@@ -125,6 +125,26 @@ def test_abstract_batch_matches_the_loader():
     assert v.sharding.shard_shape(v.shape)[0] == 2
 
 
+def test_abstract_batch_with_data_given_tasks_matches_the_loader(tmp_path):
+  """With edit pairs, references and audio masks in the mixture the loader adds their
+  fields; the AOT batch has exactly the same fields and shapes."""
+  from data_pipelines import synthetic
+  from skyreels_jax.data import loader
+  config = _config(**{"data.batch_size": 8})
+  d = config.data
+  d.tasks.edit_pair = d.tasks.ref_inpaint = 1.0
+  d.audio_tasks.a_inpaint_given = 1.0
+  synthetic.write_dataset(str(tmp_path), num_clips=8, seed=0, edit_pairs=True,
+                          **synthetic.geometry_from_config(d))
+  d.path = str(tmp_path)
+  _, tokenizer = make_codecs(config)
+  real = next(loader.make_iterator(d, tokenizer=tokenizer, global_batch_size=8, seed=0))
+  batch = aot.abstract_batch(config, make_mesh(config.mesh), rules(config))
+  assert "given_mask" in batch and "edit_text_ids" in batch and "given_audio_mask" in batch
+  assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
+      k: (v.shape, v.dtype.name) for k, v in real.items() if k not in ("has_video", "has_audio")}
+
+
 def test_batch_that_does_not_divide_names_the_field():
   config = _config(**{"data.batch_size": 6})
   with pytest.raises(ConfigError, match="data.batch_size"):

@@ -6,26 +6,17 @@ the condition is the only thing that says which clip to make. The sampler does n
 the condition over the generated region (it holds kept positions only), so this fails if
 the model ignores the channel-concat condition."""
 
-import os
-import subprocess
-import sys
-
-import jax
 import numpy as np
 import pytest
 
-from conftest import small_run_config
+from conftest import small_run_config, train_on_one_device
 
 from skyreels_jax.data import records
 from skyreels_jax.sample import conditions as C
-from skyreels_jax.parallel.mesh import make_mesh
-from skyreels_jax.sample.sampler import Sampler, load_run_config
 
 STEPS = 400
 MARGIN = 3.0       # error with the condition zeroed / error with it: at least this (measured:
                    # 4.7x I2V, 6.4x extension, 11x inpainting)
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(TESTS)
 
 
 COLOURS = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255], [230, 230, 40]])
@@ -66,21 +57,9 @@ def overfit(tmp_path_factory):
     writer.write(records.encode_clip(dict(video=clip, audio=None, fps=config.data.fps,
                                           sample_rate=config.data.sample_rate, caption="")))
   writer.close()
-  # Trained on ONE device in a child process: 8 simulated devices on 2 cores make each of
-  # the 400 tiny steps several times slower; the result does not depend on the mesh.
-  here = os.path.dirname(os.path.abspath(__file__))
-  code = (f"import sys; sys.path[:0] = [{here!r}, {TESTS!r}, {REPO!r}]\n"
-          "from test_follows_conditions import overfit_config\n"
-          "from skyreels_jax.train.trainer import train\n"
-          f"train(overfit_config({str(root / 'data')!r}), {str(root / 'run')!r})\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=1200)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  workdir = str(root / "run")
-  run_config = load_run_config(workdir)
-  mesh = make_mesh(run_config.mesh, devices=jax.devices()[:1])
-  return Sampler(workdir, config=run_config, mesh=mesh), clips
+  sampler = train_on_one_device(__file__, "overfit_config", str(root / "data"),
+                                str(root / "run"))
+  return sampler, clips
 
 
 def _errors(sampler, clips, make_condition):

@@ -1,0 +1,187 @@
+"""Given-condition sidecars of build_records' inputs (data/records.py schema 3): masks,
+references, edit sources, instructions and audio masks, found beside a media file or named
+in a manifest, and read through exactly the input's geometry.
+
+Beside `NAME.ext` in a folder:
+  NAME.mask.mp4 / NAME.mask.png / NAME.mask/ (PNG frames, one per frame of the video, in
+      name order): white = regenerate (the sampler's --mask polarity), stored as the
+      record's 1 = keep. A PNG mask holds on every frame.
+  NAME.ref.png, NAME.ref2.png, NAME.ref_side.jpg, ... (png|jpg|jpeg|webp|mp4): reference
+      stills, in name order (a video reference gives its middle frame).
+Manifest columns (paths relative to the manifest): `target` (the edited clip; an alias of
+`path`), `source_video` (the clip before the edit), `mask`, `references` (a JSON list, or
+paths joined by `;` in a CSV), `instruction`, `audio_mask` ("START:END;..." seconds of the
+input's own sound to regenerate).
+
+A mask or source goes through the video's geometry: the same frames (the frame-rate
+resampling picks the same source frame indices), the same upright turn, cover-resize and
+centre crop, the same clip cuts; a mask is binarised after resizing (grey > 127 =
+regenerate, data/media.MASK_THRESHOLD). It must have the video's frame size and (unless
+it is one PNG) frame count, else the input is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from skyreels_jax.tasks import given
+from skyreels_jax.data.media import STILL_EXTS, aligned_frames, cover, mask_keep, video_images
+
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+MASK_EXTS = STILL_EXTS + VIDEO_EXTS     # NAME.mask.mp4 / .png, and the like
+REF_EXTS = STILL_EXTS + VIDEO_EXTS
+# NAME.mask.EXT, NAME.mask/ and NAME.ref.EXT, NAME.ref2.EXT, NAME.ref_side.EXT (not
+# NAME.reflection.EXT: a picture that merely starts with "ref" stays an input).
+_SIDECAR = re.compile(
+    r"^(?P<stem>.+)\.(?P<what>mask|ref(?:\d+|[-_][^./]*)?)(?P<ext>\.[^.]+)?$")
+PATH_FIELDS = ("mask", "source_video", "references")
+
+
+def sidecar_of(name: str, is_dir: bool = False) -> tuple[str, str] | None:
+  """(owner stem, "mask" | "ref") when `name` is a given-condition sidecar, else None."""
+  m = _SIDECAR.match(name)
+  if not m:
+    return None
+  ext = (m.group("ext") or "").lower()
+  if m.group("what") == "mask":
+    if (is_dir and not ext) or (not is_dir and ext in MASK_EXTS):
+      return m.group("stem"), "mask"
+    return None
+  if not is_dir and ext in REF_EXTS:
+    return m.group("stem"), "ref"
+  return None
+
+
+def attach(row: dict[str, Any], root: str, found: dict[str, list[tuple[str, str]]]) -> None:
+  """Adds the sidecars `found` for the row's stem ({stem: [(kind, name)]}) to its fields."""
+  stem = os.path.splitext(os.path.basename(row["path"]))[0]
+  for kind, name in sorted(found.get(stem, []), key=lambda x: x[1]):
+    path = os.path.join(root, name)
+    if kind == "mask":
+      if row.get("mask"):
+        row["error"] = f"two masks: {os.path.basename(row['mask'])} and {name}"
+      row["mask"] = path
+    else:
+      row.setdefault("references", []).append(path)
+
+
+def manifest_fields(entry: dict[str, Any], base: str) -> dict[str, Any]:
+  """The given-condition fields of a manifest row (paths made absolute)."""
+  out = {}
+  for key in ("mask", "source_video"):
+    if entry.get(key):
+      out[key] = os.path.join(base, os.path.normpath(str(entry[key])))
+  refs = entry.get("references")
+  if refs:
+    if isinstance(refs, str):
+      refs = [r for r in refs.split(";") if r.strip()]
+    out["references"] = [os.path.join(base, os.path.normpath(str(r).strip())) for r in refs]
+  for key in ("instruction", "audio_mask"):
+    if entry.get(key) is not None and str(entry[key]).strip():
+      out[key] = str(entry[key]).strip()
+  return out
+
+
+def stamp(row: dict[str, Any]) -> str:
+  """What of the sidecars a restart compares (paths, sizes, mtimes, strings)."""
+  parts = []
+  paths = [row[k] for k in ("mask", "source_video") if row.get(k)] + row.get("references", [])
+  for path in paths:
+    try:
+      st = os.stat(path)
+      parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+      if os.path.isdir(path):
+        parts += sorted(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}"
+                        for e in os.scandir(path))
+    except OSError:
+      parts.append(f"{path}:missing")
+  parts += [f"{k}={row[k]}" for k in ("instruction", "audio_mask") if row.get(k)]
+  return "\0".join(parts)
+
+
+def has_given(row: dict[str, Any]) -> bool:
+  return any(row.get(k) for k in PATH_FIELDS + ("instruction", "audio_mask"))
+
+
+def video_given(row: dict[str, Any], sampler, size: tuple[int, int]) -> dict[str, Any]:
+  """The row's mask (n or 1, H, W) keep, source_video (n, H, W, 3) and references
+  (N, H, W, 3) at the video's frames and `size`; ValueError with the reason."""
+  out = {}
+  frames = dict(source_size=sampler.source_size, num_source=sampler.seen)
+  if row.get("mask"):
+    out["mask"] = mask_keep(_named("mask", aligned_frames, row["mask"], sampler.picked, *size,
+                                   mode="L", **frames))
+  if row.get("source_video"):
+    if not os.path.isfile(row["source_video"]):
+      raise ValueError(f"source_video {row['source_video']}: file not found")
+    out["source_video"] = _named("source_video", aligned_frames, row["source_video"],
+                                 sampler.picked, *size, **frames)
+  out.update(_references(row, size))
+  return out
+
+
+def image_given(row: dict[str, Any], image: "Image.Image", size) -> dict[str, Any]:
+  """The given fields of an image input (one frame)."""
+  out = {}
+  frames = dict(source_size=(image.height, image.width), num_source=1)
+  if row.get("mask"):
+    out["mask"] = mask_keep(_named("mask", aligned_frames, row["mask"], [0], *size, mode="L",
+                                   **frames))
+  if row.get("source_video"):
+    out["source_video"] = _named("source_video", aligned_frames, row["source_video"], [0],
+                                 *size, **frames)
+  out.update(_references(row, size))
+  return out
+
+
+def _named(field: str, fn, path: str, *args, **kwargs):
+  if not os.path.exists(path):
+    raise ValueError(f"{field} {os.path.basename(path)}: file not found")
+  try:
+    return fn(path, *args, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"{field}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except  (any decoder error: name the field)
+    raise ValueError(f"{field} {os.path.basename(path)}: {type(e).__name__}: {e}") from None
+
+
+def _references(row: dict[str, Any], size) -> dict[str, Any]:
+  stills = []
+  for path in row.get("references", []):
+    if path.lower().endswith(STILL_EXTS):
+      stills.append(_named("reference", lambda p: cover(Image.open(p).convert("RGB"), *size),
+                           path))
+    else:
+      stills.append(_named("reference", _middle_frame, path, size))
+  return {"references": np.stack(stills)} if stills else {}
+
+
+def _middle_frame(path: str, size) -> np.ndarray:
+  images = list(video_images(path))
+  if not images:
+    raise ValueError("no frames")
+  return cover(images[len(images) // 2].convert("RGB"), *size)
+
+
+def audio_spans(text: str) -> list[tuple[float, float]]:
+  """"START:END;START:END" seconds -> spans; ValueError naming the column."""
+  try:
+    return [given.parse_span(part) for part in text.split(";")]
+  except ValueError as e:
+    raise ValueError(f"audio_mask {e}") from None
+
+
+def audio_keep_samples(text: str, num_samples: int, sample_rate: int,
+                       start: float) -> np.ndarray:
+  """Keep mask (S,) uint8 of a decoded track starting at `start` seconds."""
+  t = start + np.arange(num_samples) / sample_rate
+  keep = np.ones((num_samples,), np.uint8)
+  for s0, s1 in audio_spans(text):
+    keep[(t >= s0) & (t < s1)] = 0
+  return keep
+
