@@ -127,6 +127,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from data_pipelines import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(_main)
+  cli.run(_main)

@@ -27,6 +27,7 @@ whole mesh and process p writes the outputs of prompts p::count.
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -225,7 +226,29 @@ def build_condition(task: str, v: dict, config, geometry):
   return cond
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, but a bad flag is one line and status 2 (absl prints its help)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _say_usage(str(e))
+
+
+def _say_usage(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(USAGE)
+
+
 def main(argv):
+  """A user's mistake (app.UsageError) is one line on stderr and status 2, not absl's help
+  text and not a traceback."""
+  try:
+    _main(argv)
+  except app.UsageError as e:
+    _say_usage(str(e))
+
+
+def _main(argv):
   del argv
   names = ("prompt", "prompt_file", "image", "first", "last", "video", "extend", "mask",
            "audio_mask", "ref_image", "ref_video", "audio_ref")
@@ -326,4 +349,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -273,3 +273,19 @@ def test_real_corpus_audio_formats_are_probed_not_guessed(tmp_path):
              .splitlines()]
   assert [s["path"] for s in skipped] == ["data.bin"]
   assert "unsupported file type" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "data_pipelines.build_records", "--src=/no/such", "--out=OUT"], "--src '/no/such'"),
+    (["-m", "data_pipelines.build_records", "--src=/no/such", "--out=OUT", "--workers=x"],
+     "--workers=x"),
+    (["-m", "data_pipelines.encode_latents", "--data=/no/such", "--out=OUT",
+      "--config=configs/tiny.py"], "/no/such"),
+    (["-m", "data_pipelines.synthetic", "--out=OUT", "--num_clips=0"], "num_clips (0)"),
+])
+def test_pipeline_user_errors_are_one_line_and_status_2(tmp_path, args, message):
+  args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+  proc = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr

@@ -156,6 +156,14 @@ def test_usage_errors_name_the_flag(sampler, trained_run, source, tmp_path):
        "--prompt=x", f"--out={tmp_path}", "--extend=2"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "--extend needs --video" in proc.stderr
+  assert proc.stderr.strip().count("\n") == 0, proc.stderr     # one line, no help text
+  # A bad flag value: one line too.
+  proc = subprocess.run(
+      [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={trained_run[0]}",
+       "--prompt=x", f"--out={tmp_path}", "--num_steps=many"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "--num_steps" in proc.stderr
+  assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
 def test_cli_prompt_file_in_batches_records_seeds(trained_run, tmp_path):
