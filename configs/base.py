@@ -114,6 +114,11 @@ def get_config() -> ml_collections.ConfigDict:
   # edit_pair's prompt: the record's instruction alone, or "append"ed to its caption.
   c.data.edit_prompt = "instruction"
   c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
+  # Held-out set for validation (train.eval_every): a records folder, or else this share of
+  # data.path's source videos (a hash of each record's source path, so every clip of one
+  # video falls on one side), never trained on.
+  c.data.eval_path = ""
+  c.data.eval_fraction = 0.0
   # In-context references (SPEC section 3; skyreels_jax/data/references.py), cut from another
   # clip of the same source video (records' `source`), augmented. Per example one kind:
   c.data.refs = ml_collections.ConfigDict(dict(none=1.0, image=0.0, video=0.0))
@@ -167,6 +172,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.loss_spike_factor = 0.0   # > 1: also skip a step whose loss > factor x running mean
   c.train.loss_spike_window = 100   # steps in that running mean
   c.train.fault_nonfinite_steps = ()  # fault injection: infinite gradients at these steps
+  # Validation (train/evaluate.py): every this many steps (0: off) the held-out set
+  # (data.eval_path, or the data.eval_fraction hash split of data.path) is scored at these
+  # fixed timesteps with fixed noise, per stream, task and timestep (eval_* metrics), at
+  # most eval_batches batches per bucket (0: every full batch).
+  c.train.eval_every = 0
+  c.train.eval_timesteps = (0.1, 0.3, 0.5, 0.7, 0.9)
+  c.train.eval_batches = 0
+  # Samples during training (train/samples.py): every this many steps (0: off) the EMA
+  # weights generate these prompts (strings, or one path to a prompt file with seeds) on
+  # the training mesh into WORKDIR/samples/<step>/.
+  c.train.sample_every = 0
+  c.train.sample_prompts = ("a red circle bounces around a dark room",)
+  c.train.sample_num_steps = 0      # solver steps (0: sample.num_steps)
+  # A jax.profiler trace of steps a..b (1-based, inclusive) into WORKDIR/profile/ ((0, 0): off).
+  c.train.profile_steps = (0, 0)
   # Start from another run's weights (train/init.py): a run directory; matched by name and
   # shape, the rest keeps its initialisation; step 0, fresh optimizer, schedule and data.
   c.train.init_from = ""

@@ -114,6 +114,25 @@ def _check_train(config) -> None:
          f"{t.init_weights!r} is not one of ['ema', 'params']")
   _check(isinstance(t.init_step, int) and t.init_step >= -1, "train.init_step",
          "must be a saved step of train.init_from, or -1 (its newest)")
+  _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: off)")
+  _check(len(t.eval_timesteps) >= 1 and all(0 < x < 1 for x in t.eval_timesteps),
+         "train.eval_timesteps", "must be one or more times in (0, 1)")
+  _check(t.eval_batches >= 0, "train.eval_batches", "must be >= 0 (0: all)")
+  d = config.data
+  _check(0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)")
+  if t.eval_every:
+    _check(bool(d.eval_path) or d.eval_fraction > 0, "train.eval_every",
+           "needs a held-out set: data.eval_path or data.eval_fraction > 0")
+  _check(not (d.eval_path and d.eval_fraction), "data.eval_fraction",
+         "give data.eval_path or data.eval_fraction, not both")
+  _check(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0: off)")
+  _check(t.sample_num_steps >= 0, "train.sample_num_steps", "must be >= 0 (0: sample.num_steps)")
+  if t.sample_every:
+    _check(len(t.sample_prompts) >= 1 and all(isinstance(p, str) for p in t.sample_prompts),
+           "train.sample_prompts", "needs one or more prompts (or one prompt file path)")
+  a, b = tuple(t.profile_steps) if len(t.profile_steps) == 2 else (-1, -1)
+  _check((a, b) == (0, 0) or 1 <= a <= b, "train.profile_steps",
+         "must be (first, last) steps with 1 <= first <= last, or (0, 0) (off)")
   lo = t.lora
   _check(isinstance(lo.rank, int) and lo.rank >= 0, "train.lora.rank", "must be an int >= 0")
   if lo.rank:

@@ -65,6 +65,15 @@ BAD = {
     "audio_given_fallback": ({"data.audio_given_fallback": "a_remix"},
                              "data.audio_given_fallback"),
     "edit_prompt": ({"data.edit_prompt": "prefix"}, "data.edit_prompt"),
+    # Watching a run (issue 16).
+    "eval_without_held_out_set": ({"train.eval_every": 10}, "train.eval_every"),
+    "eval_fraction_one": ({"data.eval_fraction": 1.0}, "data.eval_fraction"),
+    "eval_path_and_fraction": ({"data.eval_path": "/x", "data.eval_fraction": 0.1},
+                               "data.eval_fraction"),
+    "eval_timestep_one": ({"train.eval_timesteps": (0.5, 1.0)}, "train.eval_timesteps"),
+    "sample_without_prompts": ({"train.sample_every": 5, "train.sample_prompts": ()},
+                               "train.sample_prompts"),
+    "profile_reversed": ({"train.profile_steps": (5, 2)}, "train.profile_steps"),
     # HunyuanVideo's layout (issue 14): the refiner depth and the embedded guidance range.
     "text_refiner_layers_negative": ({"model.text_refiner_layers": -1},
                                      "model.text_refiner_layers"),

@@ -28,15 +28,19 @@ All float arrays of a record share one dtype. bfloat16 travels as its uint16 bit
 decoding returns ml_dtypes bfloat16 arrays, which jax takes as they are.
 """
 
+import dataclasses
 import json
 import os
 from typing import Any
 
+from absl import logging
 from flax import serialization
 import ml_dtypes
 import numpy as np
 
 from skyreels_jax.data import records
+from skyreels_jax.data.buckets import Bucket
+from skyreels_jax.data.given import GivenFields
 
 LATENT_SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -298,3 +302,90 @@ def read_null_text(path: str) -> tuple[np.ndarray, np.ndarray]:
                      "empty prompt's embedding; re-run data_pipelines.encode_latents")
   with np.load(file) as z:
     return z["embedding"], z["mask"].astype(bool)
+
+
+# ------------------------------------------------------------------ reading for training
+
+def read_index(path: str, encoders: dict | None, text_frozen: bool) -> dict:
+  """index.json of a latent data set (data_pipelines/encode_latents.py), checked: complete,
+  made by the run's encoders, and holding what the run's text side reads (embeddings of a
+  frozen encoder, or token ids for one that trains with the model)."""
+  index_path = os.path.join(path, "index.json")
+  if not os.path.exists(index_path):
+    raise ValueError(f"data.format=latents but {index_path} does not exist: write latents "
+                     "with python -m data_pipelines.encode_latents")
+  with open(index_path) as f:
+    index = json.load(f)
+  if not index.get("complete"):
+    raise ValueError(f"{path}: encode_latents did not finish (index.json complete=false); "
+                     "run it again to finish")
+  if encoders is not None:
+    check_encoders(index["encoders"], encoders)
+  embedded = bool(index.get("text", {}).get("embedding_width"))
+  if embedded and not text_frozen:
+    raise ValueError(f"{path} holds frozen text-encoder embeddings; this run's text encoder "
+                     "trains with the model and reads token ids")
+  if text_frozen and not embedded:
+    raise ValueError(f"{path} holds token ids; this run's text encoder is frozen and reads "
+                     "its embeddings: re-encode with the run's config")
+  return index
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentPreprocessor:
+  """Latent record bytes -> example (video_latent / audio_latent float32, has_video,
+  has_audio, text_ids, text_mask), or a BadRecord. Stand-ins for a missing stream are zeros
+  (the train step drops that stream: only the shape matters)."""
+  kind: str
+  video_shape: tuple[int, ...] | None     # the bucket's video latent (the stand-in's shape
+  audio_shape: tuple[int, ...] | None     # for sound-only buckets) and audio latent
+  given: GivenFields | None = None
+
+  @classmethod
+  def for_bucket(cls, bucket: Bucket, index: dict, blank_size: tuple[int, int],
+                 video_latent_shape, given=None) -> "LatentPreprocessor":
+    entry = next((b for b in index["buckets"].values() if b["name"] == bucket.name), {})
+    video, audio = entry.get("video_latent_shape"), entry.get("audio_latent_shape")
+    if bucket.kind == "audio":
+      if video_latent_shape is None:
+        raise ValueError("sound-only latent buckets need video_latent_shape")
+      video = video_latent_shape(bucket.num_frames, *blank_size)
+    return cls(kind=bucket.kind, video_shape=None if video is None else tuple(video),
+               audio_shape=None if audio is None else tuple(audio), given=given)
+
+  def __call__(self, data: bytes) -> dict[str, np.ndarray] | records.BadRecord:
+    try:
+      rec = decode_latent_record(data)
+      if rec["kind"] != self.kind:
+        raise LatentRecordError(f"a {rec['kind']} record in a {self.kind} bucket")
+      return self.preprocess(rec)
+    except LatentRecordError as e:
+      logging.log_every_n_seconds(logging.WARNING, "Skipping bad latent record: %s", 10, e)
+      return records.BadRecord(str(e))
+
+  def preprocess(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
+    f32 = lambda x: np.asarray(x, np.float32)
+    out = {"text_mask": rec["text_mask"]}
+    if rec.get("text_embedding") is not None:
+      out["text_embedding"] = f32(rec["text_embedding"])
+    else:
+      out["text_ids"] = rec["text_ids"]
+    if self.kind == "audio":
+      out.update(video_latent=np.zeros(self.video_shape, np.float32),
+                 audio_latent=f32(rec["audio_latent"]), has_video=np.bool_(False),
+                 has_audio=np.bool_(True))
+    elif self.kind == "image":
+      out.update(video_latent=f32(rec["video_latent"]), has_video=np.bool_(True))
+    else:
+      has_audio = rec["audio_latent"] is not None
+      out.update(video_latent=f32(rec["video_latent"]), has_video=np.bool_(True),
+                 has_audio=np.bool_(has_audio),
+                 audio_latent=f32(rec["audio_latent"]) if has_audio
+                 else np.zeros(self.audio_shape, np.float32))
+    if self.video_shape and out["video_latent"].shape != self.video_shape:
+      raise LatentRecordError(f"video latent {out['video_latent'].shape} in a bucket "
+                                      f"of {self.video_shape}")
+    if self.given is not None:
+      out.update(self.given.latent_fields(
+          rec, out, "text_embedding" if "text_embedding" in out else "text_ids"))
+    return out

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from typing import Any, Callable
 
@@ -66,6 +65,8 @@ from skyreels_jax.data import given as given_lib
 from skyreels_jax.data import latents
 from skyreels_jax.data import records
 from skyreels_jax.data import references
+from skyreels_jax.data import split
+from skyreels_jax.data.records import BadRecord
 
 # Stop instead of spinning forever when a data set holds (almost) nothing usable.
 MAX_CONSECUTIVE_BAD_RECORDS = 1000
@@ -81,11 +82,12 @@ def find_shards(path: str) -> list[str]:
   return sorted(glob.glob(pattern))
 
 
-def bucket_sources(data_config) -> dict[str, tuple[buckets_lib.Bucket, list[str]]]:
-  """{bucket name: (bucket, shards)} under data.path: a folder per bucket of the config
-  (folders of other buckets are left out, logged) plus flat shards as the config's single
-  geometry. Raises ValueError when nothing usable is found."""
-  path = data_config.path
+def bucket_sources(data_config, path: str | None = None
+                   ) -> dict[str, tuple[buckets_lib.Bucket, list[str]]]:
+  """{bucket name: (bucket, shards)} under `path` (default data.path): a folder per bucket
+  of the config (folders of other buckets are left out, logged) plus flat shards as the
+  config's single geometry. Raises ValueError when nothing usable is found."""
+  path = data_config.path if path is None else path
   found: dict[str, tuple[buckets_lib.Bucket, list[str]]] = {}
   flat = find_shards(path)
   if flat:
@@ -142,46 +144,13 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   if batch_size <= 0:
     raise ValueError(f"data.batch_size must be positive, got {global_batch_size}")
 
-  sources = bucket_sources(data_config)
-  smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
-  fmt = data_config.format
-  index = _latent_index(data_config.path, encoders, text_frozen) if fmt == "latents" else None
-  if index is not None and float(data_config.tasks.get("edit_pair", 0.0)) > 0 and (
-      index.get("edit_prompt", "instruction") != data_config.edit_prompt):
-    raise ValueError(f"{data_config.path} holds edit prompts made with data.edit_prompt="
-                     f"{index.get('edit_prompt', 'instruction')!r}; this run uses "
-                     f"{data_config.edit_prompt!r}: re-encode")
-  per_bucket, counts = {}, {}
-  with_refs = fmt == "clips" and references.enabled(data_config)
-  for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
-    source = grain.sources.ArrayRecordDataSource(shards)
-    counts[name] = len(source)
-    if counts[name] == 0:
-      continue
-    # With references the stream is of record indices: a reference is another record.
-    ds = grain.MapDataset.range(len(source)) if with_refs else grain.MapDataset.source(source)
-    if data_config.shuffle:
-      ds = ds.seed(seed + 7919 * i).shuffle()
-    ds = ds.repeat(None)
-    # Preprocessing is lazy (per index), so mapping before the process blocks costs only the
-    # rows this process reads, and a reference draw's generator follows the GLOBAL position:
-    # P processes draw what one process would.
-    if fmt == "latents":
-      ds = ds.map(LatentPreprocessor.for_bucket(bucket, index, smallest, video_latent_shape,
-                                                given_lib.GivenFields.from_config(data_config)))
-    elif with_refs:
-      ds = ds.random_map(ReferencedClips.for_bucket(bucket, data_config, tokenizer, smallest,
-                                                    source, shards),
-                         seed=seed + 104729 * (i + 1))
-    else:
-      ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
-    if process_count > 1:
-      ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
-                                   count=process_count)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
-    per_bucket[name] = _SkipBadRecordsIterDataset(it_ds).batch(batch_size, drop_remainder=True)
+  per_bucket, counts = _bucket_pipelines(
+      data_config, data_config.path, tokenizer=tokenizer, batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count, encoders=encoders,
+      video_latent_shape=video_latent_shape, text_frozen=text_frozen, evaluating=False)
   if not per_bucket:
-    raise ValueError(f"data.path={data_config.path!r} holds no records")
+    raise ValueError(f"data.path={data_config.path!r} holds no records"
+                     + (" outside the held-out split" if data_config.eval_fraction else ""))
   weights = {k: w for k, w in bucket_weights(data_config, counts).items() if w > 0}
   if len(weights) == 1:
     it_ds = per_bucket[next(iter(weights))]
@@ -195,89 +164,103 @@ def make_dataset(data_config, *, tokenizer: Callable[[str], dict[str, np.ndarray
   return _CountBadRecordsIterDataset(it_ds)
 
 
-def _latent_index(path: str, encoders: dict | None, text_frozen: bool) -> dict:
-  """index.json of a latent data set (data_pipelines/encode_latents.py), checked: complete,
-  made by the run's encoders, and holding what the run's text side reads (embeddings of a
-  frozen encoder, or token ids for one that trains with the model)."""
-  index_path = os.path.join(path, "index.json")
-  if not os.path.exists(index_path):
-    raise ValueError(f"data.format=latents but {index_path} does not exist: write latents "
-                     "with python -m data_pipelines.encode_latents")
-  with open(index_path) as f:
-    index = json.load(f)
-  if not index.get("complete"):
-    raise ValueError(f"{path}: encode_latents did not finish (index.json complete=false); "
-                     "run it again to finish")
-  if encoders is not None:
-    latents.check_encoders(index["encoders"], encoders)
-  embedded = bool(index.get("text", {}).get("embedding_width"))
-  if embedded and not text_frozen:
-    raise ValueError(f"{path} holds frozen text-encoder embeddings; this run's text encoder "
-                     "trains with the model and reads token ids")
-  if text_frozen and not embedded:
-    raise ValueError(f"{path} holds token ids; this run's text encoder is frozen and reads "
-                     "its embeddings: re-encode with the run's config")
-  return index
+def make_eval_datasets(data_config, *, tokenizer, global_batch_size: int, seed: int,
+                       process_index: int = 0, process_count: int = 1, max_batches: int = 0,
+                       encoders: dict | None = None, video_latent_shape=None,
+                       text_frozen: bool = False) -> dict[str, grain.IterDataset]:
+  """The held-out set (data.eval_path, or the data.eval_fraction split of data.path;
+  data/split.py) as {bucket: finite dataset of this process's blocks of the global
+  batches}: in record order, the same batches at every evaluation, on every mesh and after
+  a restart; full global batches only, at most `max_batches` per bucket (0: all). Bad
+  records are skipped (the batch takes the next record). ValueError when no bucket holds
+  a full batch."""
+  path = data_config.eval_path or data_config.path
+  per_bucket, counts = _bucket_pipelines(
+      data_config, path, tokenizer=tokenizer, batch_size=global_batch_size // process_count,
+      seed=seed, process_index=process_index, process_count=process_count,
+      encoders=encoders, video_latent_shape=video_latent_shape, text_frozen=text_frozen,
+      evaluating=True, max_batches=max_batches)
+  if not per_bucket:
+    field = "data.eval_path" if data_config.eval_path else "data.eval_fraction"
+    raise ValueError(f"{field}: the held-out set ({sum(counts.values())} records: {counts}) "
+                     f"holds no full batch of {global_batch_size} in any bucket")
+  return per_bucket
+
+
+def _bucket_pipelines(data_config, path: str, *, tokenizer, batch_size: int, seed: int,
+                      process_index: int, process_count: int, encoders, video_latent_shape,
+                      text_frozen: bool, evaluating: bool, max_batches: int = 0):
+  """({bucket: batched IterDataset of this process}, {bucket: records}) of `path`:
+  training (shuffled, repeated, the held-out records left out) or evaluating (in order,
+  once, only the held-out records of data.path, or all of data.eval_path)."""
+  sources = bucket_sources(data_config, path)
+  smallest = min(buckets_lib.resolutions(data_config), key=lambda r: (r[0] * r[1], r))
+  fmt = data_config.format
+  index = latents.read_index(path, encoders, text_frozen) if fmt == "latents" else None
+  if index is not None and float(data_config.tasks.get("edit_pair", 0.0)) > 0 and (
+      index.get("edit_prompt", "instruction") != data_config.edit_prompt):
+    raise ValueError(f"{path} holds edit prompts made with data.edit_prompt="
+                     f"{index.get('edit_prompt', 'instruction')!r}; this run uses "
+                     f"{data_config.edit_prompt!r}: re-encode")
+  per_bucket, counts = {}, {}
+  with_refs = fmt == "clips" and references.enabled(data_config)
+  fraction = 0.0 if data_config.eval_path else float(data_config.eval_fraction)
+  for i, (name, (bucket, shards)) in enumerate(sorted(sources.items())):
+    source = grain.sources.ArrayRecordDataSource(shards)
+    keep = None                      # record indices of this side (None: every record)
+    if fraction > 0:
+      decode = latents.decode_latent_record if fmt == "latents" else None
+      keep = split.indices(references.read_sources(shards, source, decode), fraction,
+                           eval_side=evaluating)
+    counts[name] = len(source) if keep is None else len(keep)
+    if counts[name] == 0:
+      continue
+    # With references the stream is of record indices: a reference is another record.
+    if keep is None:
+      ds = grain.MapDataset.range(len(source)) if with_refs else grain.MapDataset.source(source)
+    else:
+      ds = grain.MapDataset.source(keep)
+      if not with_refs:
+        ds = ds.map(_Read(source))
+    if evaluating:
+      batches = counts[name] // (batch_size * process_count)
+      batches = min(batches, max_batches) if max_batches else batches
+      if batches == 0:
+        continue
+      ds = ds[:batches * batch_size * process_count]
+    else:
+      if data_config.shuffle:
+        ds = ds.seed(seed + 7919 * i).shuffle()
+      ds = ds.repeat(None)
+    # Preprocessing is lazy (per index), so mapping before the process blocks costs only the
+    # rows this process reads, and a reference draw's generator follows the GLOBAL position:
+    # P processes draw what one process would.
+    if fmt == "latents":
+      ds = ds.map(latents.LatentPreprocessor.for_bucket(
+          bucket, index, smallest, video_latent_shape,
+          given_lib.GivenFields.from_config(data_config)))
+    elif with_refs:
+      ds = ds.random_map(ReferencedClips.for_bucket(bucket, data_config, tokenizer, smallest,
+                                                    source, shards),
+                         seed=seed + 104729 * (i + 1))
+    else:
+      ds = ds.map(ClipPreprocessor.for_bucket(bucket, data_config, tokenizer, smallest))
+    if process_count > 1:
+      ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
+                                   count=process_count)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
+    per_bucket[name] = _SkipBadRecordsIterDataset(it_ds).batch(batch_size,
+                                                               drop_remainder=True)
+  return per_bucket, counts
 
 
 @dataclasses.dataclass(frozen=True)
-class LatentPreprocessor:
-  """Latent record bytes -> example (video_latent / audio_latent float32, has_video,
-  has_audio, text_ids, text_mask), or a BadRecord. Stand-ins for a missing stream are zeros
-  (the train step drops that stream: only the shape matters)."""
-  kind: str
-  video_shape: tuple[int, ...] | None     # the bucket's video latent (the stand-in's shape
-  audio_shape: tuple[int, ...] | None     # for sound-only buckets) and audio latent
-  given: given_lib.GivenFields | None = None
+class _Read:
+  """Record index -> its bytes (a split data set streams indices)."""
+  source: Any
 
-  @classmethod
-  def for_bucket(cls, bucket: buckets_lib.Bucket, index: dict, blank_size: tuple[int, int],
-                 video_latent_shape, given=None) -> "LatentPreprocessor":
-    entry = next((b for b in index["buckets"].values() if b["name"] == bucket.name), {})
-    video, audio = entry.get("video_latent_shape"), entry.get("audio_latent_shape")
-    if bucket.kind == "audio":
-      if video_latent_shape is None:
-        raise ValueError("sound-only latent buckets need video_latent_shape")
-      video = video_latent_shape(bucket.num_frames, *blank_size)
-    return cls(kind=bucket.kind, video_shape=None if video is None else tuple(video),
-               audio_shape=None if audio is None else tuple(audio), given=given)
-
-  def __call__(self, data: bytes) -> dict[str, np.ndarray] | BadRecord:
-    try:
-      rec = latents.decode_latent_record(data)
-      if rec["kind"] != self.kind:
-        raise latents.LatentRecordError(f"a {rec['kind']} record in a {self.kind} bucket")
-      return self.preprocess(rec)
-    except latents.LatentRecordError as e:
-      logging.log_every_n_seconds(logging.WARNING, "Skipping bad latent record: %s", 10, e)
-      return BadRecord(str(e))
-
-  def preprocess(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
-    f32 = lambda x: np.asarray(x, np.float32)
-    out = {"text_mask": rec["text_mask"]}
-    if rec.get("text_embedding") is not None:
-      out["text_embedding"] = f32(rec["text_embedding"])
-    else:
-      out["text_ids"] = rec["text_ids"]
-    if self.kind == "audio":
-      out.update(video_latent=np.zeros(self.video_shape, np.float32),
-                 audio_latent=f32(rec["audio_latent"]), has_video=np.bool_(False),
-                 has_audio=np.bool_(True))
-    elif self.kind == "image":
-      out.update(video_latent=f32(rec["video_latent"]), has_video=np.bool_(True))
-    else:
-      has_audio = rec["audio_latent"] is not None
-      out.update(video_latent=f32(rec["video_latent"]), has_video=np.bool_(True),
-                 has_audio=np.bool_(has_audio),
-                 audio_latent=f32(rec["audio_latent"]) if has_audio
-                 else np.zeros(self.audio_shape, np.float32))
-    if self.video_shape and out["video_latent"].shape != self.video_shape:
-      raise latents.LatentRecordError(f"video latent {out['video_latent'].shape} in a bucket "
-                                      f"of {self.video_shape}")
-    if self.given is not None:
-      out.update(self.given.latent_fields(
-          rec, out, "text_embedding" if "text_embedding" in out else "text_ids"))
-    return out
+  def __call__(self, i) -> bytes:
+    return self.source[int(i)]
 
 
 def bucket_weights(data_config, counts: dict[str, int]) -> dict[str, float]:
@@ -301,12 +284,6 @@ def iterator_stats(iterator: grain.DatasetIterator) -> dict[str, int]:
   if not isinstance(iterator, _CountBadRecordsIterator):
     raise TypeError(f"expected an iterator from make_iterator, got {type(iterator).__name__}")
   return {"bad_records": iterator.bad_records}
-
-
-@dataclasses.dataclass(frozen=True)
-class BadRecord:
-  """Stands in for a record that failed decoding or preprocessing."""
-  reason: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ versions in READABLE_VERSIONS (schema 1, the first issue's audio-video clips, re
 "video" with sound; schema 2 has no given conditions) and reject others.
 """
 
+import dataclasses
 import math
 from typing import Any
 
@@ -40,6 +41,12 @@ KINDS = ("video", "image", "audio")
 GIVEN_FIELDS = ("mask", "audio_mask", "source_video", "references", "instruction")
 _FIELDS = ("kind", "video", "audio", "fps", "sample_rate", "caption", "source",
            "bounces") + GIVEN_FIELDS
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRecord:
+  """Stands in, in a data pipeline, for a record that failed decoding or preprocessing."""
+  reason: str
 
 
 class RecordError(ValueError):

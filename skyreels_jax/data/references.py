@@ -71,8 +71,11 @@ def write_sidecar(shard: str, sources: Sequence[str | None]) -> None:
   os.replace(sidecar_path(shard) + ".tmp", sidecar_path(shard))
 
 
-def read_sources(shards: Sequence[str], source) -> list[str | None]:
-  """One source per record of the concatenated shards (ArrayRecordDataSource order)."""
+def read_sources(shards: Sequence[str], source, decode=None) -> list[str | None]:
+  """One source per record of the concatenated shards (ArrayRecordDataSource order), from
+  the shards' sidecars, else from the records (`decode`: bytes -> a dict with "source",
+  raising a ValueError on a bad record; default: clip records)."""
+  decode = decode or records.decode_clip
   out: list[str | None] = []
   for shard in shards:
     path = sidecar_path(shard)
@@ -85,8 +88,8 @@ def read_sources(shards: Sequence[str], source) -> list[str | None]:
     logging.info("references: no %s; reading the sources of %d records", path, n)
     for i in range(start, start + n):
       try:
-        out.append(records.decode_clip(source[i])["source"])
-      except records.RecordError:
+        out.append(decode(source[i])["source"])
+      except ValueError:    # RecordError, LatentRecordError: a bad record has no source
         out.append(None)
   return out
 

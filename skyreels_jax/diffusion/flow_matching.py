@@ -96,33 +96,42 @@ def masked_mse(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array
   nothing to generate (a dropped stream, everything kept) adds 0, and does not raise the
   weight of the others (a lone audio example among T2V ones weighs what it weighs in an
   all-audio batch)."""
+  return per_example_mse(pred, target, keep).sum() / pred.shape[0]
+
+
+def per_example_mse(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array:
+  """(B,) mean squared error over each example's positions to generate (0 where none)."""
   w = jnp.broadcast_to(1.0 - keep.astype(jnp.float32), pred.shape)
   err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)) * w
   axes = tuple(range(1, pred.ndim))
-  per_example = err.sum(axes) / jnp.maximum(w.sum(axes), 1.0)
-  return per_example.sum() / pred.shape[0]
+  return err.sum(axes) / jnp.maximum(w.sum(axes), 1.0)
 
 
 def flow_matching_loss(*, video_pred, video_z0, video_eps, video_keep, audio_pred=None,
                        audio_z0=None, audio_eps=None, audio_keep=None,
                        video_weight: float = 1.0, audio_weight: float = 1.0,
                        keyframe_pred=None, keyframe_z0=None, keyframe_eps=None,
-                       keyframe_keep=None, keyframe_weight: float = 1.0):
+                       keyframe_keep=None, keyframe_weight: float = 1.0,
+                       return_per_example: bool = False):
   """Weighted sum of the masked velocity losses of both streams (and the cascade base's
   high-res keyframes, when given). References never reach here: the model returns
-  predictions for the noisy tokens only."""
-  loss_v = masked_mse(video_pred, velocity_target(video_z0, video_eps), video_keep)
-  loss_a = jnp.zeros((), jnp.float32)
+  predictions for the noisy tokens only. return_per_example: parts also holds
+  "per_example" (B,), each example's weighted loss (the loss is their mean)."""
+  b = video_pred.shape[0]
+  per_v = per_example_mse(video_pred, velocity_target(video_z0, video_eps), video_keep)
+  per_a = jnp.zeros((b,), jnp.float32)
   if audio_pred is not None:
-    loss_a = masked_mse(audio_pred, velocity_target(audio_z0, audio_eps), audio_keep)
-  total = video_weight * loss_v + audio_weight * loss_a
-  parts = {"loss_video": loss_v, "loss_audio": loss_a}
+    per_a = per_example_mse(audio_pred, velocity_target(audio_z0, audio_eps), audio_keep)
+  per_example = video_weight * per_v + audio_weight * per_a
+  parts = {"loss_video": per_v.sum() / b, "loss_audio": per_a.sum() / b}
   if keyframe_pred is not None:
-    parts["loss_keyframes"] = masked_mse(keyframe_pred, velocity_target(keyframe_z0,
-                                                                        keyframe_eps),
-                                         keyframe_keep)
-    total = total + keyframe_weight * parts["loss_keyframes"]
-  return total, parts
+    per_k = per_example_mse(keyframe_pred, velocity_target(keyframe_z0, keyframe_eps),
+                            keyframe_keep)
+    parts["loss_keyframes"] = per_k.sum() / b
+    per_example = per_example + keyframe_weight * per_k
+  if return_per_example:
+    parts["per_example"] = per_example
+  return per_example.sum() / b, parts
 
 
 def check_config(config) -> None:

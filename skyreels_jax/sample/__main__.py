@@ -32,6 +32,7 @@ import sys
 from absl import app, flags
 
 from skyreels_jax.parallel import multihost
+from skyreels_jax.sample import export
 from skyreels_jax.tasks import given
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -140,24 +141,12 @@ def audio_span(text: str) -> tuple[float, float]:
 
 
 def read_prompts(path: str) -> list[dict]:
-  """[{"prompt": str, "seed": int | None}] from a TXT (a prompt a line) or JSONL file."""
-  rows = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      if line.startswith("{"):
-        try:
-          row = json.loads(line)
-          rows.append({"prompt": str(row["prompt"]), "seed": row.get("seed")})
-        except (ValueError, KeyError) as e:
-          raise usage(f"--prompt_file={path} line {n}: {e!r}") from None
-      else:
-        rows.append({"prompt": line, "seed": None})
-  if not rows:
-    raise usage(f"--prompt_file={path}: no prompts")
-  return rows
+  """[{"prompt": str, "seed": int | None}] from a TXT (a prompt a line) or JSONL file; a
+  usage error naming the flag and line otherwise."""
+  try:
+    return export.read_prompts(path)
+  except ValueError as e:
+    raise usage(f"--prompt_file={path}: {e}") from None
 
 
 def build_condition(task: str, v: dict, config, geometry):
@@ -263,7 +252,6 @@ def _main(argv):
 
   from skyreels_jax import runtime
   from skyreels_jax.config import derive
-  from skyreels_jax.sample import export
   from skyreels_jax.sample.sampler import Sampler, load_run_config
 
   config = load_run_config(_WORKDIR.value)

@@ -9,6 +9,7 @@ FFmpeg's demuxer honours (decoded audio starts at sample 0), but the tail paddin
 as well; the stream's own duration is exact, so `read_mp4` cuts the decoded audio to it.
 """
 
+import json
 import math
 from fractions import Fraction
 
@@ -214,3 +215,26 @@ def write_contact_sheet(path, videos: list, labels: list | None = None,
     for r, label in enumerate(labels):
       draw.text((2, r * row_h + 1), str(label), fill=(255, 255, 255))
   image.save(str(path), format="PNG")
+
+
+def read_prompts(path: str) -> list[dict]:
+  """[{"prompt": str, "seed": int | None}] from a TXT (a prompt a line) or JSONL file (lines
+  {"prompt": ..., "seed": ...}); ValueError naming the line otherwise (the sampler's
+  --prompt_file, train.sample_prompts)."""
+  rows = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      if line.startswith("{"):
+        try:
+          row = json.loads(line)
+          rows.append({"prompt": str(row["prompt"]), "seed": row.get("seed")})
+        except (ValueError, KeyError) as e:
+          raise ValueError(f"line {n}: {e!r}") from None
+      else:
+        rows.append({"prompt": line, "seed": None})
+  if not rows:
+    raise ValueError("no prompts")
+  return rows

@@ -52,13 +52,9 @@ class Sampler:
     init_report.json records) with its EMA adapters: `lora_merged` folds them into the
     weights once; otherwise base and adapters stay apart and every call folds them inside
     the program (the same output, less memory between calls, more work per call)."""
-    self.config = config if config is not None else load_run_config(workdir)
-    validate(self.config)
-    self.geometry, self.mcfg = derive(self.config)
-    self.mesh = mesh if mesh is not None else make_mesh(self.config.mesh)
+    abstract = self._setup(config if config is not None else load_run_config(workdir), mesh)
     axis_rules = rules(self.config)
     # The EMA params alone, by their logical axes onto this mesh: no optimizer, no trainer.
-    self.graphdef, abstract = nnx.split(abstract_model(self.config), nnx.Param)
     shardings = state_shardings(abstract, self.mesh, axis_rules)
     self.lora_scale = None
     lo = self.config.train.lora
@@ -83,6 +79,33 @@ class Sampler:
     self.frozen, _ = place_tree(self.codecs.frozen_params(), self.mesh, axis_rules)
     logging.info("sampling %s at step %d: EMA %s; frozen %s", workdir, self.step,
                  summary(self.params), summary(self.frozen))
+    self._programs()
+
+  @classmethod
+  def from_params(cls, config, params, *, step: int, mesh, codecs, tokenizer, frozen,
+                  lora_scale: float | None = None) -> "Sampler":
+    """A sampler of params already on `mesh` (a training run's EMA weights, a LoRA run's
+    folded), with the run's codecs, tokenizer and placed frozen weights: samples during
+    training through this same code, nothing read or copied; a LoRA run's params are
+    (base, adapters), folded inside the program with `lora_scale`. Set `.params` / `.step`
+    to sample newer weights: the programs take them as arguments (no recompile)."""
+    self = cls.__new__(cls)
+    self._setup(config, mesh)
+    self.step, self.params, self.lora_scale = step, params, lora_scale
+    self.codecs, self.tokenizer, self.frozen = codecs, tokenizer, frozen
+    self._programs()
+    return self
+
+  def _setup(self, config, mesh):
+    """Config, geometry and mesh; returns the abstract params."""
+    self.config = config
+    validate(self.config)
+    self.geometry, self.mcfg = derive(self.config)
+    self.mesh = mesh if mesh is not None else make_mesh(self.config.mesh)
+    self.graphdef, abstract = nnx.split(abstract_model(self.config), nnx.Param)
+    return abstract
+
+  def _programs(self):
     self._fn = jax.jit(self._generate, static_argnums=(0,))
     # One program per batch size (the cascade asks once per batch): not a new jit per call.
     self._condition_fn = jax.jit(

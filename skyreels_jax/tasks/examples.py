@@ -125,6 +125,17 @@ def needed_empty_latents(config, codecs: Codecs, batch: dict, frozen_params,
   return recorder.shapes
 
 
+def input_shapes(config, codecs: Codecs, batch: dict, frozen_params, use_audio: bool) -> dict:
+  """The model inputs `training_inputs` makes of batches shaped like `batch` (arrays or
+  ShapeDtypeStructs), as ShapeDtypeStructs: traced for shapes only (perf/throughput.py)."""
+
+  def trace(batch, frozen_params):
+    return training_inputs(batch, jax.random.key(0), config=config,
+                           codecs=codecs.bind(frozen_params), use_audio=use_audio)[0]
+
+  return jax.eval_shape(trace, batch, frozen_params)
+
+
 def compute_empty_latents(codecs: Codecs, frozen_params,
                           shapes: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
   """{key: latent} for the listed shapes (jit it; `frozen_params` as its argument)."""
@@ -275,22 +286,36 @@ def _shift(config, z0_v) -> float:
   return fm.resolution_shift(f.shift, tokens, mode=f.shift_mode, base_tokens=f.shift_base_tokens)
 
 
-def _time_and_noise(config, z0_v, k_t, k_eps):
-  """The flow-matching time of each example (flow.*, shifted for this batch's size) and the
-  video noise: one rule for every task, the refiner's included."""
+@dataclasses.dataclass(frozen=True)
+class EvalPoint:
+  """Validation (train/evaluate.py): every example at time `t` and with `task`'s masks (the
+  refiner has no tasks), no caption dropout; the noise still comes from the rng."""
+  t: float
+  task: str = "t2av"
+
+
+def _time_and_noise(config, z0_v, k_t, k_eps, at: EvalPoint | None = None):
+  """The flow-matching time of each example (flow.*, shifted for this batch's size; or the
+  fixed time of an EvalPoint) and the video noise: one rule for every task, the refiner's
+  included."""
   f = config.flow
-  t = fm.sample_t(k_t, z0_v.shape[0], sampling=f.timestep_sampling, shift=_shift(config, z0_v),
-                  logit_mean=f.logit_mean, logit_std=f.logit_std)
+  if at is not None:
+    t = jnp.full((z0_v.shape[0],), at.t, jnp.float32)
+  else:
+    t = fm.sample_t(k_t, z0_v.shape[0], sampling=f.timestep_sampling,
+                    shift=_shift(config, z0_v), logit_mean=f.logit_mean, logit_std=f.logit_std)
   return t, jax.random.normal(k_eps, z0_v.shape, z0_v.dtype)
 
 
-def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
-  """Returns (model inputs, loss terms). batch: video (B, F, H, W, 3) in [-1, 1],
+def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool,
+                    at: EvalPoint | None = None):
+  """Returns (model inputs, loss terms); `at`: a validation point (fixed time and task). batch: video (B, F, H, W, 3) in [-1, 1],
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
   has_video / has_audio (B,) booleans (data/loader.py); or, with data.format = "latents",
   video_latent (B, T, h, w, C) and audio_latent (B, Ta, Ca) in place of video and audio."""
   if config.refiner.enabled:
-    return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio)
+    return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio,
+                           at=at)
   d = config.data
   k_t, k_ev, k_ea, k_task, k_cap, k_ek = jax.random.split(rng, 6)
   latents = "video_latent" in batch     # data.format = "latents": encoded ahead of time
@@ -310,7 +335,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     z0_v = codecs.video_ae.encode(batch["video"])
     nf, hh, ww = batch["video"].shape[1:4]
   b = z0_v.shape[0]
-  t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev)
+  t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev, at)
   z0_a = eps_a = keep_a = loss_keep_a = None
   if use_audio:
     z0_a = (batch["audio_latent"].astype(jnp.float32) if latents
@@ -318,7 +343,8 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
     eps_a = jax.random.normal(k_ea, z0_a.shape, z0_a.dtype)
   keep_v, keep_a, tasks, a_tasks = sample_task_masks(
       k_task, b, video_grid=z0_v.shape[1:4], audio_length=z0_a.shape[1] if use_audio else None,
-      video_mixture=dict(d.tasks), audio_mixture=dict(d.audio_tasks), return_audio_tasks=True)
+      video_mixture={at.task: 1.0} if at else dict(d.tasks), audio_mixture=dict(d.audio_tasks),
+      return_audio_tasks=True)
   # A key of its own: mixtures without data-given tasks draw what they drew before.
   tasks, keep_v, keep_a, edit, given_refs, fallbacks = _given_tasks(
       config, batch, jax.random.fold_in(rng, GIVEN_KEY), tasks, keep_v, a_tasks, keep_a,
@@ -339,7 +365,7 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
                              batch["edit_" + k], batch[k])
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
       z0_v, eps_v, t, keep_v, drop_v, empty_v, cond=cond_v)
-  inputs.update(_text_inputs(k_cap, batch, codecs, d.caption_dropout))
+  inputs.update(_text_inputs(k_cap, batch, codecs, 0.0 if at else d.caption_dropout))
   video_refs = (None if latents and given_refs is None else
                 video_reference_inputs(batch, codecs.video_ae, config, given_refs=given_refs))
   if video_refs is not None:
@@ -421,7 +447,8 @@ def _given_tasks(config, batch: dict, rng, tasks, keep_v, a_tasks, keep_a, *, vi
   return tasks, keep_v, keep_a, edit, refs, fallbacks
 
 
-def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool):
+def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool,
+                    at: EvalPoint | None = None):
   """training_inputs of the cascade refiner (config.refiner.enabled; SPEC section 5 step 2):
   its own task, no task mixture, no references. Video: Concat(z_t, upsampled low-res, 0),
   loss everywhere, plus the high-res keyframe stills as their own clean tokens
@@ -435,7 +462,7 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   pieces = refiner_video(video, k_low, refiner=config.refiner, video_ae=codecs.video_ae)
   z0_v, cond_v, keep_v = pieces["z0"], pieces["cond"], pieces["keep"]
   b = z0_v.shape[0]
-  t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev)
+  t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev, at)
   drop_v = ~jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)
   inputs = {}
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
@@ -443,7 +470,8 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   if "keyframes" in pieces:   # given high-res stills: own tokens, clean, no loss
     inputs["keyframes"] = given(pieces["keyframes"])
     inputs["keyframe_times"] = pieces["keyframe_times"]
-  inputs.update(_text_inputs(k_cap, batch, codecs, config.data.caption_dropout))
+  inputs.update(_text_inputs(k_cap, batch, codecs,
+                            0.0 if at else config.data.caption_dropout))
   z0_a = eps_a = loss_keep_a = None
   drop_a = jnp.ones((b,), bool)
   if use_audio:

@@ -2,8 +2,8 @@
 
 Library code (the trainer prints it at the end of a run); the command line is
 tools/goodput.py. From RUN/events.jsonl (train/events.py), summarize() gives:
-{"goodput", "wall_s", "productive_s", "compile_s", "save_s", "startup_s", "redone_s",
-"skipped_s", "restart_gap_s", "unaccounted_s", "starts", "preemptions", "fallbacks",
+{"goodput", "wall_s", "productive_s", "compile_s", "save_s", "eval_s", "startup_s",
+"redone_s", "skipped_s", "restart_gap_s", "unaccounted_s", "starts", "preemptions", "fallbacks",
 "skipped_steps", "steps"}.
 
 - wall_s: first start -> the last event (or now, while the run is alive: not known here).
@@ -11,7 +11,8 @@ tools/goodput.py. From RUN/events.jsonl (train/events.py), summarize() gives:
   steps that a later start did again (redone_s) and the non-finite steps that were not applied
   (skipped_s, at the mean step time).
 - compile_s: each start's first step (compile + one step); save_s: the loop blocked on
-  checkpoint saves; startup_s: process start -> first step dispatched (imports, restore,
+  checkpoint saves; eval_s: validation and samples during training (their compiles
+  included); startup_s: process start -> first step dispatched (imports, restore,
   data); restart_gap_s: a start's last event -> the next start (the process gone: killed,
   waiting for a scheduler); unaccounted_s: the rest (steps after the last log of a start that
   was killed, logging).
@@ -40,7 +41,8 @@ def summarize(workdir: str) -> dict:
     return {}
   sessions = _sessions(rows)
   intervals: list[list[float]] = []   # [first step, last step, seconds] of counted steps
-  totals = dict(compile_s=0.0, save_s=0.0, startup_s=0.0, redone_s=0.0, restart_gap_s=0.0)
+  totals = dict(compile_s=0.0, save_s=0.0, eval_s=0.0, startup_s=0.0, redone_s=0.0,
+                restart_gap_s=0.0)
   counts = dict(starts=0, preemptions=0, fallbacks=0)
   skipped: dict[int, bool] = {}
   t0 = sessions[0][0].get("t_process", sessions[0][0]["t"])
@@ -68,6 +70,8 @@ def summarize(workdir: str) -> dict:
         intervals.append([row["step"] - row["steps"] + 1, row["step"], row["step_s"]])
       elif kind == "save":
         totals["save_s"] += row["blocked_s"]
+      elif kind in ("eval", "samples"):
+        totals["eval_s"] += row["seconds"]
       elif kind == "skipped":
         skipped[row["step"]] = True
       elif kind == "preempted":
@@ -96,7 +100,7 @@ def format_summary(summary: dict) -> str:
            f"({summary['starts']} start(s), {summary['preemptions']} preemption(s), "
            f"{summary['fallbacks']} checkpoint fallback(s), {summary['skipped_steps']} "
            "skipped step(s))"]
-  for key in ("productive_s", "compile_s", "save_s", "startup_s", "redone_s", "skipped_s",
-              "restart_gap_s", "unaccounted_s"):
+  for key in ("productive_s", "compile_s", "save_s", "eval_s", "startup_s", "redone_s",
+              "skipped_s", "restart_gap_s", "unaccounted_s"):
     lines.append(f"  {key[:-2]:>13}: {summary[key]:9.2f} s  {summary[key] / wall:6.1%}")
   return "\n".join(lines + [json.dumps(summary)])

@@ -48,7 +48,10 @@ class MetricsWriter:
     with open(self.path, "w") as f:
       f.writelines(keep)
 
-  def write(self, step: int, scalars: dict) -> None:
+  def write(self, step: int, scalars: dict, *, group: str = "train",
+            shown: tuple[str, ...] | None = None) -> None:
+    """One metrics.jsonl row; TensorBoard scalars under `group/`; a console line of the
+    `shown` keys (default: all)."""
     if not self.enabled:
       return
     row = {"step": int(step), **{k: json_float(v) for k, v in scalars.items()},
@@ -56,10 +59,16 @@ class MetricsWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     for k, v in scalars.items():
-      self._tb.add_scalar(f"train/{k}", float(v), int(step))
+      self._tb.add_scalar(f"{group}/{k}", float(v), int(step))
     self._tb.flush()
-    shown = " ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
-    print(f"step {step}: {shown}", file=sys.stdout, flush=True)
+    keys = scalars if shown is None else [k for k in shown if k in scalars]
+    line = " ".join(f"{k}={float(scalars[k]):.4g}" for k in keys)
+    print(f"step {step}: {line}", file=sys.stdout, flush=True)
+
+  @property
+  def tensorboard(self):
+    """The TensorBoard writer (None off process 0)."""
+    return self._tb
 
   def close(self) -> None:
     if self._tb is not None:

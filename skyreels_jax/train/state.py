@@ -113,19 +113,23 @@ def create_state(config, tx, mesh, axis_rules) -> tuple[nnx.GraphDef, dict, Any]
   return graphdef, state, shardings
 
 
+LOSS_T_SUM, LOSS_T_COUNT = "loss_t_sum", "loss_t_count"   # (4,) per step, by t quartile
+
+
 def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
-  """loss_fn(params, batch, rng, frozen) -> (loss, {"loss_video", "loss_audio"}); `frozen`:
-  the frozen components' weights (Codecs.frozen_params), no gradient."""
+  """loss_fn(params, batch, rng, frozen, at=None) -> (loss, {"loss_video", "loss_audio",
+  ...}); `frozen`: the frozen components' weights (Codecs.frozen_params), no gradient; `at`:
+  a validation point (tasks/examples.EvalPoint: fixed time and task)."""
   fcfg = config.flow
 
-  def loss_fn(params, batch, rng, frozen):
+  def loss_fn(params, batch, rng, frozen, at=None):
     frozen = dict(frozen)
     base = frozen.pop(LORA_BASE, None)
     if base is not None:     # a LoRA run: params are the adapters, folded into the base
       params = lora.merge(base, params, lora_scale(config))
     model = nnx.merge(graphdef, params)
     inputs, terms = training_inputs(batch, rng, config=config, codecs=codecs.bind(frozen),
-                                    use_audio=use_audio)
+                                    use_audio=use_audio, at=at)
     if config.model.guidance_embed:   # a key of its own: the other draws stay as they were
       lo, hi = config.flow.embedded_guidance
       scale = jax.random.uniform(jax.random.fold_in(rng, GUIDANCE_KEY),
@@ -143,9 +147,16 @@ def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
         video_pred=v_pred, video_z0=terms["video_z0"], video_eps=terms["video_eps"],
         video_keep=terms["video_keep"], audio_pred=a_pred, audio_z0=terms["audio_z0"],
         audio_eps=terms["audio_eps"], audio_keep=terms["audio_keep"],
-        video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight, **keyframes)
+        video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight,
+        return_per_example=True, **keyframes)
     if "task_fallbacks" in terms:   # data-given tasks whose record lacked a field
       parts = dict(parts, task_fallbacks=terms["task_fallbacks"])
+    # The loss by timestep quartile (t in [q/4, (q+1)/4)): sums and counts, which the loop
+    # adds up over a log interval (loss_t0 .. loss_t3: where a run is stuck).
+    per_example = parts.pop("per_example")
+    quartile = jax.nn.one_hot(jnp.clip((terms["t"] * 4).astype(jnp.int32), 0, 3), 4)
+    parts[LOSS_T_SUM] = (quartile * per_example[:, None]).sum(0)
+    parts[LOSS_T_COUNT] = quartile.sum(0)
     return loss, parts
 
   return loss_fn

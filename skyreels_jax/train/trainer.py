@@ -21,25 +21,31 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
 from skyreels_jax.config import ConfigError, count_params, derive, hybrid_mesh_shape, validate
 from skyreels_jax.data import latents
-from skyreels_jax.data.loader import iterator_stats, make_iterator
+from skyreels_jax.data.loader import iterator_stats, make_eval_datasets, make_iterator
 from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
-from skyreels_jax.tasks.examples import make_codecs, text_trainable
+from skyreels_jax.perf import throughput
+from skyreels_jax.tasks.examples import input_shapes, make_codecs, text_trainable
 from skyreels_jax.train import init as init_lib
 from skyreels_jax.train import resume
 from skyreels_jax.train.checkpoint import Checkpointer
+from skyreels_jax.train.evaluate import Evaluator
+from skyreels_jax.train.samples import TrainingSamples
 from skyreels_jax.train.events import EventLog
 from skyreels_jax.train.metrics import MetricsWriter
 from skyreels_jax.train.preemption import PreemptionWatch
-from skyreels_jax.train.state import (LORA_BASE, abstract_state, all_finite, create_state,
-                                      jit_train_step, lora_on, make_optimizer,
+from skyreels_jax.train.state import (LORA_BASE, LOSS_T_COUNT, LOSS_T_SUM, abstract_state,
+                                      all_finite, create_state,
+                                      jit_train_step, lora_on, lora_scale, make_loss_fn,
+                                      make_optimizer,
                                       make_train_step, place_frozen, with_empty_latents)
 from skyreels_jax.weights.trees import with_shardings
 
@@ -101,6 +107,28 @@ class _Loop:
     self.meta, self.finite_fn = meta, finite_fn
     self.last_saved, self.last_save_time, self.blocked_s = -1, time.time(), 0.0
     self.pending = None   # (step, guard metrics on device) of the step before the current
+    self.evaluator = self.samples = self.lora_base = None
+
+  def sample(self, step: int, state, writer) -> None:
+    """Samples of the EMA weights (train/samples.py); their time is not train time."""
+    t = time.time()
+    ema = state["ema"] if self.lora_base is None else (self.lora_base, state["ema"])
+    folder = self.samples(step, ema, writer.tensorboard)
+    seconds = time.time() - t
+    self.blocked_s += seconds
+    self.events.log("samples", step=step, seconds=round(seconds, 4), folder=folder)
+
+  def evaluate(self, step: int, state, writer) -> None:
+    """Validation (train/evaluate.py) of the params after `step`; its time is not train
+    time (counted like a blocking save)."""
+    t = time.time()
+    metrics = self.evaluator(state["params"])
+    seconds = time.time() - t
+    self.blocked_s += seconds
+    writer.write(step, {**metrics, "eval_s": seconds}, group="eval",
+                 shown=("eval_loss", "eval_loss_video", "eval_loss_audio", "eval_s"))
+    self.events.log("eval", step=step, seconds=round(seconds, 4),
+                    eval_loss=float(metrics["eval_loss"]))
 
   def save(self, step: int, state, reason: str, *, block: bool = False) -> None:
     if step == self.last_saved:
@@ -208,28 +236,73 @@ def train(config, workdir: str, *, restore_step: int | None = None,
                                                     fresh=fresh, say=_print)
       lora_base = {LORA_BASE: (base, base_sharding)}
     jitted: dict[tuple, Any] = {}
+    frozen_by_shape: dict[tuple, Any] = {}
+
+    def frozen_args(batch):
+      """(frozen weights + this shape's empty condition latents (+ a LoRA base), their
+      shardings): what the step and the evaluation take beside the batch."""
+      key = tuple(sorted((k, v.shape) for k, v in batch.items()))
+      if key not in frozen_by_shape:
+        args, args_sharding = with_empty_latents(config, codecs, batch, frozen,
+                                                 frozen_sharding, mesh, mcfg.use_audio)
+        for k, (tree, sharding) in lora_base.items():
+          args, args_sharding = {**args, k: tree}, {**args_sharding, k: sharding}
+        frozen_by_shape[key] = args, args_sharding
+      return frozen_by_shape[key]
 
     def step_fn(state, batch):
       """One jitted step (and one set of empty condition latents) per batch shape: a bucket
       compiles once."""
       key = tuple(sorted((k, v.shape) for k, v in batch.items()))
       if key not in jitted:
-        args, args_sharding = with_empty_latents(config, codecs, batch, frozen,
-                                                 frozen_sharding, mesh, mcfg.use_audio)
-        for k, (tree, sharding) in lora_base.items():
-          args, args_sharding = {**args, k: tree}, {**args_sharding, k: sharding}
+        args, args_sharding = frozen_args(batch)
+        # Tokens and analytic FLOPs of the GLOBAL batch (perf/throughput.py).
+        whole = {k: jax.ShapeDtypeStruct((config.data.batch_size,) + v.shape[1:], v.dtype)
+                 for k, v in batch.items()}
+        cost = throughput.step_cost(mcfg, input_shapes(config, codecs, whole, frozen,
+                                                       mcfg.use_audio))
         jitted[key] = args, jit_train_step(train_step, shardings, {
             k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
-            args_sharding)
-      args, fn = jitted[key]
-      return fn(state, _global_batch(batch, mesh, axis_rules), args)
+            args_sharding), cost
+      args, fn, cost = jitted[key]
+      return (*fn(state, _global_batch(batch, mesh, axis_rules), args), cost)
 
+    evaluator = None
+    if config.train.eval_every:
+      try:
+        eval_sets = make_eval_datasets(
+            config.data, tokenizer=tokenizer, global_batch_size=config.data.batch_size,
+            seed=config.seed, process_index=share, process_count=shares,
+            max_batches=config.train.eval_batches, **latent_kw)
+      except ValueError as e:
+        raise ConfigError("data.eval_path" if config.data.eval_path else "data.eval_fraction",
+                          str(e)) from None
+      first = [eval_sets]    # the first evaluation uses the sets checked here
+      evaluator = Evaluator(
+          config, make_loss_fn(config, graphdef, codecs, mcfg.use_audio),
+          lambda: first.pop() if first else make_eval_datasets(
+              config.data, tokenizer=tokenizer, global_batch_size=config.data.batch_size,
+              seed=config.seed, process_index=share, process_count=shares,
+              max_batches=config.train.eval_batches, **latent_kw),
+          frozen_args, lambda b: _global_batch(b, mesh, axis_rules), shardings["params"],
+          mesh, axis_rules)
+    samples = None
+    if config.train.sample_every:
+      sample_codecs, sample_frozen = codecs, frozen
+      if codecs.text_encoder is None and text_frozen:   # on latents: load it to sample
+        sample_codecs, _ = make_codecs(config)
+        sample_frozen, _ = place_frozen(sample_codecs, mesh, axis_rules)
+      samples = TrainingSamples(config, workdir, mesh=mesh, codecs=sample_codecs,
+                                tokenizer=tokenizer, frozen=sample_frozen,
+                                lora_scale=lora_scale(config) if lora_on(config) else None)
     writer = MetricsWriter(workdir, resume_step=start)
     meta = {"config": json.loads(config.to_json_best_effort()),
             "model": mcfg.__class__.__name__, "data_shares": shares,
             "process_count": jax.process_count()}
     loop = _Loop(config, ckpt, iterator, events, meta,
                  jax.jit(all_finite, in_shardings=(shardings,)))
+    loop.evaluator, loop.samples = evaluator, samples
+    loop.lora_base = lora_base[LORA_BASE][0] if lora_base else None
     result = _run(config, mesh, state, step_fn, loop, watch, writer, start, shares,
                   started_at)
     ckpt.wait()
@@ -249,6 +322,48 @@ def train(config, workdir: str, *, restore_step: int | None = None,
       close()
 
 
+class _Rate:
+  """What one log interval did: throughput (perf/throughput.py: model tokens and analytic
+  FLOPs of the steps dispatched, over the interval's time less saves, evaluation and
+  samples), the time the loop waited for the next batch (mean per step), and the loss by
+  timestep quartile over the interval's steps."""
+
+  def __init__(self, device_kind: str, num_devices: int):
+    self.peak = throughput.peak_flops(device_kind)
+    self.num_devices = num_devices
+    self.reset(0.0)
+
+  def reset(self, blocked_s: float) -> None:
+    self.tokens = self.flops = self.steps = 0
+    self.wait_s, self.blocked_at = 0.0, blocked_s
+    self.loss_t = None   # on device: (sums, counts) by timestep quartile
+
+  def waited(self, seconds: float) -> None:
+    self.wait_s += seconds
+
+  def stepped(self, cost: dict, loss_t_sum, loss_t_count) -> None:
+    self.tokens += cost["tokens"]
+    self.flops += cost["flops"]
+    self.steps += 1
+    # Added up on the device (no host sync per step); a skipped step's NaN adds nothing.
+    ok = jnp.all(jnp.isfinite(loss_t_sum))
+    add = (jnp.where(ok, loss_t_sum, 0.0), jnp.where(ok, loss_t_count, 0.0))
+    self.loss_t = add if self.loss_t is None else jax.tree.map(jnp.add, self.loss_t, add)
+
+  def report(self, seconds: float) -> dict:
+    seconds = max(seconds, 1e-9)
+    per_device = self.flops / seconds / self.num_devices
+    out = {"tokens_per_sec": self.tokens / seconds, "tflops_per_device": per_device / 1e12,
+           "data_wait_s": self.wait_s / max(self.steps, 1)}
+    if self.peak:
+      out["mfu"] = per_device / self.peak
+    if self.loss_t is not None:
+      sums, counts = jax.device_get(self.loss_t)
+      for q in range(4):   # an empty quartile is null in metrics.jsonl
+        out[f"loss_t{q}"] = sums[q] / counts[q] if counts[q] else float("nan")
+    return out
+
+
 def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writer: MetricsWriter,
          start: int, shares: int, started_at: float) -> dict[str, Any]:
   """Steps `start`..train.steps; returns the last logged metrics (+ `preempted`)."""
@@ -260,9 +375,20 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
   # events (goodput): step time only, the first step and saves left out.
   t_ready = t_rate = t_acc = time.time()
   rate_steps, blocked_acc, interval_from = 0, 0.0, start + 1
+  rate = _Rate(mesh.devices.flat[0].device_kind, mesh.devices.size)
+  first_profiled, last_profiled = tuple(config.train.profile_steps)
+  profiling = False
   with jax.set_mesh(mesh):
     for step in range(start, total):
-      state, metrics = step_fn(state, next(loop.iterator))
+      if step + 1 == first_profiled and jax.process_index() == 0:
+        # A jax.profiler trace of steps a..b (TensorBoard's profile plugin, Perfetto).
+        jax.profiler.start_trace(os.path.join(loop.ckpt.workdir, "profile"))
+        profiling = True
+      t_wait = time.time()
+      batch = next(loop.iterator)
+      rate.waited(time.time() - t_wait)
+      state, metrics, cost = step_fn(state, batch)
+      rate.stepped(cost, metrics.pop(LOSS_T_SUM), metrics.pop(LOSS_T_COUNT))
       done = step + 1
       loop.check_pending()
       loop.pending = (done, {k: metrics[k] for k in ("loss", "grad_norm", *_GUARD_KEYS)})
@@ -271,6 +397,11 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
         jax.block_until_ready(metrics)
         t_acc, blocked_acc, interval_from = time.time(), loop.blocked_s, done + 1
         events.log("first_step", step=done, seconds=round(t_acc - t_ready, 4))
+      if profiling and done >= last_profiled:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        profiling = False
+        events.log("profile", step=done, first=first_profiled, last=last_profiled)
       preempted = watch.reached(done)
       due = (t.checkpoint_every_secs > 0
              and time.time() - loop.last_save_time >= t.checkpoint_every_secs)
@@ -280,7 +411,9 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
         bad, due = _sync_log_step(loop.iterator, shares, due)
         last = {**{k: float(np.asarray(v)) for k, v in got.items() if k not in _GUARD_KEYS},
                 "skipped_steps": int(got["skipped_steps"]),
-                "steps_per_sec": rate_steps / max(now - t_rate, 1e-9), "bad_records": bad}
+                "steps_per_sec": rate_steps / max(now - t_rate, 1e-9), "bad_records": bad,
+                **rate.report(now - t_rate - (loop.blocked_s - rate.blocked_at))}
+        rate.reset(loop.blocked_s)
         writer.write(done, last)
         if done >= interval_from:
           events.log("progress", step=done, steps=done - interval_from + 1,
@@ -289,6 +422,12 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
         t_acc, blocked_acc, interval_from = now, loop.blocked_s, done + 1
       elif jax.process_count() > 1:
         due = False   # processes agree on timed saves at log steps only
+      if loop.evaluator is not None and not preempted and (done % t.eval_every == 0
+                                                         or done == total):
+        loop.evaluate(done, state, writer)
+      if loop.samples is not None and not preempted and (done % t.sample_every == 0
+                                                         or done == total):
+        loop.sample(done, state, writer)
       if preempted:
         loop.check_pending()
         watch.arm_second_signal()

@@ -96,6 +96,14 @@ def test_flow_matching_loss_weights_both_streams():
                                            video_keep=vkeep, video_weight=0.7)
   np.testing.assert_allclose(total_v, 0.7 * lv, rtol=1e-5)
   assert float(parts_v["loss_audio"]) == 0.0
+  # Per example (the loss by timestep quartile adds these up): the loss is their mean.
+  _, parts_e = fm.flow_matching_loss(
+      video_pred=vpred, video_z0=vz0, video_eps=veps, video_keep=vkeep, audio_pred=apred,
+      audio_z0=az0, audio_eps=aeps, audio_keep=akeep, video_weight=0.7, audio_weight=2.0,
+      return_per_example=True)
+  want = [0.7 * ((vpred - (vz0 - veps)) ** 2)[i, 1:].mean()
+          + 2.0 * ((apred - (az0 - aeps)) ** 2)[i].mean() for i in range(2)]
+  np.testing.assert_allclose(parts_e["per_example"], want, rtol=1e-5)
 
 
 # --- Timesteps.

@@ -22,6 +22,7 @@ def test_buckets_of_a_preempted_killed_and_resumed_run(tmp_path):
       {"event": "first_step", "t": 30.0, "step": 1, "seconds": 20.0},
       {"event": "progress", "t": 34.0, "step": 5, "steps": 4, "step_s": 4.0},
       {"event": "save", "t": 35.0, "step": 5, "blocked_s": 1.0, "reason": "interval"},
+      {"event": "eval", "t": 35.5, "step": 5, "seconds": 0.5, "eval_loss": 1.0},
       {"event": "skipped", "t": 36.0, "step": 7},
       {"event": "progress", "t": 39.0, "step": 9, "steps": 4, "step_s": 4.0},
       {"event": "preempted", "t": 39.5, "step": 9},
@@ -46,10 +47,10 @@ def test_buckets_of_a_preempted_killed_and_resumed_run(tmp_path):
   assert s["productive_s"] == pytest.approx(10.0)
   assert s["redone_s"] == pytest.approx(2.0)          # steps 13-14 of start 2
   assert s["compile_s"] == pytest.approx(30.0) and s["startup_s"] == pytest.approx(20.0)
-  assert s["save_s"] == pytest.approx(1.0)
+  assert s["save_s"] == pytest.approx(1.0) and s["eval_s"] == pytest.approx(0.5)
   assert s["restart_gap_s"] == pytest.approx(10.0 + 6.0)   # 40 -> 50, 64 -> 70
   assert s["wall_s"] == pytest.approx(100.0) and s["goodput"] == pytest.approx(0.1)
-  assert s["unaccounted_s"] == pytest.approx(100 - 10 - 2 - 30 - 20 - 1 - 16 - 1)
+  assert s["unaccounted_s"] == pytest.approx(100 - 10 - 2 - 30 - 20 - 1 - 0.5 - 16 - 1)
   assert (s["starts"], s["preemptions"], s["fallbacks"]) == (3, 1, 1)
   text = goodput.format_summary(s)
   assert json.loads(text.splitlines()[-1]) == s and "goodput 10.0%" in text

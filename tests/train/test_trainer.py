@@ -24,6 +24,14 @@ def test_metrics_and_checkpoints(trained_run):
     for key in ("loss", "loss_video", "loss_audio", "grad_norm", "lr", "steps_per_sec"):
       assert np.isfinite(r[key]), key
     assert r["loss"] == pytest.approx(r["loss_video"] + r["loss_audio"], rel=1e-5)
+    # Throughput (perf/throughput.py); no MFU on CPU (no peak in the table).
+    assert r["tokens_per_sec"] > 0 and r["tflops_per_device"] > 0 and r["data_wait_s"] >= 0
+    assert "mfu" not in r
+    # The loss by timestep quartile: each a mean of examples' losses, null when no example
+    # of the logged interval drew a t there.
+    quartiles = [r[f"loss_t{q}"] for q in range(4)]
+    assert any(v is not None for v in quartiles)
+    assert all(v is None or v > 0 for v in quartiles)
   assert rows[0]["lr"] == 0.0 and rows[2]["lr"] == pytest.approx(config.optim.lr, rel=1e-5)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-2:] == ["2", "4"]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
