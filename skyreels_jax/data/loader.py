@@ -111,7 +111,8 @@ def bucket_sources(data_config, path: str | None = None
       else:
         found[sub] = (known[sub], shards)
   if not found:
-    raise ValueError(f"data.path={path!r} holds no ArrayRecord shards for this config's "
+    field = "data.path" if path == data_config.path else "data.eval_path"
+    raise ValueError(f"{field}={path!r} holds no ArrayRecord shards for this config's "
                      f"buckets {[b.name for b in buckets_lib.all_buckets(data_config)]}")
   return found
 
