@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import av
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
@@ -56,9 +57,7 @@ VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac")
 SIDECAR_EXTS = (".txt", ".json")   # captions: part of their media file, never inputs
-CAPTION_FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")
 CHUNKS_DIR = "_chunks"
-_TAG = re.compile(r"<(%s)>" % "|".join(CAPTION_FIELDS))
 
 log = logging.getLogger(__name__)
 
@@ -68,39 +67,6 @@ class SkipFile(Exception):
 
 
 # ---------------------------------------------------------------------------------- inputs
-
-
-def caption_from_fields(fields: dict[str, Any]) -> str:
-  """Structured caption from caption fields in SPEC order; empty fields are left out. A
-  lone `caption` string stands for the whole caption."""
-  parts = [f"<{k}>{str(fields[k]).strip()}</{k}>" for k in CAPTION_FIELDS
-           if fields.get(k) is not None and str(fields[k]).strip()]
-  if parts:
-    return "".join(parts)
-  return caption_from_text(str(fields.get("caption") or ""))
-
-
-def caption_from_text(text: str) -> str:
-  """Plain text becomes `<text>..</text>`; text that already has tags is kept as written."""
-  text = text.strip()
-  if not text or _TAG.search(text):
-    return text
-  return f"<text>{text}</text>"
-
-
-def sidecar_caption(media_path: str) -> str:
-  """The caption of `NAME.txt` or `NAME.json` next to the media file ("" when neither)."""
-  stem = os.path.splitext(media_path)[0]
-  if os.path.isfile(stem + ".json"):
-    with open(stem + ".json", encoding="utf-8") as f:
-      fields = json.load(f)
-    if not isinstance(fields, dict):
-      raise ValueError(f"{stem}.json: a caption sidecar must hold a JSON object")
-    return caption_from_fields(fields)
-  if os.path.isfile(stem + ".txt"):
-    with open(stem + ".txt", encoding="utf-8") as f:
-      return caption_from_text(f.read())
-  return ""
 
 
 def media_kind(path: str) -> str | None:
@@ -184,7 +150,7 @@ def list_inputs(src: str) -> list[dict[str, Any]]:
   for row in rows:
     if not row["caption"] and "error" not in row:
       try:
-        row["caption"] = sidecar_caption(row["path"])
+        row["caption"] = sidecars.sidecar_caption(row["path"])
       except (OSError, ValueError) as e:  # the file is skipped with this reason, not the run.
         row["error"] = f"bad caption sidecar: {_short(e)}"
     try:
@@ -213,7 +179,7 @@ def _manifest_rows(manifest: str) -> list[dict[str, Any]]:
       raise ValueError(f"{manifest} row {i + 1} has no `path` (or `target`)")
     rel = os.path.normpath(entry.get("path") or entry["target"])
     path = os.path.join(base, rel)
-    rows.append(dict(path=path, rel=rel, caption=caption_from_fields(entry),
+    rows.append(dict(path=path, rel=rel, caption=sidecars.caption_from_fields(entry),
                      **sidecars.manifest_fields(entry, base)))
   return rows
 
@@ -528,11 +494,15 @@ def build(src: str, out: str, data_config, *, workers: int = 1,
   log.info("%d inputs in %d chunks: %d done earlier, %d to do, %d worker(s)", len(inputs),
            len(chunks), len(chunks) - len(pending), len(pending), workers)
   results = _run(pending, workers)
+  bar = tqdm(total=sum(len(c) for _, c, _, _ in pending), unit="file", desc="build_records",
+             disable=None)   # a terminal only: off in logs and pipes
   for marker in results:
+    bar.update(len(marker["used"]) + len(marker["skipped"]))
     markers[marker["chunk"]] = marker
     log.info("%s: %d used, %d skipped, %d records in %.1f s", chunk_name(marker["chunk"]),
              len(marker["used"]), len(marker["skipped"]),
              sum(c["num_records"] for c in marker["buckets"].values()), marker["seconds"])
+  bar.close()
   _remove_unlisted_shards(out, markers)
   return write_index(out, geometry, list(markers.values()))
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from skyreels_jax.data import buckets, latents, records
 from skyreels_jax.data.loader import ClipPreprocessor
@@ -340,6 +341,8 @@ def encode_dataset(data_dir: str, out_dir: str, config, *, batch_size: int = 8,
     os.makedirs(out_dir, exist_ok=True)
     latents.write_null_text(out_dir, null[0][0], null[1][0])
   done = 0
+  bar = tqdm(total=len(jobs), initial=sum(j.path in index["shards"] for j in jobs),
+             unit="shard", desc="encode_latents", disable=None)   # a terminal only
   for job in jobs:
     if job.path in index["shards"]:
       continue
@@ -347,8 +350,11 @@ def encode_dataset(data_dir: str, out_dir: str, config, *, batch_size: int = 8,
     index["shards"][job.path] = stats = encode_shard(job, data_dir, out_dir, enc)
     done += 1
     _write_index(out_dir, index)
+    bar.update(1)
+    bar.set_postfix(records=index["num_records"], refresh=False)
     log(f"{job.path}: {stats['num_records']} records, {stats['bad_records']} bad, "
         f"{time.perf_counter() - start:.1f} s")
+  bar.close()
   index["complete"] = True
   _write_index(out_dir, index)
   log(f"encoded {done} of {len(jobs)} shards ({len(jobs) - done} already done): "

@@ -1,4 +1,4 @@
-"""Given-condition sidecars of build_records' inputs (data/records.py schema 3): masks,
+"""Captions (NAME.txt / NAME.json) and given-condition sidecars of build_records' inputs (data/records.py schema 3): masks,
 references, edit sources, instructions and audio masks, found beside a media file or named
 in a manifest, and read through exactly the input's geometry.
 
@@ -22,6 +22,7 @@ it is one PNG) frame count, else the input is skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -40,6 +41,41 @@ REF_EXTS = STILL_EXTS + VIDEO_EXTS
 _SIDECAR = re.compile(
     r"^(?P<stem>.+)\.(?P<what>mask|ref(?:\d+|[-_][^./]*)?)(?P<ext>\.[^.]+)?$")
 PATH_FIELDS = ("mask", "source_video", "references")
+CAPTION_FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")
+_TAG = re.compile(r"<(%s)>" % "|".join(CAPTION_FIELDS))
+
+
+def caption_from_fields(fields: dict[str, Any]) -> str:
+  """Structured caption from caption fields in SPEC order; empty fields are left out. A
+  lone `caption` string stands for the whole caption."""
+  parts = [f"<{k}>{str(fields[k]).strip()}</{k}>" for k in CAPTION_FIELDS
+           if fields.get(k) is not None and str(fields[k]).strip()]
+  if parts:
+    return "".join(parts)
+  return caption_from_text(str(fields.get("caption") or ""))
+
+
+def caption_from_text(text: str) -> str:
+  """Plain text becomes `<text>..</text>`; text that already has tags is kept as written."""
+  text = text.strip()
+  if not text or _TAG.search(text):
+    return text
+  return f"<text>{text}</text>"
+
+
+def sidecar_caption(media_path: str) -> str:
+  """The caption of `NAME.txt` or `NAME.json` next to the media file ("" when neither)."""
+  stem = os.path.splitext(media_path)[0]
+  if os.path.isfile(stem + ".json"):
+    with open(stem + ".json", encoding="utf-8") as f:
+      fields = json.load(f)
+    if not isinstance(fields, dict):
+      raise ValueError(f"{stem}.json: a caption sidecar must hold a JSON object")
+    return caption_from_fields(fields)
+  if os.path.isfile(stem + ".txt"):
+    with open(stem + ".txt", encoding="utf-8") as f:
+      return caption_from_text(f.read())
+  return ""
 
 
 def sidecar_of(name: str, is_dir: bool = False) -> tuple[str, str] | None:

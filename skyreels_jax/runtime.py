@@ -14,3 +14,18 @@ def setup_compilation_cache() -> None:
   base = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
   jax.config.update("jax_compilation_cache_dir", os.path.join(base, "skyreels_jax", "xla"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def route_logs(workdir: str, name: str) -> str:
+  """Library INFO logs (orbax, grain, absl, ours) go to WORKDIR/logs/<name>.<process>.log;
+  the console keeps warnings and errors (absl's stderr threshold). Returns the file. A
+  command line calls it once it knows its workdir, so a run's console shows progress, not
+  hundreds of checkpointing lines."""
+  from absl import flags, logging  # late: absl's handler exists once flags are parsed
+  folder = os.path.join(workdir, "logs")
+  os.makedirs(folder, exist_ok=True)
+  program = f"{name}.{jax.process_index()}"
+  logging.get_absl_handler().use_absl_log_file(program_name=program, log_dir=folder)
+  if flags.FLAGS.is_parsed():
+    flags.FLAGS.stderrthreshold = "warning"
+  return os.path.join(folder, f"{program}.INFO")

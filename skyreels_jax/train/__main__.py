@@ -57,6 +57,8 @@ def main(argv):
   from skyreels_jax.train.resume import ResumeError
   from skyreels_jax.train.trainer import RunHalted, train
   runtime.setup_compilation_cache()
+  # Library INFO logs (orbax, grain, absl) to WORKDIR/logs/; the console: warnings, the bar.
+  runtime.route_logs(_WORKDIR.value, "train")
   try:
     result = train(_CONFIG.value, _WORKDIR.value, restore_step=_RESTORE_STEP.value,
                    started_at=_STARTED_AT)

@@ -12,6 +12,7 @@ import time
 
 import jax
 from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 
 def json_float(value) -> float | None:
@@ -26,6 +27,7 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self.bar = None      # the train command's progress bar (console lines go to it)
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -63,7 +65,10 @@ class MetricsWriter:
     self._tb.flush()
     keys = scalars if shown is None else [k for k in shown if k in scalars]
     line = " ".join(f"{k}={float(scalars[k]):.4g}" for k in keys)
-    print(f"step {step}: {line}", file=sys.stdout, flush=True)
+    if self.bar is not None and not self.bar.disable:   # a terminal: the bar says it
+      self.bar.set_postfix_str(line[:120], refresh=True)
+      return
+    tqdm.write(f"step {step}: {line}", file=sys.stdout)
 
   @property
   def tensorboard(self):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from skyreels_jax.config import ConfigError, count_params, derive, hybrid_mesh_shape, validate
 from skyreels_jax.data import latents
@@ -226,7 +227,9 @@ def train(config, workdir: str, *, restore_step: int | None = None,
         state, _ = init_lib.initialize(config, state, mesh, axis_rules, workdir, say=_print)
     else:
       _print(f"resuming from checkpoint step {start}")
-    _print(describe(config, mesh, state["params"]))
+    summary = describe(config, mesh, state["params"]).splitlines()
+    _print("\n".join(summary[:2]))        # mesh and size; each group's sharding to the log
+    logging.info("parameter shardings:\n%s", "\n".join(summary[2:]))
 
     train_step = make_train_step(config, graphdef, codecs, tx, mcfg.use_audio)
     frozen, frozen_sharding = place_frozen(codecs, mesh, axis_rules)
@@ -376,6 +379,10 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
   t_ready = t_rate = t_acc = time.time()
   rate_steps, blocked_acc, interval_from = 0, 0.0, start + 1
   rate = _Rate(mesh.devices.flat[0].device_kind, mesh.devices.size)
+  # One progress bar (steps, ETA) on a terminal, process 0; off in logs and pipes.
+  bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+             disable=None if jax.process_index() == 0 else True)
+  writer.bar = bar
   first_profiled, last_profiled = tuple(config.train.profile_steps)
   profiling = False
   with jax.set_mesh(mesh):
@@ -389,6 +396,7 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
       rate.waited(time.time() - t_wait)
       state, metrics, cost = step_fn(state, batch)
       rate.stepped(cost, metrics.pop(LOSS_T_SUM), metrics.pop(LOSS_T_COUNT))
+      bar.update(1)
       done = step + 1
       loop.check_pending()
       loop.pending = (done, {k: metrics[k] for k in ("loss", "grad_norm", *_GUARD_KEYS)})
@@ -434,6 +442,7 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
         loop.save(done, state, "preemption", block=True)
         events.log("preempted", step=done, signal=watch.signal)
         events.log("exit", step=done, status="preempted")
+        bar.close()
         return {"step": done, **last, "preempted": True}
       reason = ("final" if done == total else "interval" if done % t.checkpoint_every == 0
                 else "time" if due else None)
@@ -441,5 +450,6 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
         loop.check_pending()   # never save past a run of skips that should halt
         loop.save(done, state, reason)
   loop.check_pending()
+  bar.close()
   events.log("exit", step=total, status="done")
   return {"step": total, **last, "preempted": False}

@@ -9,7 +9,7 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipelines import build_records
+from data_pipelines import build_records, sidecars
 from skyreels_jax.data import media as media_lib
 from skyreels_jax.data import records
 
@@ -167,8 +167,8 @@ def test_csv_manifest_and_caption_rules(tmp_path):
   assert [(r["rel"], r["caption"]) for r in rows] == [
       ("w.wav", "<singing>la la</singing>"), ("x/v.mp4", "<text>a dog</text><sfx>barks</sfx>")]
   assert rows[1]["path"] == str(tmp_path / "x" / "v.mp4")
-  assert build_records.caption_from_text("  plain  ") == "<text>plain</text>"
-  assert build_records.caption_from_text("<sfx>rain</sfx>") == "<sfx>rain</sfx>"
+  assert sidecars.caption_from_text("  plain  ") == "<text>plain</text>"
+  assert sidecars.caption_from_text("<sfx>rain</sfx>") == "<sfx>rain</sfx>"
   assert build_records.cut(20, [8]) == [(0, 8), (8, 8)]
   assert build_records.cut(23, [4, 8]) == [(0, 8), (8, 8), (16, 4)]
 

@@ -90,6 +90,13 @@ def test_sigterm_and_kills_lose_nothing(synthetic_data, long_run, tmp_path):
 
   # Every step logged exactly once; the parameters of an uninterrupted run.
   assert _logged_steps(workdir) == list(range(1, STEPS + 1)), moments
+  # A quiet console: library INFO logs (orbax's checkpointing) in WORKDIR/logs, not here.
+  out = open(log_path).read()
+  assert "checkpoint_manager.py" not in out and "orbax" not in out.lower()
+  logs = os.listdir(os.path.join(workdir, "logs"))
+  assert any(n.startswith("train.0.") and "INFO" in n for n in logs)
+  assert "checkpoint" in "".join(open(os.path.join(workdir, "logs", n)).read()
+                                 for n in logs if os.path.isfile(os.path.join(workdir, "logs", n)))
   reference, config = long_run
   assert config.train.steps == STEPS
   a, b = restore_train_state(workdir, config, STEPS), restore_train_state(reference, config,
