@@ -1,4 +1,6 @@
-"""`make demo`: synthetic data -> tiny training (fixed budget) -> sampling -> sync scores.
+"""`make demo`: synthetic data -> tiny training (fixed budget) -> sampling -> sync scores
+and the sample metrics (python -m skyreels_jax.sample.metrics: adherence, cleanliness,
+AV-Align, each beside real clips and random frames).
 
 Runs the same commands a user would (printed as they run), then prints the paths of the
 MP4s, the contact sheet and the loss curve, and the audio-video sync score of the samples
@@ -92,6 +94,8 @@ def main(argv):
   print("\n== audio-video sync (share of audio onsets within one frame of a visual bounce) ==")
   for name, r in _sync_scores(data, samples).items():
     print(f"{name:>22}: {r['mean']:.3f}  (n={r['n']})")
+  # Content scores and AV-Align beside real clips and random frames (sample/metrics.py).
+  _run(["skyreels_jax.sample.metrics", f"--samples={samples}", f"--reference={data}"])
 
 
 if __name__ == "__main__":
