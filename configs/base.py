@@ -187,6 +187,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.sample_num_steps = 0      # solver steps (0: sample.num_steps)
   # A jax.profiler trace of steps a..b (1-based, inclusive) into WORKDIR/profile/ ((0, 0): off).
   c.train.profile_steps = (0, 0)
+  # Weights & Biases beside TensorBoard (train/metrics.py): a project name turns it on;
+  # "offline" writes WORKDIR/wandb/ with no network (`wandb sync` uploads it later).
+  c.train.wandb_project = ""
+  c.train.wandb_mode = "online"
   # Start from another run's weights (train/init.py): a run directory; matched by name and
   # shape, the rest keeps its initialisation; step 0, fresh optimizer, schedule and data.
   c.train.init_from = ""

@@ -133,6 +133,8 @@ def _check_train(config) -> None:
   a, b = tuple(t.profile_steps) if len(t.profile_steps) == 2 else (-1, -1)
   _check((a, b) == (0, 0) or 1 <= a <= b, "train.profile_steps",
          "must be (first, last) steps with 1 <= first <= last, or (0, 0) (off)")
+  _check(t.wandb_mode in ("online", "offline"), "train.wandb_mode",
+         f"{t.wandb_mode!r} is not one of ['online', 'offline']")
   lo = t.lora
   _check(isinstance(lo.rank, int) and lo.rank >= 0, "train.lora.rank", "must be an int >= 0")
   if lo.rank:

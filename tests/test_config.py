@@ -74,6 +74,7 @@ BAD = {
     "sample_without_prompts": ({"train.sample_every": 5, "train.sample_prompts": ()},
                                "train.sample_prompts"),
     "profile_reversed": ({"train.profile_steps": (5, 2)}, "train.profile_steps"),
+    "wandb_mode": ({"train.wandb_mode": "disabled"}, "train.wandb_mode"),
     # HunyuanVideo's layout (issue 14): the refiner depth and the embedded guidance range.
     "text_refiner_layers_negative": ({"model.text_refiner_layers": -1},
                                      "model.text_refiner_layers"),

@@ -30,6 +30,7 @@ import os
 import sys
 
 from absl import app, flags
+from tqdm import tqdm
 
 from skyreels_jax.parallel import multihost
 from skyreels_jax.sample import export
@@ -296,6 +297,8 @@ def _main(argv):
   me, count = jax.process_index(), jax.process_count()
   os.makedirs(_OUT.value, exist_ok=True)
   written = []
+  # A bar over the prompts on a terminal (the solver's steps run inside one program).
+  bar = tqdm(total=len(rows), unit="prompt", desc="sample", disable=None if me == 0 else True)
   for start in range(0, len(rows), batch):
     chunk = rows[start:start + batch]
     padded = chunk + [chunk[-1]] * (batch - len(chunk))   # same shapes: one program
@@ -328,7 +331,9 @@ def _main(argv):
                              **dataclasses.asdict(refiner_settings), "seed": row["seed"]}
         json.dump(meta, f, indent=2)
       written.append((row["prompt"], out["video"][j]))
-      print(stem + ".mp4")
+      tqdm.write(stem + ".mp4")
+    bar.update(len(chunk))
+  bar.close()
   if written:
     sheet = os.path.join(_OUT.value, "contact_sheet.png" if count == 1
                          else f"contact_sheet_{me}.png")

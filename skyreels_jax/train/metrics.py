@@ -1,9 +1,11 @@
 """Run metrics: WORKDIR/metrics.jsonl (one JSON object per logged step; strict JSON, a
-non-finite value is null), TensorBoard events (tensorboardX, no TensorFlow) and a console
-line. Only process 0 writes."""
+non-finite value is null), TensorBoard events (tensorboardX, no TensorFlow), optionally
+Weights & Biases (train.wandb_project; one W&B run per workdir, resumed with it), and a
+console line or the progress bar. Only process 0 writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,16 +25,18 @@ def json_float(value) -> float | None:
 
 class MetricsWriter:
 
-  def __init__(self, workdir: str, *, resume_step: int = 0):
+  def __init__(self, workdir: str, *, resume_step: int = 0, config=None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
+    self._tb = self._wandb = None
     self.bar = None      # the train command's progress bar (console lines go to it)
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    if config is not None and config.train.wandb_project:
+      self._wandb = _start_wandb(workdir, config)
 
   def _truncate_after(self, step: int) -> None:
     """A run killed after its last checkpoint logged steps it will now redo: drop them."""
@@ -63,6 +67,9 @@ class MetricsWriter:
     for k, v in scalars.items():
       self._tb.add_scalar(f"{group}/{k}", float(v), int(step))
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({f"{group}/{k}": v for k, v in row.items()
+                       if k not in ("step", "time") and v is not None}, step=int(step))
     keys = scalars if shown is None else [k for k in shown if k in scalars]
     line = " ".join(f"{k}={float(scalars[k]):.4g}" for k in keys)
     if self.bar is not None and not self.bar.disable:   # a terminal: the bar says it
@@ -78,3 +85,18 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+
+def _start_wandb(workdir: str, config):
+  """The W&B run of this workdir: a stable id from its path, so a resumed run continues it
+  (W&B drops steps it already has); the config as W&B's config."""
+  import wandb  # late: optional logging, imported only when a project is set
+  os.environ.setdefault("WANDB_SILENT", "true")     # its banner would flood the console
+  workdir = os.path.abspath(workdir)
+  return wandb.init(project=config.train.wandb_project, mode=config.train.wandb_mode,
+                    dir=workdir, id=hashlib.sha1(workdir.encode()).hexdigest()[:16],
+                    name=os.path.basename(workdir), resume="allow",
+                    config=json.loads(config.to_json_best_effort()))

@@ -298,7 +298,7 @@ def train(config, workdir: str, *, restore_step: int | None = None,
       samples = TrainingSamples(config, workdir, mesh=mesh, codecs=sample_codecs,
                                 tokenizer=tokenizer, frozen=sample_frozen,
                                 lora_scale=lora_scale(config) if lora_on(config) else None)
-    writer = MetricsWriter(workdir, resume_step=start)
+    writer = MetricsWriter(workdir, resume_step=start, config=config)
     meta = {"config": json.loads(config.to_json_best_effort()),
             "model": mcfg.__class__.__name__, "data_shares": shares,
             "process_count": jax.process_count()}

@@ -1,7 +1,7 @@
 """Watching a run: validation during training (train/evaluate.py, data/split.py: a
 held-out split never trained on, a validation loss that is the same figure on one device
 and on a (2, 2, 2) mesh, and after a resume), samples during training (train/samples.py:
-the sampler's own output for the EMA weights), a profile."""
+the sampler's own output for the EMA weights), a profile, W&B offline."""
 
 import json
 import os
@@ -91,8 +91,14 @@ def test_validation_is_the_same_on_one_device_a_mesh_and_after_a_resume(data, tm
   config.train.sample_every = 4           # and samples of the final EMA weights
   config.train.sample_prompts = ("a red circle", "a blue square")
   config.train.sample_num_steps = 2
+  config.train.wandb_project, config.train.wandb_mode = "skyreels-test", "offline"
   mesh = str(tmp_path / "mesh")
   train(config, mesh)
+  # Weights & Biases, offline (no network): the run's file holds the train and eval series.
+  [record] = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(mesh, "wandb"))
+              for f in files if f.endswith(".wandb")]
+  data = open(record, "rb").read()
+  assert b"train/loss" in data and b"eval/eval_loss" in data and b"train/tokens_per_sec" in data
   traces = [f for _, _, files in os.walk(os.path.join(mesh, "profile")) for f in files
             if f.endswith(".xplane.pb")]
   assert len(traces) == 1
