@@ -17,26 +17,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest  # noqa: E402
 
 
-def train_on_one_device(module_file: str, config_fn: str, data_path: str, workdir: str):
-  """Trains `config_fn(data_path)` (a function of the test module `module_file`) in a child
-  process on ONE device into `workdir`, then returns a Sampler of it on one device: 8
-  simulated devices on 2 cores make each tiny step several times slower, and these results
-  do not depend on the mesh."""
+def train_in_child(module_file: str, config_fn: str, *runs: tuple) -> None:
+  """Trains `config_fn(*args)` (a function of the test module `module_file`) into each
+  workdir of `runs` ((workdir, *args) each, in order: a rerun resumes) in a child process
+  on ONE device: 8 simulated devices on 2 cores make each tiny step several times slower,
+  and these results do not depend on the mesh."""
   import subprocess
   import sys
-  import jax
-  from skyreels_jax.parallel.mesh import make_mesh
-  from skyreels_jax.sample.sampler import Sampler, load_run_config
   here, name = os.path.split(os.path.abspath(module_file))
   tests = os.path.dirname(os.path.abspath(__file__))
   code = (f"import sys; sys.path[:0] = [{here!r}, {tests!r}, {os.path.dirname(tests)!r}]\n"
           f"from {name[:-3]} import {config_fn}\n"
-          "from skyreels_jax.train.trainer import train\n"
-          f"train({config_fn}({data_path!r}), {workdir!r})\n")
+          "from skyreels_jax.train.trainer import train\n")
+  for workdir, *args in runs:
+    code += f"train({config_fn}(*{tuple(args)!r}), {workdir!r})\n"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                         timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def train_on_one_device(module_file: str, config_fn: str, data_path: str, workdir: str):
+  """train_in_child of `config_fn(data_path)`, then a Sampler of the run on one device."""
+  import jax
+  from skyreels_jax.parallel.mesh import make_mesh
+  from skyreels_jax.sample.sampler import Sampler, load_run_config
+  train_in_child(module_file, config_fn, (workdir, data_path))
   run_config = load_run_config(workdir)
   return Sampler(workdir, config=run_config,
                  mesh=make_mesh(run_config.mesh, devices=jax.devices()[:1]))

@@ -5,21 +5,17 @@ the sampler's own output for the EMA weights), a profile, W&B offline."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import small_run_config
+from conftest import small_run_config, train_in_child
 
 from data_pipelines.synthetic import geometry_from_config, write_dataset
 from skyreels_jax.data import loader, records, split
 from skyreels_jax.data.references import read_sources
 from skyreels_jax.tasks.examples import make_codecs
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(TESTS)
 FRACTION = 0.35
 
 
@@ -75,16 +71,7 @@ def test_validation_is_the_same_on_one_device_a_mesh_and_after_a_resume(data, tm
   4 steps uninterrupted on a (data 2, fsdp 2, tensor 2) mesh. The eval rows agree."""
   from skyreels_jax.train.trainer import train
   one = str(tmp_path / "one")
-  here = os.path.dirname(os.path.abspath(__file__))
-  code = (f"import sys; sys.path[:0] = [{here!r}, {TESTS!r}, {REPO!r}]\n"
-          "from test_evaluate import eval_config\n"
-          "from skyreels_jax.train.trainer import train\n"
-          f"train(eval_config({data!r}, 2), {one!r})\n"
-          f"train(eval_config({data!r}, 4), {one!r})\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=1200)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  train_in_child(__file__, "eval_config", (one, data, 2), (one, data, 4))
   config = eval_config(data)
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   config.train.profile_steps = (2, 3)     # and a profile of steps 2..3
