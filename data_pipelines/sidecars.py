@@ -146,30 +146,24 @@ def has_given(row: dict[str, Any]) -> bool:
 
 def video_given(row: dict[str, Any], sampler, size: tuple[int, int]) -> dict[str, Any]:
   """The row's mask (n or 1, H, W) keep, source_video (n, H, W, 3) and references
-  (N, H, W, 3) at the video's frames and `size`; ValueError with the reason."""
-  out = {}
-  frames = dict(source_size=sampler.source_size, num_source=sampler.seen)
-  if row.get("mask"):
-    out["mask"] = mask_keep(_named("mask", aligned_frames, row["mask"], sampler.picked, *size,
-                                   mode="L", **frames))
-  if row.get("source_video"):
-    if not os.path.isfile(row["source_video"]):
-      raise ValueError(f"source_video {row['source_video']}: file not found")
-    out["source_video"] = _named("source_video", aligned_frames, row["source_video"],
-                                 sampler.picked, *size, **frames)
-  out.update(_references(row, size))
-  return out
+  (N, H, W, 3) at the video's frames (its FrameSampler's picks) and `size`; ValueError with
+  the reason."""
+  return _given(row, sampler.picked, size, source_size=sampler.source_size,
+                num_source=sampler.seen)
 
 
 def image_given(row: dict[str, Any], image: "Image.Image", size) -> dict[str, Any]:
   """The given fields of an image input (one frame)."""
+  return _given(row, [0], size, source_size=(image.height, image.width), num_source=1)
+
+
+def _given(row: dict[str, Any], picked: list[int], size, **frames) -> dict[str, Any]:
   out = {}
-  frames = dict(source_size=(image.height, image.width), num_source=1)
   if row.get("mask"):
-    out["mask"] = mask_keep(_named("mask", aligned_frames, row["mask"], [0], *size, mode="L",
-                                   **frames))
+    out["mask"] = mask_keep(_named("mask", aligned_frames, row["mask"], picked, *size,
+                                   mode="L", **frames))
   if row.get("source_video"):
-    out["source_video"] = _named("source_video", aligned_frames, row["source_video"], [0],
+    out["source_video"] = _named("source_video", aligned_frames, row["source_video"], picked,
                                  *size, **frames)
   out.update(_references(row, size))
   return out

@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skyreels_jax.data.given import TASK_FIELDS
+
 GIVEN_TASKS = ("inpaint_given", "edit_pair", "ref_inpaint")
 AUDIO_GIVEN_TASKS = ("a_inpaint_given",)
-# The record fields (as loader flags has_*) each task needs.
-NEEDS = {"inpaint_given": ("has_mask",), "edit_pair": ("has_mask", "has_source"),
-         "ref_inpaint": ("has_mask", "has_refs"), "a_inpaint_given": ("has_audio_mask",)}
+# The loader flags (has_*) of the record fields each task needs (data/given.TASK_FIELDS).
+NEEDS = {task: tuple(f"has_{f}" for f in fields) for task, fields in TASK_FIELDS.items()}
 EDIT_PROMPTS = ("instruction", "append")
 
 

@@ -36,13 +36,14 @@ def eval_tasks(config) -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class Evaluator:
-  """Scores params on the held-out batches. `datasets()`: {bucket: finite dataset} of this
-  process's blocks (made anew per evaluation: the same batches every time); `frozen_args`:
+  """Scores params on the held-out batches. `datasets`: {bucket: finite dataset} of this
+  process's blocks (each evaluation iterates them anew: the same batches every time; the
+  split is read once); `frozen_args`:
   batch -> (frozen weights and empties, their shardings) as the train step takes them;
   `to_global`: a process-local batch -> global arrays."""
   config: Any
   loss_fn: Callable
-  datasets: Callable[[], dict]
+  datasets: dict
   frozen_args: Callable[[dict], tuple[dict, dict]]
   to_global: Callable[[dict], dict]
   params_sharding: Any
@@ -53,7 +54,7 @@ class Evaluator:
   def __call__(self, params) -> dict[str, float]:
     sums: dict[str, float] = {}
     batches = 0
-    for _, dataset in sorted(self.datasets().items()):
+    for _, dataset in sorted(self.datasets.items()):
       for batch in dataset:
         batch = {k: v for k, v in batch.items() if k != "bad_records"}
         out = jax.device_get(self._fn(batch)(params, self.to_global(batch),

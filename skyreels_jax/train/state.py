@@ -202,6 +202,8 @@ def make_train_step(config, graphdef, codecs: Codecs, tx, use_audio: bool) -> Ca
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: e * ema_decay + (1.0 - ema_decay) * p, state["ema"], params)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    # A skipped step's per-example losses add nothing to the loss by timestep quartile.
+    parts = dict(parts, **{k: jnp.where(ok, parts[k], 0.0) for k in (LOSS_T_SUM, LOSS_T_COUNT)})
     metrics = {"loss": loss, **parts, "grad_norm": grad_norm,
                "lr": schedule(state["step"] - state["guard"]["skipped"]),
                "skipped_steps": guard["skipped"], "consecutive_skips": guard["consecutive"]}

@@ -280,13 +280,8 @@ def train(config, workdir: str, *, restore_step: int | None = None,
       except ValueError as e:
         raise ConfigError("data.eval_path" if config.data.eval_path else "data.eval_fraction",
                           str(e)) from None
-      first = [eval_sets]    # the first evaluation uses the sets checked here
       evaluator = Evaluator(
-          config, make_loss_fn(config, graphdef, codecs, mcfg.use_audio),
-          lambda: first.pop() if first else make_eval_datasets(
-              config.data, tokenizer=tokenizer, global_batch_size=config.data.batch_size,
-              seed=config.seed, process_index=share, process_count=shares,
-              max_batches=config.train.eval_batches, **latent_kw),
+          config, make_loss_fn(config, graphdef, codecs, mcfg.use_audio), eval_sets,
           frozen_args, lambda b: _global_batch(b, mesh, axis_rules), shardings["params"],
           mesh, axis_rules)
     samples = None
@@ -348,9 +343,8 @@ class _Rate:
     self.tokens += cost["tokens"]
     self.flops += cost["flops"]
     self.steps += 1
-    # Added up on the device (no host sync per step); a skipped step's NaN adds nothing.
-    ok = jnp.all(jnp.isfinite(loss_t_sum))
-    add = (jnp.where(ok, loss_t_sum, 0.0), jnp.where(ok, loss_t_count, 0.0))
+    # Added up on the device (no host sync per step; a skipped step's are zeros already).
+    add = (loss_t_sum, loss_t_count)
     self.loss_t = add if self.loss_t is None else jax.tree.map(jnp.add, self.loss_t, add)
 
   def report(self, seconds: float) -> dict:
