@@ -138,6 +138,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (diffusion/flow_matching.resolution_shift). sample.shift_mode mirrors it at sampling.
   c.flow.shift_mode = "fixed"
   c.flow.shift_base_tokens = 4096
+  # What the network outputs per stream: velocity (z0 - eps; HunyuanVideo, Wan) or data (z0,
+  # x-prediction: for pixel-space latents as wide as the model, configs/tiny.py's video).
+  c.flow.video_prediction = "velocity"
+  c.flow.audio_prediction = "velocity"
   c.flow.video_loss_weight = 1.0
   # model.guidance_embed (HunyuanVideo's guidance-distilled embedding): the scale fed to it in
   # training, uniform in (min, max) per example (equal: fixed); sampling uses

@@ -19,20 +19,17 @@ commands. Exit status: 0 done (or submitted), 2 a usage error, else the failing 
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 import subprocess
 import sys
 
-from launch import cli
+from launch import cli, overrides
 
 BACKENDS = ("local", "slurm", "tpu_pod")
 ORDER = ("1", "2", "3", "4", "5", "6", "audio", "joint", "sft1", "sft2")
 
 
-class UsageError(ValueError):
-  pass
+UsageError = overrides.UsageError
 
 
 def parse_steps(text: str, stages: list[str]) -> dict[str, int]:
@@ -68,23 +65,7 @@ def stage_config(args: list[str]):
   """The config a stage's train command builds: the stage file plus its `--config.*` flags."""
   from configs import stages  # pylint: disable=g-import-not-at-top
   spec = next(a for a in args if a.startswith("--config=")).split(":", 1)[1]
-  config = stages.get_config(spec)
-  for a in args:
-    m = re.fullmatch(r"--config\.([\w.]+)=(.*)", a)
-    if not m:
-      continue
-    *parents, leaf = m.group(1).split(".")
-    section = config
-    for p in parents:
-      section = section[p]
-    old = section[leaf]
-    try:
-      value = type(old)(m.group(2)) if isinstance(old, (str, int, float)) and not isinstance(
-          old, bool) else ast.literal_eval(m.group(2))
-    except (ValueError, SyntaxError) as e:
-      raise UsageError(f"{a}: {e}") from None
-    section[leaf] = value
-  return config
+  return overrides.apply_flags(stages.get_config(spec), args)
 
 
 def _earlier(root: str, stage: str) -> str | None:

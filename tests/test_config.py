@@ -57,6 +57,7 @@ BAD = {
     "unknown_solver": ({"sample.solver": "rk4"}, "sample.solver"),
     "unknown_timestep_sampling": ({"flow.timestep_sampling": "cosine"},
                                   "flow.timestep_sampling"),
+    "unknown_prediction": ({"flow.audio_prediction": "eps"}, "flow.audio_prediction"),
     "unknown_video_ae": ({"video_ae.kind": "vqgan"}, "video_ae.kind"),
     "unknown_audio_task": ({"data.audio_tasks.a_remix": 1.0}, "data.audio_tasks"),
     "zero_audio_task_weights": ({"data.audio_tasks.none": 0.0}, "data.audio_tasks"),

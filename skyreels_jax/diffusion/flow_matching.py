@@ -7,6 +7,16 @@ The network's timestep input is the noise level in diffusers/HunyuanVideo units,
 `model_timestep(t) = 1000 * (1 - t)`, so a pretrained HunyuanVideo branch sees what it saw
 in pretraining. Timesteps are drawn as a noise level sigma (uniform or logit-normal), then
 shifted (SD3/Wan): sigma' = shift * sigma / (1 + (shift - 1) * sigma); shift > 1 means noisier.
+
+What the network outputs, per stream (`flow.video_prediction`, `flow.audio_prediction`): the
+velocity itself, or the clean data z0
+("data", x-prediction: Li & He 2025, "Back to Basics: Let Denoising Generative Models
+Denoise"), turned into the velocity it implies by `velocity_from` before the loss, the
+guidance and the solver, so everything downstream sees a velocity either way. x-prediction is
+for pixel-space latents whose tokens are as wide as the model: the clean clip lies on a low-
+dimensional manifold a narrow head can reach, the noise in a velocity does not. Not for
+sound whose phase the prompt leaves open (the tiny tones): the data estimate of a random-phase
+tone averages to silence, and so does the sample.
 """
 
 from __future__ import annotations
@@ -18,6 +28,10 @@ from skyreels_jax.core import check
 
 SAMPLERS = ("uniform", "logit_normal")
 SHIFT_MODES = ("fixed", "auto")
+PREDICTIONS = ("velocity", "data")
+# x-prediction's velocity divides by 1 - t; below this gap the divisor is held (the loss
+# weight 1 / (1 - t)^2 stops at 400 and a solver step at t = 1 stays finite), as in Li & He.
+DATA_MIN_GAP = 0.05
 
 
 def model_timestep(t: jax.Array) -> jax.Array:
@@ -89,6 +103,18 @@ def predict_data(z_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
   return z_t + (1.0 - _bcast(t, z_t)) * v
 
 
+def velocity_from(pred: jax.Array, z_t: jax.Array, t: jax.Array, prediction: str) -> jax.Array:
+  """The velocity a network output stands for at state z_t, time t (B,) or scalar.
+  data: v = (z0_hat - z_t) / (1 - t), since z_t = t z0 + (1 - t) eps gives
+  z0 - eps = (z0 - z_t) / (1 - t); 1 - t held at DATA_MIN_GAP or more."""
+  if prediction == "velocity":
+    return pred
+  if prediction != "data":
+    raise ValueError(f"prediction={prediction!r}: choose one of {PREDICTIONS}")
+  gap = jnp.maximum(1.0 - _bcast(jnp.asarray(t, jnp.float32), z_t), DATA_MIN_GAP)
+  return ((pred.astype(jnp.float32) - z_t.astype(jnp.float32)) / gap).astype(pred.dtype)
+
+
 def masked_mse(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array:
   """Mean squared error over the positions to generate (keep == 0) of each example, summed
   over the examples and divided by the batch size; `keep` broadcasts against pred (1 = no
@@ -112,12 +138,23 @@ def flow_matching_loss(*, video_pred, video_z0, video_eps, video_keep, audio_pre
                        video_weight: float = 1.0, audio_weight: float = 1.0,
                        keyframe_pred=None, keyframe_z0=None, keyframe_eps=None,
                        keyframe_keep=None, keyframe_weight: float = 1.0,
-                       return_per_example: bool = False):
+                       return_per_example: bool = False, t=None,
+                       video_prediction: str = "velocity", audio_prediction: str = "velocity"):
   """Weighted sum of the masked velocity losses of both streams (and the cascade base's
   high-res keyframes, when given). References never reach here: the model returns
   predictions for the noisy tokens only. return_per_example: parts also holds
-  "per_example" (B,), each example's weighted loss (the loss is their mean)."""
+  "per_example" (B,), each example's weighted loss (the loss is their mean).
+  A stream predicting "data" (the keyframes follow the video) has its z0 estimates turned
+  into their velocities at each example's time `t` (B,) (velocity_from): the loss is still
+  the velocity's."""
   b = video_pred.shape[0]
+  as_v = lambda pred, z0, eps, kind: velocity_from(pred, noisy(z0, eps, t), t, kind)
+  if video_prediction != "velocity":
+    video_pred = as_v(video_pred, video_z0, video_eps, video_prediction)
+    if keyframe_pred is not None:
+      keyframe_pred = as_v(keyframe_pred, keyframe_z0, keyframe_eps, video_prediction)
+  if audio_pred is not None and audio_prediction != "velocity":
+    audio_pred = as_v(audio_pred, audio_z0, audio_eps, audio_prediction)
   per_v = per_example_mse(video_pred, velocity_target(video_z0, video_eps), video_keep)
   per_a = jnp.zeros((b,), jnp.float32)
   if audio_pred is not None:
@@ -142,6 +179,10 @@ def check_config(config) -> None:
   check(f.shift > 0, "flow.shift", "must be positive")
   check(f.shift_mode in SHIFT_MODES, "flow.shift_mode",
         f"{f.shift_mode!r} is not one of {sorted(SHIFT_MODES)}")
+  for stream in ("video", "audio"):
+    kind = f[f"{stream}_prediction"]
+    check(kind in PREDICTIONS, f"flow.{stream}_prediction",
+          f"{kind!r} is not one of {sorted(PREDICTIONS)}")
   check(f.shift_base_tokens >= 1, "flow.shift_base_tokens", "must be >= 1")
   lo_hi = tuple(f.embedded_guidance)
   check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], "flow.embedded_guidance",

@@ -184,6 +184,8 @@ class Sampler:
     eps_a = z_a
 
     on_path = lambda z, cond, eps, kept, t: jnp.where(kept, fm.noisy(cond, eps, t), z)
+    as_v = lambda out, z, t, stream: fm.velocity_from(out, two(z), t,
+                                                     self.config.flow[f"{stream}_prediction"])
     path_velocity = lambda v, cond, eps, kept: jnp.where(kept, fm.velocity_target(cond, eps), v)
 
     def velocity(z, t):
@@ -199,6 +201,9 @@ class Sampler:
       if zk is not None:
         inputs["keyframes"] = two(channel_concat(zk, empty_k, jnp.zeros(zk.shape[:-1] + (1,))))
       v, a, *k = model(text=text, text_mask=tmask, **inputs)
+      v = as_v(v, zv, t, "video")
+      a = as_v(a, za, t, "audio") if za is not None else a
+      k = [as_v(k[0], zk, t, "video")] if zk is not None else k   # keyframes: video's
       v = path_velocity(guide(v[:b], v[b:], video_guidance), c["cond_video"], eps_v,
                         kept_v)
       a = (path_velocity(guide(a[:b], a[b:], audio_guidance), c["cond_audio"],

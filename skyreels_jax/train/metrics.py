@@ -64,8 +64,9 @@ class MetricsWriter:
            "time": time.time()}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
-    for k, v in scalars.items():
-      self._tb.add_scalar(f"{group}/{k}", float(v), int(step))
+    for k, v in row.items():   # non-finite values (null in the row) are left out, as in W&B
+      if k not in ("step", "time") and v is not None:
+        self._tb.add_scalar(f"{group}/{k}", v, int(step))
     self._tb.flush()
     if self._wandb is not None:
       self._wandb.log({f"{group}/{k}": v for k, v in row.items()

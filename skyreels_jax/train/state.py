@@ -148,7 +148,8 @@ def make_loss_fn(config, graphdef, codecs: Codecs, use_audio: bool) -> Callable:
         video_keep=terms["video_keep"], audio_pred=a_pred, audio_z0=terms["audio_z0"],
         audio_eps=terms["audio_eps"], audio_keep=terms["audio_keep"],
         video_weight=fcfg.video_loss_weight, audio_weight=fcfg.audio_loss_weight,
-        return_per_example=True, **keyframes)
+        return_per_example=True, t=terms["t"], video_prediction=fcfg.video_prediction,
+        audio_prediction=fcfg.audio_prediction, **keyframes)
     if "task_fallbacks" in terms:   # data-given tasks whose record lacked a field
       parts = dict(parts, task_fallbacks=terms["task_fallbacks"])
     # The loss by timestep quartile (t in [q/4, (q+1)/4)): sums and counts, which the loop

@@ -106,6 +106,41 @@ def test_flow_matching_loss_weights_both_streams():
   np.testing.assert_allclose(parts_e["per_example"], want, rtol=1e-5)
 
 
+# --- x-prediction (flow.video_prediction / audio_prediction = "data").
+
+def test_velocity_from_data_is_the_velocity_of_the_true_data():
+  z0, eps = normal(20, (3, 4, 2)), normal(21, (3, 4, 2))
+  t = jnp.array([0.0, 0.5, 0.9])
+  z_t = fm.noisy(z0, eps, t)
+  np.testing.assert_allclose(fm.velocity_from(z0, z_t, t, "data"), z0 - eps, atol=1e-5)
+  np.testing.assert_array_equal(fm.velocity_from(eps, z_t, t, "velocity"), eps)
+  # At t = 1 (Heun's last evaluation) the divisor is held at DATA_MIN_GAP: finite.
+  v1 = fm.velocity_from(z0 + 1.0, z0, jnp.ones((3,)), "data")
+  np.testing.assert_allclose(v1, np.full(z0.shape, 1.0 / fm.DATA_MIN_GAP), rtol=1e-6)
+  with pytest.raises(ValueError, match="prediction='eps'"):
+    fm.velocity_from(z0, z_t, t, "eps")
+
+
+def test_data_prediction_loss_is_the_velocity_loss_of_its_implied_velocity():
+  z0, eps, pred = (normal(s, (2, 3, 2, 2, 4)) for s in (22, 23, 24))
+  az0, aeps, apred = (normal(s, (2, 5, 3)) for s in (25, 26, 27))
+  keep, akeep = np.zeros((2, 3, 2, 2, 1), np.float32), np.zeros((2, 5, 1), np.float32)
+  t = np.array([0.2, 0.7], np.float32)
+  streams = dict(video_z0=z0, video_eps=eps, video_keep=keep, audio_z0=az0, audio_eps=aeps,
+                 audio_keep=akeep, t=t)
+  _, parts = fm.flow_matching_loss(video_pred=pred, audio_pred=apred, **streams,
+                                   video_prediction="data")
+  # v - v_hat = (z0 - z0_hat) / (1 - t): the data error weighted by 1 / (1 - t)^2.
+  want = np.mean([((pred[i] - z0[i]) ** 2).mean() / (1 - t[i]) ** 2 for i in range(2)])
+  np.testing.assert_allclose(parts["loss_video"], want, rtol=1e-4)
+  # The audio stream keeps its own (velocity) prediction.
+  np.testing.assert_allclose(parts["loss_audio"], ((apred - (az0 - aeps)) ** 2).mean(),
+                             rtol=1e-5)
+  perfect, _ = fm.flow_matching_loss(video_pred=z0, audio_pred=az0, **streams,
+                                     video_prediction="data", audio_prediction="data")
+  assert float(perfect) < 1e-10
+
+
 # --- Timesteps.
 
 @pytest.mark.parametrize("sampling", fm.SAMPLERS)

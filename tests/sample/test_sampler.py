@@ -139,3 +139,23 @@ def test_auto_shift_at_sampling_uses_the_training_rule(trained_run):
   want = 1.5 * (tokens / config.flow.shift_base_tokens) ** 0.5
   assert sampler.settings().shift == pytest.approx(want) and want != 1.5
   assert sampler.settings(shift=2.0).shift == 2.0      # an explicit shift wins
+
+
+def test_data_prediction_samples_are_the_models_data_estimate(trained_run):
+  """flow.*_prediction = "data": the sampler turns the network's output into its velocity for
+  every stream. A model whose every weight is 0 outputs 0; read as data, the solver lands on
+  it exactly (each step's gap 1 / 3 is above DATA_MIN_GAP), read as a velocity it leaves the
+  starting noise where it was."""
+  workdir, _, _ = trained_run
+  out = {}
+  for prediction in fm.PREDICTIONS:
+    config = load_run_config(workdir)
+    config.flow.video_prediction = config.flow.audio_prediction = prediction
+    s = Sampler(workdir, config=config)
+    s.params = jax.tree.map(np.zeros_like, s.params)
+    out[prediction] = s.generate(["a red circle"], settings=s.settings(seed=0))
+  data, velocity = out["data"], out["velocity"]
+  np.testing.assert_allclose(data["video_latent"], 0.0, atol=1e-5)
+  np.testing.assert_allclose(data["audio_latent"], 0.0, atol=1e-5)
+  assert np.abs(velocity["video_latent"]).mean() > 0.5
+  assert np.abs(velocity["audio_latent"]).mean() > 0.5

@@ -1,0 +1,161 @@
+"""`python -m launch.sweep --summarize --root=DIR`: one row per run of ROOT/sweep.json.
+
+Columns: the run's name and overrides, its state (done / running / failed: the error's last
+line / pending), its last step, final and best training loss, the last and best eval_loss
+(with eval_loss_video, eval_loss_audio) where the run validates, and its mean steps/s. Written
+as a markdown table (stdout), ROOT/summary.csv and ROOT/summary.png (every run's training
+loss, and its eval_loss dashed, against the step).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+
+from launch.overrides import UsageError
+from skyreels_jax.train.plots import read_metrics
+
+COLUMNS = ("run", "state", "step", "final_loss", "best_loss", "eval_loss", "best_eval_loss",
+           "eval_loss_video", "eval_loss_audio", "steps_per_sec")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except (OSError, ProcessLookupError):
+    return False
+  try:   # a zombie (finished, not yet reaped) is not running
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except OSError:
+    return True
+
+
+def last_error_line(workdir: str) -> str:
+  """The last line of the run's console log that names an error (else its last line)."""
+  path = os.path.join(workdir, "sweep.log")
+  if not os.path.exists(path):
+    return ""
+  with open(path, errors="replace") as f:
+    lines = [line.strip() for line in f if line.strip()]
+  errors = [line for line in lines if "error" in line.lower() or "exception" in line.lower()]
+  return (errors or lines or [""])[-1][:200]
+
+
+def run_state(workdir: str, steps: int, last_step: int) -> str:
+  from skyreels_jax.weights import runs  # late: imports jax
+  if runs.newest_step_on_disk(workdir) >= steps:
+    return "done"
+  pid_file = os.path.join(workdir, "pid.json")
+  status_file = os.path.join(workdir, "status.json")
+  if os.path.exists(status_file):
+    with open(status_file) as f:
+      code = json.load(f).get("returncode")
+    if code not in (0, None):
+      return f"failed (exit {code}): {last_error_line(workdir)}"
+  if os.path.exists(pid_file) and not os.path.exists(status_file):
+    with open(pid_file) as f:
+      if _alive(int(json.load(f)["pid"])):
+        return "running"
+  return "interrupted" if last_step > 0 else "pending"
+
+
+def summarize_run(root: str, run: dict) -> tuple[dict, list[dict]]:
+  workdir = os.path.join(root, run["name"])
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = read_metrics(path) if os.path.exists(path) else []   # torn last lines skipped
+  train = [r for r in rows if isinstance(r.get("loss"), (int, float))]
+  evals = [r for r in rows if isinstance(r.get("eval_loss"), (int, float))]
+  rates = [r["steps_per_sec"] for r in train if isinstance(r.get("steps_per_sec"), (int, float))]
+  last_step = max((int(r.get("step", 0)) for r in rows), default=0)
+  out = {"run": run["name"], **{f"config.{k}": v for k, v in run["overrides"].items()},
+         "state": run_state(workdir, run["steps"], last_step), "step": last_step}
+  if train:
+    out["final_loss"] = train[-1]["loss"]
+    out["best_loss"] = min(r["loss"] for r in train)
+  if evals:
+    out["eval_loss"] = evals[-1]["eval_loss"]
+    out["best_eval_loss"] = min(r["eval_loss"] for r in evals)
+    for k in ("eval_loss_video", "eval_loss_audio"):
+      if k in evals[-1]:
+        out[k] = evals[-1][k]
+  if rates:
+    out["steps_per_sec"] = sum(rates) / len(rates)
+  return out, rows
+
+
+def _cell(v) -> str:
+  if isinstance(v, float):
+    return "nan" if math.isnan(v) else f"{v:.4g}"
+  return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def plot(path: str, curves: dict[str, list[dict]]) -> None:
+  from matplotlib.figure import Figure  # late: heavy, only to plot
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # late: see above
+  fig = Figure(figsize=(9, 5.5), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  for i, (name, rows) in enumerate(curves.items()):
+    colour = f"C{i % 10}"
+    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+    evals = [(r["step"], r["eval_loss"]) for r in rows
+             if isinstance(r.get("eval_loss"), (int, float))]
+    if train:
+      ax.plot(*zip(*train), color=colour, label=name)
+    if evals:
+      ax.plot(*zip(*evals), color=colour, linestyle="--", marker="o", markersize=3,
+              label=f"{name} (eval)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.set_yscale("log")
+  ax.grid(alpha=0.3)
+  if curves:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def main(root: str, metric: str | None) -> int:
+  path = os.path.join(root, "sweep.json")
+  if not os.path.exists(path):
+    raise UsageError(f"--root={root}: no sweep.json (launch the sweep first)")
+  with open(path) as f:
+    sweep = json.load(f)
+  rows, curves = [], {}
+  for run in sweep["runs"]:
+    row, metrics = summarize_run(root, run)
+    rows.append(row)
+    curves[run["name"]] = metrics
+  keys = [k for r in rows for k in r if k.startswith("config.")]
+  overrides = list(dict.fromkeys(keys))
+  columns = ["run", *overrides, *[c for c in COLUMNS[1:] if any(c in r for r in rows)]]
+  if metric is None:
+    metric = "eval_loss" if any("eval_loss" in r for r in rows) else "final_loss"
+  if metric not in columns:
+    raise UsageError(f"--metric={metric}: not a column of this sweep ({', '.join(columns)})")
+  print(table(rows, columns))
+  with open(os.path.join(root, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  plot(os.path.join(root, "summary.png"), curves)
+  scored = [r for r in rows if isinstance(r.get(metric), (int, float))
+            and not math.isnan(r[metric])]
+  if scored:
+    best = min(scored, key=lambda r: r[metric])
+    print(f"\nbest by {metric}: {best['run']} ({metric}={best[metric]:.4g})")
+  else:
+    print(f"\nno run has {metric} yet")
+  print(f"wrote {os.path.join(root, 'summary.csv')} and {os.path.join(root, 'summary.png')}")
+  sys.stdout.flush()
+  return 0
