@@ -68,11 +68,13 @@ def load_sweep(path: str) -> tuple[str, list[dict]]:
   return base, [dict(r) for r in runs]
 
 
-def run_name(run: dict) -> str:
-  """"lr=0.001,warmup_steps=10-3f2a9c": the overrides' last key parts and values, then a
-  hash of the whole overrides (two runs never share a folder)."""
+def run_name(run: dict, keys=None) -> str:
+  """"lr=0.001,warmup_steps=10-3f2a9c": the last key part and value of the overrides in
+  `keys` (default all; a sweep passes those that vary between its runs), then a hash of the
+  whole overrides (two runs never share a folder)."""
   digest = hashlib.sha1(json.dumps(run, sort_keys=True, default=repr).encode()).hexdigest()[:6]
-  parts = [f"{k.rsplit('.', 1)[-1]}={overrides.flag_value(v)}" for k, v in run.items()]
+  parts = [f"{k.rsplit('.', 1)[-1]}={overrides.flag_value(v)}" for k, v in run.items()
+           if keys is None or k in keys]
   readable = re.sub(r"[^A-Za-z0-9._=,+-]", "", ",".join(parts))[:80]
   return f"{readable}-{digest}" if readable else digest
 
@@ -82,8 +84,11 @@ def plan(sweep_path: str, root: str, extra: list[str]) -> tuple[str, list[dict]]
   from skyreels_jax.config import ConfigError, validate  # late: jax, only once flags parsed
   base, runs = load_sweep(sweep_path)
   out, names = [], set()
+  keys = dict.fromkeys(k for r in runs for k in r)
+  varying = {k for k in keys
+             if len({json.dumps(r.get(k), default=repr) for r in runs}) > 1} or set(keys)
   for i, run in enumerate(runs):
-    name = run_name(run)
+    name = run_name(run, varying)
     where = f"run {i} ({name})"
     try:
       config = overrides.load(base)
@@ -199,7 +204,8 @@ def run_local(runs: list[dict], parallel: int) -> int:
         del active[slot]
         _write_json(os.path.join(run["workdir"], "status.json"),
                     {"returncode": proc.returncode, "finished": time.time()})
-        state = "done" if proc.returncode == 0 else f"exit {proc.returncode}"
+        state = ("done" if proc.returncode == 0 else "stopped at a checkpoint (exit 75); "
+                 "rerun to resume" if proc.returncode == 75 else f"exit {proc.returncode}")
         print(f"{run['name']}: {state}", flush=True)
         if proc.returncode != 0:
           failed = failed or proc.returncode

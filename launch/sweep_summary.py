@@ -15,8 +15,10 @@ import math
 import os
 import sys
 
+import numpy as np
+
 from launch.overrides import UsageError
-from skyreels_jax.train.plots import read_metrics
+from skyreels_jax.train.plots import read_metrics, smooth
 
 COLUMNS = ("run", "state", "step", "final_loss", "best_loss", "eval_loss", "best_eval_loss",
            "eval_loss_video", "eval_loss_audio", "steps_per_sec")
@@ -45,22 +47,26 @@ def last_error_line(workdir: str) -> str:
   return (errors or lines or [""])[-1][:200]
 
 
-def run_state(workdir: str, steps: int, last_step: int) -> str:
-  from skyreels_jax.weights import runs  # late: imports jax
-  if runs.newest_step_on_disk(workdir) >= steps:
+EXIT_PREEMPTED = 75   # skyreels_jax/train/preemption.py: saved, stopped; a rerun resumes
+
+
+def run_state(workdir: str, steps: int, saved: int, last_step: int) -> str:
+  if saved >= steps:       # what the sweep's rerun skips
     return "done"
   pid_file = os.path.join(workdir, "pid.json")
   status_file = os.path.join(workdir, "status.json")
   if os.path.exists(status_file):
     with open(status_file) as f:
       code = json.load(f).get("returncode")
+    if code == EXIT_PREEMPTED:
+      return "interrupted (stopped at a checkpoint; a rerun resumes)"
     if code not in (0, None):
       return f"failed (exit {code}): {last_error_line(workdir)}"
   if os.path.exists(pid_file) and not os.path.exists(status_file):
     with open(pid_file) as f:
       if _alive(int(json.load(f)["pid"])):
         return "running"
-  return "interrupted" if last_step > 0 else "pending"
+  return "interrupted (a rerun resumes)" if last_step > 0 else "pending"
 
 
 def summarize_run(root: str, run: dict) -> tuple[dict, list[dict]]:
@@ -70,9 +76,12 @@ def summarize_run(root: str, run: dict) -> tuple[dict, list[dict]]:
   train = [r for r in rows if isinstance(r.get("loss"), (int, float))]
   evals = [r for r in rows if isinstance(r.get("eval_loss"), (int, float))]
   rates = [r["steps_per_sec"] for r in train if isinstance(r.get("steps_per_sec"), (int, float))]
-  last_step = max((int(r.get("step", 0)) for r in rows), default=0)
+  from skyreels_jax.weights import runs  # late: imports jax
+  # The newest of the last logged step and the last saved one (a run stopped between logs).
+  saved = runs.newest_step_on_disk(workdir)
+  last_step = max([int(r.get("step", 0)) for r in rows] + [saved, 0])
   out = {"run": run["name"], **{f"config.{k}": v for k, v in run["overrides"].items()},
-         "state": run_state(workdir, run["steps"], last_step), "step": last_step}
+         "state": run_state(workdir, run["steps"], saved, last_step), "step": last_step}
   if train:
     out["final_loss"] = train[-1]["loss"]
     out["best_loss"] = min(r["loss"] for r in train)
@@ -107,11 +116,18 @@ def plot(path: str, curves: dict[str, list[dict]]) -> None:
   ax = fig.add_subplot(1, 1, 1)
   for i, (name, rows) in enumerate(curves.items()):
     colour = f"C{i % 10}"
-    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+    train = [(r["step"], r["loss"]) for r in rows
+             if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])
+             and r["loss"] > 0]
     evals = [(r["step"], r["eval_loss"]) for r in rows
              if isinstance(r.get("eval_loss"), (int, float))]
-    if train:
-      ax.plot(*zip(*train), color=colour, label=name)
+    if train:   # raw faint, smoothed solid (train/plots.smooth); a dot per point when few
+      steps, losses = (np.array(v, np.float64) for v in zip(*train))
+      few = len(steps) <= 50
+      if not few:
+        ax.plot(steps, losses, color=colour, alpha=0.25, linewidth=0.8)
+      ax.plot(steps, losses if few else smooth(losses), color=colour, label=name,
+              marker="o" if few else None, markersize=3)
     if evals:
       ax.plot(*zip(*evals), color=colour, linestyle="--", marker="o", markersize=3,
               label=f"{name} (eval)")

@@ -75,6 +75,14 @@ def killed_and_rerun(synthetic_data, tmp_path_factory):
   _wait(lambda: _gone(child), 120, "the killed sweep's run to stop")
   assert sweep.final_step(first) == 3
   assert not os.path.exists(os.path.join(runs[2]["workdir"], "metrics.jsonl"))
+  # What --summarize says of the killed sweep: run 0 done, run 1 done or interrupted, the
+  # others not started.
+  summary = _sweep("--summarize", f"--root={root}")
+  assert summary.returncode == 0, summary.stderr
+  with open(os.path.join(root, "summary.csv")) as f:
+    states = [row["state"] for row in csv.DictReader(f)]
+  assert states[0] == "done" and states[2:] == ["pending", "pending"]
+  assert states[1] == "done" or states[1].startswith("interrupted"), states[1]
   before = {}
   for r in runs:
     path = os.path.join(r["workdir"], "metrics.jsonl")
@@ -227,7 +235,40 @@ def test_helpers_and_names():
     product({"a": [1]}, {"a": [2]})
   with pytest.raises(ValueError, match="a list of values"):
     grid({"a": "abc"})
+  # A sweep's names show what varies between its runs (the hash covers everything).
+  _, runs = sweep.plan("configs/sweeps/small_shift.py", "/nowhere", [])
+  assert len(runs) == 9 and len({r["name"] for r in runs}) == 9
+  assert runs[0]["name"].startswith("shift=1.0,audio_loss_weight=0.5-")
+  assert runs[0]["overrides"]["train.eval_every"] == 1000
   name = sweep.run_name({"optim.lr": 1e-3, "model.rope_axes_dim": (16, 24, 24)})
   assert name.startswith("lr=0.001,rope_axes_dim=16,24,24-") and "/" not in name
   assert name == sweep.run_name({"optim.lr": 1e-3, "model.rope_axes_dim": (16, 24, 24)})
   assert name != sweep.run_name({"optim.lr": 1e-3, "model.rope_axes_dim": (16, 24, 25)})
+
+
+def test_parallel_runs_get_equal_shares_of_the_gpus():
+  gpus = [str(i) for i in range(8)]
+  assert sweep.device_shares(2, gpus) == [{"CUDA_VISIBLE_DEVICES": "0,1,2,3"},
+                                          {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}]
+  assert sweep.device_shares(3, gpus)[2] == {"CUDA_VISIBLE_DEVICES": "4,5"}
+  assert sweep.device_shares(2, []) == [{}, {}]     # CPU: each process has its own devices
+  with pytest.raises(sweep.UsageError, match="only 2 GPUs"):
+    sweep.device_shares(3, ["0", "1"])
+
+
+def test_a_failed_run_shows_its_error_line(tmp_path):
+  from launch import sweep_summary
+  work = tmp_path / "run"
+  work.mkdir()
+  (work / "sweep.log").write_text("step 1: loss=2.0\nTraceback (most recent call last):\n"
+                                  "  File x\nValueError: data.path: no clips\n")
+  (work / "status.json").write_text(json.dumps({"returncode": 1}))
+  (work / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n{\"step\": 2, ")
+  row, rows = sweep_summary.summarize_run(str(tmp_path), {"name": "run", "overrides": {},
+                                                          "steps": 5})
+  assert row["state"] == "failed (exit 1): ValueError: data.path: no clips"
+  assert row["step"] == 1 and row["final_loss"] == 2.0 and len(rows) == 1  # torn line left out
+  (work / "status.json").write_text(json.dumps({"returncode": 75}))
+  assert sweep_summary.summarize_run(str(tmp_path), {"name": "run", "overrides": {},
+                                                     "steps": 5})[0]["state"].startswith(
+                                                         "interrupted")
