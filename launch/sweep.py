@@ -220,7 +220,28 @@ def run_local(runs: list[dict], parallel: int) -> int:
   return failed
 
 
+def previous_process(workdir: str) -> int | None:
+  """The pid of a trainer still running in `workdir` from an earlier sweep command (a killed
+  sweep's run finishing its step and saving), else None. Its command line must name the
+  workdir, so a reused pid is not mistaken for it."""
+  try:
+    with open(os.path.join(workdir, "pid.json")) as f:
+      pid = int(json.load(f)["pid"])
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      cmdline = f.read().decode(errors="replace")
+    with open(f"/proc/{pid}/stat") as f:
+      zombie = f.read().split(")")[-1].split()[0] == "Z"
+  except (OSError, ValueError, KeyError):
+    return None
+  return pid if f"--workdir={workdir}" in cmdline and not zombie else None
+
+
 def _start(run: dict, env: dict) -> subprocess.Popen:
+  pid = previous_process(run["workdir"])
+  if pid is not None:   # never two trainers on one run directory
+    print(f"{run['name']}: waiting for its previous process (pid {pid}) to stop", flush=True)
+    while previous_process(run["workdir"]) is not None:
+      time.sleep(1.0)
   cmd = [sys.executable, "-m", "skyreels_jax.train", *run["args"]]
   done = final_step(run["workdir"])
   note = f" (resuming from step {done})" if done > 0 else ""

@@ -18,22 +18,11 @@ import sys
 import numpy as np
 
 from launch.overrides import UsageError
+from launch.sweep import previous_process
 from skyreels_jax.train.plots import read_metrics, smooth
 
 COLUMNS = ("run", "state", "step", "final_loss", "best_loss", "eval_loss", "best_eval_loss",
            "eval_loss_video", "eval_loss_audio", "steps_per_sec")
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except (OSError, ProcessLookupError):
-    return False
-  try:   # a zombie (finished, not yet reaped) is not running
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().split(")")[-1].split()[0] != "Z"
-  except OSError:
-    return True
 
 
 def last_error_line(workdir: str) -> str:
@@ -53,7 +42,6 @@ EXIT_PREEMPTED = 75   # skyreels_jax/train/preemption.py: saved, stopped; a reru
 def run_state(workdir: str, steps: int, saved: int, last_step: int) -> str:
   if saved >= steps:       # what the sweep's rerun skips
     return "done"
-  pid_file = os.path.join(workdir, "pid.json")
   status_file = os.path.join(workdir, "status.json")
   if os.path.exists(status_file):
     with open(status_file) as f:
@@ -62,10 +50,8 @@ def run_state(workdir: str, steps: int, saved: int, last_step: int) -> str:
       return "interrupted (stopped at a checkpoint; a rerun resumes)"
     if code not in (0, None):
       return f"failed (exit {code}): {last_error_line(workdir)}"
-  if os.path.exists(pid_file) and not os.path.exists(status_file):
-    with open(pid_file) as f:
-      if _alive(int(json.load(f)["pid"])):
-        return "running"
+  if not os.path.exists(status_file) and previous_process(workdir) is not None:
+    return "running"
   return "interrupted (a rerun resumes)" if last_step > 0 else "pending"
 
 

@@ -272,3 +272,24 @@ def test_a_failed_run_shows_its_error_line(tmp_path):
   assert sweep_summary.summarize_run(str(tmp_path), {"name": "run", "overrides": {},
                                                      "steps": 5})[0]["state"].startswith(
                                                          "interrupted")
+
+
+def test_a_rerun_waits_for_the_killed_sweeps_run_to_stop(tmp_path):
+  """A run's trainer from an earlier (killed) sweep command may still be saving: the rerun
+  must not start a second trainer on the same folder. previous_process finds it by its pid
+  and its command line (a reused pid of another program does not count)."""
+  work = str(tmp_path / "run")
+  os.makedirs(work)
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              f"--workdir={work}"])
+  try:
+    with open(os.path.join(work, "pid.json"), "w") as f:
+      json.dump({"pid": sleeper.pid}, f)
+    assert sweep.previous_process(work) == sleeper.pid
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  assert sweep.previous_process(work) is None
+  with open(os.path.join(work, "pid.json"), "w") as f:
+    json.dump({"pid": os.getpid()}, f)      # alive, but not a trainer of this folder
+  assert sweep.previous_process(work) is None

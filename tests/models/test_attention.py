@@ -75,6 +75,24 @@ def test_strategy_matches_dot_product(data, impl, mesh_shape):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_splash_takes_lengths_that_are_not_multiples_of_its_block():
+  """600 queries and 530 keys (above the 512 block, not multiples of it): padded to the block
+  and masked, the same output and gradients as plain attention (interpret mode on CPU)."""
+  from skyreels_jax.models.attention import splash
+  assert splash.block(157440) == 512 and splash.block(300) == 384 and splash.block(13) == 128
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(1, 600, 1, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(1, 530, 1, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.random((1, 530)) > 0.1)
+  f = lambda impl: lambda q, k, v: attention(q, k, v, mask, spec=impl)
+  out = jax.jit(f("splash"))(q, k, v)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(f("dot_product")(q, k, v)),
+                             atol=2e-6, rtol=1e-5)
+  g = lambda impl: jax.grad(lambda q, k, v: (f(impl)(q, k, v) ** 2).sum(), argnums=(0, 1, 2))
+  for a, b in zip(jax.jit(g("splash"))(q, k, v), g("dot_product")(q, k, v)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
 def test_padded_keys_do_not_leak(data):
   """Masked keys change nothing, for a sequence-parallel strategy with padding."""
   mesh = jax.make_mesh((2, 1, 4, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)

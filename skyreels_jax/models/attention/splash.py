@@ -2,7 +2,8 @@
 
 Never materialises the S x S scores, so long sequences fit on TPU where `dot_product` does
 not. Key padding is expressed as segment ids (valid keys = segment 1, every query = segment
-1). Lengths are padded to the kernel's block size. Batch and heads are split with shard_map
+1). Lengths are padded to the kernel's block size (`block`: 512, or the whole length rounded up
+to 128 when shorter), so any length works. Batch and heads are split with shard_map
 over the mesh (the Pallas call itself is per device). On CPU/GPU the kernel runs in Pallas
 interpret mode (slow; it exists so the strategy is testable everywhere).
 """
@@ -17,11 +18,18 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from skyreels_jax.models.attention.common import join, split
 from skyreels_jax.models.attention._sharded import pad_to, specs
 
-BLOCK = 128
+BLOCK, MAX_BLOCK = 128, 512
+
+
+def block(length: int) -> int:
+  """The kernel's block along a sequence of `length`: MAX_BLOCK, or the whole length rounded
+  up to BLOCK when shorter. The sequence is padded to a multiple of it (the kernel asks its
+  blocks to divide the length: 157440 tokens pad to 157696, not to 157440's 128-multiple)."""
+  return min(MAX_BLOCK, -(-length // BLOCK) * BLOCK)
 
 
 def _kernel(heads: int, sq: int, sk_len: int, interpret: bool):
-  bq, bkv = min(512, sq), min(512, sk_len)
+  bq, bkv = block(sq), block(sk_len)
   sizes = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
                         block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                         block_kv_dq=bkv)
@@ -33,8 +41,9 @@ def _kernel(heads: int, sq: int, sk_len: int, interpret: bool):
 def _local(q, k, v, kv_mask):
   """Unsharded: q (B, Sq, H, D), k/v (B, Sk, H, D), kv_mask (B, Sk)."""
   b, s_q, h, d = q.shape
-  q, k, v = pad_to(q, BLOCK), pad_to(k, BLOCK), pad_to(v, BLOCK)
-  kv_mask = pad_to(kv_mask, BLOCK, False)
+  bq, bkv = block(s_q), block(k.shape[1])
+  q, k, v = pad_to(q, bq), pad_to(k, bkv), pad_to(v, bkv)
+  kv_mask = pad_to(kv_mask, bkv, False)
   kernel = _kernel(h, q.shape[1], k.shape[1], jax.devices()[0].platform != "tpu")
   seg = sk.SegmentIds(q=jnp.ones(q.shape[:2], jnp.int32), kv=kv_mask.astype(jnp.int32))
   heads_first = lambda x: x.transpose(0, 2, 1, 3)
