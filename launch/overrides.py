@@ -19,16 +19,23 @@ class UsageError(ValueError):
   pass
 
 
-def load(spec: str):
-  """The config of "configs/x.py[:arg]" (a path relative to the repo, or absolute)."""
-  path, _, arg = spec.partition(":")
+def load_file(path: str, what: str):
+  """The Python module of a file (a path relative to the repo, or absolute): a config or a
+  sweep file; UsageError "<what> ... not found" when there is none."""
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
   if not os.path.isfile(full):
-    raise UsageError(f"config file {path!r} not found")
-  module_spec = importlib.util.spec_from_file_location(
-      "_config_" + re.sub(r"\W", "_", path), full)
+    raise UsageError(f"{what}: no such file")
+  module_spec = importlib.util.spec_from_file_location("_file_" + re.sub(r"\W", "_", path),
+                                                       full)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load(spec: str):
+  """The config of "configs/x.py[:arg]"."""
+  path, _, arg = spec.partition(":")
+  module = load_file(path, f"config file {path!r}")
   return module.get_config(arg) if arg else module.get_config()
 
 

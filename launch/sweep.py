@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -51,13 +50,8 @@ REPO = overrides.REPO
 
 def load_sweep(path: str) -> tuple[str, list[dict]]:
   """(BASE, runs) of a sweep file."""
-  full = path if os.path.isabs(path) else os.path.join(REPO, path)
-  if not os.path.isfile(full):
-    raise UsageError(f"--sweep={path}: no such file")
-  spec = importlib.util.spec_from_file_location("_sweep_" + re.sub(r"\W", "_", path), full)
-  module = importlib.util.module_from_spec(spec)
+  module = overrides.load_file(path, f"--sweep={path}")
   try:
-    spec.loader.exec_module(module)
     base, runs = getattr(module, "BASE", None), module.sweep()
   except (AttributeError, ValueError, TypeError) as e:
     raise UsageError(f"--sweep={path}: {e}") from None
