@@ -351,4 +351,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # `... --summarize | head` ends quietly
   sys.exit(main(sys.argv[1:]))
