@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (0: all cubes, i.e. dense).
   c.model.vsa_cube = (4, 4, 4)
   c.model.vsa_top_k = 0
+  # attention="ulysses": the local attention over all tokens of a device's heads. auto =
+  # splash on TPU, cuDNN on GPU, blockwise (online softmax, O(S) memory) elsewhere.
+  c.model.sp_kernel = "auto"
 
   # --- Frozen / tiny encoders behind one interface each (SPEC section 2).
   c.text = ml_collections.ConfigDict()
@@ -93,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   # by data_pipelines.encode_latents with the run's frozen encoders).
   c.data.format = "clips"
   c.data.num_workers = 0            # grain worker processes (0: in-process)
+  c.data.read_threads = 2           # grain read threads per bucket (grain.ReadOptions)
   c.data.shuffle = True
   # Task mixture (SPEC section 3); weights are normalised. Every task is listed (weight 0
   # unless set), so --config.data.tasks.NAME=W works on any config (skyreels_jax/tasks/
@@ -262,6 +266,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Noise augmentation of the low-res condition, (1 - n) z_low + n eps: keeps the refiner from
   # copying the base model's low-res artefacts; sampling must use the same n.
   c.refiner.noise_low = 0.0
+  # The cheaper cascade (SDEdit-style, tasks/refiner.start_path): sampling starts at t =
+  # start_t from the upsampled base output partly noised and integrates start_t..1 with
+  # sample.num_steps steps; training draws t in [start_t, 1] on the matching path. 0: from
+  # pure noise.
+  c.refiner.start_t = 0.0
 
   # --- Cascade base (SPEC section 5 step 1; skyreels_jax/tasks/keyframes.py): with count > 0
   # the model generates the clip at LOW resolution (data size / scale, every frame) plus

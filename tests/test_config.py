@@ -89,6 +89,9 @@ BAD = {
                                     "train.loss_spike_factor"),
     "restore_step_below_minus_one": ({"train.restore_step": -2}, "train.restore_step"),
     "fault_step_zero": ({"train.fault_nonfinite_steps": (0,)}, "train.fault_nonfinite_steps"),
+    # Pod-scale speed (issue 18).
+    "unknown_sp_kernel": ({"model.sp_kernel": "flash3"}, "model.sp_kernel"),
+    "read_threads_zero": ({"data.read_threads": 0}, "data.read_threads"),
 }
 
 

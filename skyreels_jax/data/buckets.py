@@ -96,6 +96,7 @@ def check_clip(config) -> None:
   for f in ("height", "width", "num_frames", "sample_rate", "audio_channels", "batch_size"):
     check(d[f] >= 1, f"data.{f}", "must be >= 1")
   check(d.fps > 0, "data.fps", "must be positive")
+  check(int(d.get("read_threads", 2)) >= 1, "data.read_threads", "must be >= 1")
 
 
 def check_config(config, derive: Callable) -> None:

@@ -64,8 +64,8 @@ class GivenFields:
     if self.source:
       src = clip.get("source_video") if has_video else None
       out["has_source"] = np.bool_(src is not None)
-      out["source_video"] = (video.copy() if src is None
-                             else src[:frames].astype(np.float32) / 127.5 - 1.0)
+      src = video if src is None else src[:frames]     # uint8 pixels either way
+      out["source_video"] = src.astype(np.float32) / 127.5 - 1.0
       prompt = clip["caption"]
       instruction = clip.get("instruction")
       if instruction:

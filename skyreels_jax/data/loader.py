@@ -25,8 +25,9 @@ does not depend on how many hosts feed it. A bad record is replaced by the next 
 the same process's stream, which shifts that process's later examples by one (its share
 stays disjoint from the others'; only the exact equality with a one-process run is lost).
 
-Batches are dicts of numpy arrays with a leading batch dim: `video` float32 (B, T, H, W, 3) in
-[-1, 1], `audio` float32 (B, S, C) in [-1, 1], `has_video` / `has_audio` bool (B,), plus the
+Batches are dicts of numpy arrays with a leading batch dim: `video` uint8 (B, T, H, W, 3)
+pixels (scaled to [-1, 1] on the device, tasks/examples.from_wire: 4x less host -> device
+traffic), `audio` float32 (B, S, C) in [-1, 1], `has_video` / `has_audio` bool (B,), plus the
 tokenizer's fields (`text_ids` int32 (B, L), `text_mask` bool (B, L)), plus, with data-given
 tasks in the mixture, the records' masks, sources, references and edit prompts
 (data/given.py). By bucket kind:
@@ -249,7 +250,8 @@ def _bucket_pipelines(data_config, path: str, *, tokenizer, batch_size: int, see
     if process_count > 1:
       ds = ProcessBlocksMapDataset(ds, block=batch_size, index=process_index,
                                    count=process_count)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=int(data_config.get("read_threads", 2))))
     per_bucket[name] = _SkipBadRecordsIterDataset(it_ds).batch(batch_size,
                                                                drop_remainder=True)
   return per_bucket, counts
@@ -354,12 +356,13 @@ class ClipPreprocessor:
     return example
 
   def preprocess(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Checks kind and geometry, crops time, scales to [-1, 1]; RecordError when the clip
+    """Checks kind and geometry, crops time (video stays uint8: the train step scales it to
+    [-1, 1] on the device, tasks/examples.from_wire); RecordError when the clip
     does not fit this bucket (build_records resizes and resamples; nothing is resized here)."""
     if clip["kind"] != self.kind:
       raise records.RecordError(f"a {clip['kind']} record in a {self.kind} bucket")
     if self.kind == "audio":
-      video = -np.ones((self.num_frames, *self.blank_size, 3), np.float32)
+      video = np.zeros((self.num_frames, *self.blank_size, 3), np.uint8)   # black
       return {"video": video, "audio": self._audio(clip), "has_video": np.bool_(False),
               "has_audio": np.bool_(True)}
     video = clip["video"]
@@ -368,7 +371,7 @@ class ClipPreprocessor:
           f"clip is {video.shape[1]}x{video.shape[2]}, bucket wants {self.height}x{self.width} "
           "(build records with data_pipelines.build_records to resize)")
     if self.kind == "image":
-      return {"video": video.astype(np.float32) / 127.5 - 1.0, "has_video": np.bool_(True)}
+      return {"video": np.ascontiguousarray(video, np.uint8), "has_video": np.bool_(True)}
     if clip["fps"] != self.fps:
       raise records.RecordError(
           f"clip is {clip['fps']} fps, config wants {self.fps} fps (build records with "
@@ -376,7 +379,7 @@ class ClipPreprocessor:
     if video.shape[0] < self.num_frames:
       raise records.RecordError(
           f"clip has {video.shape[0]} frames, config wants {self.num_frames}")
-    video = video[:self.num_frames].astype(np.float32) / 127.5 - 1.0
+    video = np.ascontiguousarray(video[:self.num_frames], np.uint8)
     has_audio = clip["audio"] is not None
     audio = (self._audio(clip) if has_audio
              else np.zeros((self.num_samples, self.audio_channels), np.float32))

@@ -12,8 +12,9 @@ over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device
   working      one layer's recomputed activations in its backward pass (f32 at worst)
   attention    the scores of the largest attention of a layer (logits f32, probabilities,
                their gradients: ATTN_BYTES per score). dot_product materialises all S x S of
-               them per head; ulysses splits heads and ring splits K/V blocks over `sequence`;
-               cudnn / splash (flash kernels) hold O(S) and count 0
+               them per head (so does ulysses with `model.sp_kernel=dot_product`, its heads
+               split over `sequence`); ring and the other Ulysses kernels hold one block of
+               scores per head (blockwise: BLOCK x BLOCK); cudnn / splash count 0
   inputs       pixels, waveforms and the latents / noise made from them in the step
   frozen       the frozen VAEs' and text encoder's weights, sharded by their logical axes
                like the model's (the VAEs have none: replicated); published architectures
@@ -29,6 +30,7 @@ from flax import nnx
 
 from skyreels_jax.config import (DTYPES, abstract_model, derive, mesh_shape,
                                  num_audio_samples)
+from skyreels_jax.models.attention import blockwise
 from skyreels_jax.parallel.mesh import logical_to_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.weights import lora
@@ -46,18 +48,19 @@ WORKING_PER_TOKEN = 24.0
 ATTN_BYTES = 8
 
 
-def _attention_scores(impl: str, heads: int, sizes: dict, lengths) -> float:
+def _attention_scores(impl: str, heads: int, sizes: dict, lengths,
+                      sp_kernel: str = "auto") -> float:
   """Scores held at once by the largest attention of a layer (per example): joint video
   [tokens; text], joint audio, or audio<->video cross-attention."""
   video, audio, v, a = lengths
   heads = heads / sizes["tensor"]
   if impl == "dot_product":        # all of them
     return heads * max(video ** 2, audio ** 2, 2 * v * a)
-  if impl == "ulysses":            # full sequences, heads split over `sequence`
+  if impl == "ulysses" and sp_kernel == "dot_product":   # all S, heads split over `sequence`
     return heads / sizes["sequence"] * max(video ** 2, audio ** 2, 2 * v * a)
-  if impl == "ring":               # one K/V block per step
-    return heads * max(video ** 2, audio ** 2, 2 * v * a) / sizes["sequence"] ** 2
-  return 0.0                       # cudnn / splash: flash kernels, O(S) memory
+  if impl in ("ring", "blockwise"):  # one block per head at a time (custom VJPs)
+    return heads * blockwise.BLOCK ** 2
+  return 0.0                       # cudnn / splash / Ulysses on them: O(S) memory
 
 
 def _param_counts(config) -> tuple[int, int]:
@@ -124,7 +127,8 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   out["saved"] = b * layers * SAVED_PER_TOKEN[m.remat] * tokens * width * 2 / seq
   out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq
   out["attention"] = b * _attention_scores(config.attention, heads, sizes,
-                                           (sv + length, sa + length, sv, sa)) * ATTN_BYTES
+                                           (sv + length, sa + length, sv, sa),
+                                           m.get("sp_kernel", "auto")) * ATTN_BYTES
   if m.remat == "none":                           # every layer keeps its probabilities
     out["attention"] *= 1 + layers * cb / ATTN_BYTES
   pixels = d.num_frames * d.height * d.width * 3 + num_audio_samples(d) * d.audio_channels

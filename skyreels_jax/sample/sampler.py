@@ -150,7 +150,12 @@ class Sampler:
     # One key per prompt: a prompt's sample depends on its seed only, not on its batch.
     k_v, k_a, k_k = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys), 1, 0)
     noise = lambda keys, shape: jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
-    z_v = noise(k_v, (*g.video_grid, g.video_channels))
+    z_v = eps_v = noise(k_v, (*g.video_grid, g.video_channels))
+    # refiner.start_t = s: start at t = s from the upsampled base output partly noised, as
+    # its training drew (tasks/refiner.start_path); 0: from noise.
+    start = float(self.config.refiner.get("start_t", 0.0) if self.config.refiner.enabled else 0)
+    if start > 0:
+      z_v = start * c["cond_video"] + (1.0 - start) * z_v
     # The cascade refiner is given the base model's audio (`given_audio`): fed clean at
     # t = 1 as in its training (tasks/examples._refiner_inputs), not integrated.
     given_a = c.get("given_audio")
@@ -179,7 +184,6 @@ class Sampler:
     # with this sample's starting noise, and its exact velocity I - eps. So every solver step
     # sees a state the model was trained on, and t = 1 lands on the condition itself.
     kept_v = c["keep_v"] > 0.5
-    eps_v = z_v
     kept_a = c["keep_a"] > 0.5 if z_a is not None else None
     eps_a = z_a
 
@@ -211,7 +215,7 @@ class Sampler:
       k = guide(k[0][:b], k[0][b:], video_guidance) if zk is not None else None
       return v, a, k
 
-    times = fm.sampling_times(num_steps, shift)
+    times = start + (1.0 - start) * fm.sampling_times(num_steps, shift)
     z_v, z_a, z_k = solve(solver, velocity, (z_v, z_a, z_k), times)
     # The interpolant at t = 1 is the condition: exact, not up to the float sum of the steps.
     z_v = on_path(z_v, c["cond_video"], eps_v, kept_v, 1.0)

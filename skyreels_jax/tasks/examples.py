@@ -25,7 +25,7 @@ from skyreels_jax.tasks.masks import (AUDIO_TASKS, VIDEO_TASKS, audio_task_mask,
                                       video_task_mask)
 from skyreels_jax.tasks import given as given_lib
 from skyreels_jax.tasks import keyframes as keyframes_lib
-from skyreels_jax.tasks.refiner import refiner_video, still_latents
+from skyreels_jax.tasks.refiner import refiner_video, start_path, still_latents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,12 +307,23 @@ def _time_and_noise(config, z0_v, k_t, k_eps, at: EvalPoint | None = None):
   return t, jax.random.normal(k_eps, z0_v.shape, z0_v.dtype)
 
 
+def from_wire(batch: dict) -> dict:
+  """The loader sends video as uint8 pixels (4x less host -> device traffic than float32);
+  they become [-1, 1] floats here, on the device. Float video passes unchanged."""
+  video = batch.get("video")
+  if video is not None and video.dtype == jnp.uint8:
+    batch = dict(batch, video=video.astype(jnp.float32) / 127.5 - 1.0)
+  return batch
+
+
 def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_audio: bool,
                     at: EvalPoint | None = None):
-  """Returns (model inputs, loss terms); `at`: a validation point (fixed time and task). batch: video (B, F, H, W, 3) in [-1, 1],
+  """Returns (model inputs, loss terms); `at`: a validation point (fixed time and task).
+  batch: video (B, F, H, W, 3) uint8 pixels or floats in [-1, 1],
   audio (B, S, channels) (absent in image batches), text_ids / text_mask (B, L), optional
   has_video / has_audio (B,) booleans (data/loader.py); or, with data.format = "latents",
   video_latent (B, T, h, w, C) and audio_latent (B, Ta, Ca) in place of video and audio."""
+  batch = from_wire(batch)
   if config.refiner.enabled:
     return _refiner_inputs(batch, rng, config=config, codecs=codecs, use_audio=use_audio,
                            at=at)
@@ -463,6 +474,8 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   z0_v, cond_v, keep_v = pieces["z0"], pieces["cond"], pieces["keep"]
   b = z0_v.shape[0]
   t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev, at)
+  # refiner.start_t: the path from the sampler's partly noised start (tasks/refiner.py).
+  t, eps_v = start_path(t, eps_v, z0_v, cond_v, float(config.refiner.get("start_t", 0.0)))
   drop_v = ~jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)
   inputs = {}
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(

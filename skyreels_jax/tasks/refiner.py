@@ -162,6 +162,19 @@ def refiner_video(video: jax.Array, rng: jax.Array, *, refiner, video_ae, frames
   return out
 
 
+def start_path(t: jax.Array, eps: jax.Array, z0: jax.Array, cond: jax.Array, start_t: float):
+  """refiner.start_t = s > 0, the cheaper cascade (SDEdit-style): sampling starts at t = s
+  from s * cond + (1 - s) * eps, the upsampled base output partly noised, and integrates
+  s..1 only. Training matches it: t is drawn in [s, 1] and the path's noise end becomes
+  e = eps + s / (1 - s) * (cond - z0), so that z_t = t z0 + (1 - t) e is exactly the
+  sampling start at t = s and the data at t = 1: a straight path from where sampling starts
+  to the clip, with velocity z0 - e. Returns (t, e); s = 0 is the full-step refiner."""
+  if start_t <= 0:
+    return t, eps
+  t = start_t + (1.0 - start_t) * t
+  return t, eps + start_t / (1.0 - start_t) * (cond - z0)
+
+
 def check_config(config, video_ae) -> None:
   """refiner.*: the low-res view of the data clip must be a clip `video_ae()` (the config's
   video autoencoder, shapes only) encodes, and its keyframes single latent frames."""
@@ -174,6 +187,7 @@ def check_config(config, video_ae) -> None:
   check(d.height % r.scale == 0 and d.width % r.scale == 0, "refiner.scale",
         f"data {d.height}x{d.width} (the target) does not divide by {r.scale}")
   check(0.0 <= r.noise_low < 1.0, "refiner.noise_low", "must be in [0, 1)")
+  check(0.0 <= r.get("start_t", 0.0) < 1.0, "refiner.start_t", "must be in [0, 1)")
   k = r.num_keyframes
   check(isinstance(k, int) and 0 <= k <= d.num_frames, "refiner.num_keyframes",
         f"must be an int in [0, data.num_frames={d.num_frames}], got {k!r}")

@@ -2,6 +2,7 @@
 
   python -m skyreels_jax.tools.aot --config=configs/hv13b.py --topology=v5p:8x8x8 \
       [--batch_size=N] [--config.data.height=720 ...]
+  # no --batch_size (or --config.data.batch_size): one clip per data-parallel shard
   # two slices joined by DCN, data parallel across them:
   python -m skyreels_jax.tools.aot --config=configs/hv13b.py --topology=v5p:4x4x4 \
       --num_slices=2 --config.mesh.dcn_data=2
@@ -68,10 +69,10 @@ def hbm_bytes(device) -> int | None:
 
 def abstract_batch(config, mesh, axis_rules) -> dict[str, jax.ShapeDtypeStruct]:
   """The loader's batch as ShapeDtypeStructs with the trainer's batch sharding: video
-  (B, F, H, W, 3) and audio (B, S, C) float32, the tokenizer's fields (B, L)."""
+  (B, F, H, W, 3) uint8, audio (B, S, C) float32, the tokenizer's fields (B, L)."""
   geom, _ = derive(config, abstract=True)
   b, d, length = config.data.batch_size, config.data, config.text.max_length
-  shapes = {"video": ((b, d.num_frames, d.height, d.width, 3), jnp.float32),
+  shapes = {"video": ((b, d.num_frames, d.height, d.width, 3), jnp.uint8),
             "audio": ((b, geom.num_samples, d.audio_channels), jnp.float32),
             "text_ids": ((b, length), jnp.int32), "text_mask": ((b, length), jnp.bool_)}
   if references.enabled(d):
@@ -176,16 +177,26 @@ def flops_report(compiled, config, flops: dict[str, int], num_slices: int = 1) -
           "flops_compiled_note": note}
 
 
-def compile_report(config, topology: str, num_slices: int = 1) -> dict[str, Any]:
+def compile_report(config, topology: str, num_slices: int = 1, *,
+                   batch_given: bool = True) -> dict[str, Any]:
   """Compiles the train step for `num_slices` x `topology`; returns the report that `main`
-  prints. Several slices need `mesh.dcn_*` sizes whose product is `num_slices`."""
+  prints. Several slices need `mesh.dcn_*` sizes whose product is `num_slices`. Without a
+  given batch size the batch is one clip per data-parallel shard of the mesh (the report
+  says so): a config's own batch is set for the topology it was written for."""
   devices = topology_devices(topology, num_slices)
   geom, _ = derive(config, abstract=True)
+  note = None
+  if not batch_given:
+    validate(config, abstract=True)   # the mesh fields first, named if wrong
+    dp = data_parallel_size(make_mesh(config.mesh, devices=devices), rules(config))
+    config.data.batch_size = dp
+    note = f"one clip per data-parallel shard ({dp}); no batch size was given"
   n, d = len(devices), config.data
   flops = analytic_flops(config)
   report: dict[str, Any] = {
       "config": config.name, "topology": topology, "num_slices": num_slices,
       "device_kind": devices[0].device_kind, "num_devices": n, "batch_size": d.batch_size,
+      **({"batch_size_note": note} if note else {}),
       "resolution": [d.height, d.width],
       "num_frames": d.num_frames, "seconds": d.num_frames / d.fps,
       "tokens": {"video": geom.video_tokens, "audio": geom.audio_tokens,
@@ -227,8 +238,11 @@ def main(argv):
   config = flags.FLAGS.config
   if flags.FLAGS.batch_size:
     config.data.batch_size = flags.FLAGS.batch_size
+  given = bool(flags.FLAGS.batch_size) or any(
+      a.startswith("--config.data.batch_size") for a in sys.argv)
   try:
-    report = compile_report(config, flags.FLAGS.topology, flags.FLAGS.num_slices)
+    report = compile_report(config, flags.FLAGS.topology, flags.FLAGS.num_slices,
+                            batch_given=given)
   except ConfigError as e:
     raise app.UsageError(str(e)) from None
   print(json.dumps(report), flush=True)
@@ -242,6 +256,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("topology", "v5p:2x2x1", "TPU topology, e.g. v5p:4x4x4 (64 chips)")
   flags.DEFINE_integer("num_slices", 1, "slices of `topology` joined by DCN (multi-slice); "
                        "set --config.mesh.dcn_* to match")
-  flags.DEFINE_integer("batch_size", 0, "overrides config.data.batch_size (global)")
+  flags.DEFINE_integer("batch_size", 0, "global batch; default (0, and no "
+                       "--config.data.batch_size): one clip per data-parallel shard")
   flags.mark_flags_as_required(["config"])
   app.run(main)

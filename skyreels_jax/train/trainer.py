@@ -361,6 +361,14 @@ class _Rate:
     return out
 
 
+def one_step_in_flight(mesh) -> bool:
+  """True on several CPU devices: each step finishes before the next is dispatched. XLA's CPU
+  runtime deadlocks when executions of one multi-device program queue up (seen with 100
+  dispatched steps, every attention strategy: "Termination timeout for collective ..."; 1 in
+  flight never did). Accelerators keep asynchronous dispatch."""
+  return mesh.devices.flat[0].platform == "cpu" and mesh.devices.size > 1
+
+
 def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writer: MetricsWriter,
          start: int, shares: int, started_at: float) -> dict[str, Any]:
   """Steps `start`..train.steps; returns the last logged metrics (+ `preempted`)."""
@@ -379,6 +387,7 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
   writer.bar = bar
   first_profiled, last_profiled = tuple(config.train.profile_steps)
   profiling = False
+  serial = one_step_in_flight(mesh)
   with jax.set_mesh(mesh):
     for step in range(start, total):
       if step + 1 == first_profiled and jax.process_index() == 0:
@@ -389,6 +398,8 @@ def _run(config, mesh, state, step_fn, loop: _Loop, watch: PreemptionWatch, writ
       batch = next(loop.iterator)
       rate.waited(time.time() - t_wait)
       state, metrics, cost = step_fn(state, batch)
+      if serial:
+        jax.block_until_ready((state, metrics))
       rate.stepped(cost, metrics.pop(LOSS_T_SUM), metrics.pop(LOSS_T_COUNT))
       bar.update(1)
       done = step + 1

@@ -86,8 +86,9 @@ def test_references_never_come_from_the_target_window(data_dir):
   exs, it = examples(config(str(data_dir)))
   kinds = {"image": 0, "video": 0, "none": 0, "audio": 0}
   for ex in exs:
-    vid = int(round((float(ex["video"][0, ..., 1].mean()) + 1) * 127.5)) // 40
-    target = {frame_id(f) for f in ex["video"]}
+    video = ex["video"].astype(np.float32) / 127.5 - 1.0   # uint8 on the wire
+    vid = int(round((float(video[0, ..., 1].mean()) + 1) * 127.5)) // 40
+    target = {frame_id(f) for f in video}
     start = min(target)
     assert target == set(range(start, start + F))
     used = []

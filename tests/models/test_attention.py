@@ -2,6 +2,9 @@
 outputs and gradients, with padding masks, a replicated text context, lengths that do not
 divide the sequence axis, and cross-attention of different lengths."""
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +15,19 @@ from skyreels_jax.models.attention import AttentionSpec, attention
 B, S, S_OTHER, L, H, D = 2, 13, 7, 5, 4, 8
 AXES = ("data", "fsdp", "sequence", "tensor")
 
-# strategy, mesh (data, fsdp, sequence, tensor)
+# strategy (ulysses:<sp_kernel>), mesh (data, fsdp, sequence, tensor); ulysses alone is its
+# CPU default, blockwise.
 CASES = [
     ("ulysses", (2, 1, 4, 1)), ("ulysses", (1, 1, 2, 2)), ("ulysses", (1, 2, 2, 2)),
+    ("ulysses:dot_product", (1, 2, 2, 2)), ("ulysses:splash", (1, 1, 2, 2)),
     ("ring", (2, 1, 4, 1)), ("ring", (1, 1, 2, 2)), ("ring", (1, 2, 2, 2)),
-    ("splash", (2, 1, 1, 4)),
+    ("splash", (2, 1, 1, 4)), ("blockwise", (2, 1, 1, 4)),
 ]
+
+
+def make_spec(impl):
+  impl, _, kernel = impl.partition(":")
+  return AttentionSpec(impl, ("data", "fsdp"), "sequence", "tensor", sp_kernel=kernel or "auto")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,7 @@ def loss(floats, d, spec):
 @pytest.mark.parametrize("impl,mesh_shape", CASES, ids=[f"{i}-{m}" for i, m in CASES])
 def test_strategy_matches_dot_product(data, impl, mesh_shape):
   mesh = jax.make_mesh(mesh_shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
-  spec = AttentionSpec(impl, ("data", "fsdp"), "sequence", "tensor")
+  spec = make_spec(impl)
   ref = "dot_product"
   with jax.set_mesh(mesh):
     out = jax.jit(lambda d: (joint(d, spec), cross(d, spec), text_cross(d, spec)))(data)
@@ -73,6 +83,53 @@ def test_strategy_matches_dot_product(data, impl, mesh_shape):
   for key in FLOATS:
     np.testing.assert_allclose(np.asarray(grads[key]), np.asarray(ref_grads[key]),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_small_blocks_match_dot_product(data, monkeypatch):
+  """Blocks of 4 tokens: several query and key blocks, padded, per device and per ring step
+  (13 tokens over a sequence axis of 2: 7 per device, 2 blocks each)."""
+  from skyreels_jax.models.attention import blockwise
+  monkeypatch.setattr(blockwise, "BLOCK", 4)
+  mesh = jax.make_mesh((1, 2, 2, 2), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
+  floats = {k: data[k] for k in FLOATS}
+  ref = jax.grad(lambda f: loss(f, data, "dot_product"))(floats)
+  for impl in ("blockwise", "ring", "ulysses:blockwise"):
+    with jax.set_mesh(mesh):
+      grads = jax.jit(jax.grad(lambda f: loss(f, data, make_spec(impl))))(floats)
+    for key in FLOATS:
+      np.testing.assert_allclose(np.asarray(grads[key]), np.asarray(ref[key]), atol=1e-5,
+                                 rtol=1e-5, err_msg=f"{impl} d{key}")
+
+
+def _largest_buffer(impl, s=1536, b=2, h=4, d=8):
+  """Elements of the largest array in the compiled gradient of attention over s tokens on a
+  (1, 2, 4, 1) mesh: b / 2 clips and all h heads per device, s / 4 tokens (ring) or all s
+  tokens of h / 4 heads (Ulysses)."""
+  mesh = jax.make_mesh((1, 2, 4, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
+  x = jax.ShapeDtypeStruct((b, s, h, d), jnp.float32)
+  m = jax.ShapeDtypeStruct((b, s), jnp.bool_)
+  spec = make_spec(impl)
+  loss = lambda q, k, v, m: (attention(q, k, v, m, spec=spec) ** 2).sum()
+  with jax.set_mesh(mesh):
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, m).compile().as_text()
+  shapes = re.findall(r"\b[a-z]+\d+\[([\d,]*)\]", text)
+  return max(math.prod(int(n) for n in shape.split(",") if n) for shape in shapes)
+
+
+def test_ulysses_step_has_no_s_by_s_buffer():
+  """The compiled Ulysses gradient holds no S x S scores (1536^2 = 2.4M elements): its local
+  blockwise kernel keeps 512 x 512 blocks. The control, its dot_product kernel, does."""
+  s = 1536
+  assert _largest_buffer("ulysses:dot_product", s) >= s * s
+  assert _largest_buffer("ulysses", s) <= 512 * 512
+
+
+def test_ring_backward_keeps_one_block_not_n():
+  """Ring attention's gradient keeps one (S/n)^2 block of scores per device at a time (the
+  custom VJP recomputes them). Without it, autodiff of the ring stores all n blocks: a
+  4 x 384 x 384 x 4-head buffer per device (seen before the custom VJP)."""
+  s, n, heads = 1536, 4, 4
+  assert _largest_buffer("ring", s, h=heads) <= heads * (s // n) ** 2
 
 
 def test_splash_takes_lengths_that_are_not_multiples_of_its_block():

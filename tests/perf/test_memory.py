@@ -88,3 +88,14 @@ def test_a_lora_run_of_small_beside_the_full_fine_tune():
   assert adapted["total"] < 0.75 * full["total"]
   assert {k: v for k, v in adapted.items() if k not in ("state", "base", "total")} == {
       k: v for k, v in full.items() if k not in ("state", "total")}
+
+
+def test_attention_scores_follow_the_kernel():
+  """Ulysses holds S x S scores of its head group only with the dot_product kernel; ring and
+  blockwise hold one 512 x 512 block per head; the flash kernels none."""
+  from skyreels_jax.perf.memory import _attention_scores
+  sizes, lengths = {"tensor": 1, "sequence": 4}, (10_000, 100, 9_000, 90)
+  assert _attention_scores("ulysses", 8, sizes, lengths, "dot_product") == 2 * 10_000 ** 2
+  assert _attention_scores("ulysses", 8, sizes, lengths, "auto") == 0
+  assert _attention_scores("ring", 8, sizes, lengths) == 8 * 512 ** 2
+  assert _attention_scores("dot_product", 8, sizes, lengths) == 8 * 10_000 ** 2

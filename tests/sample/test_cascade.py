@@ -129,6 +129,36 @@ def test_refiner_keyframe_conditioning_at_sampling_equals_training(runs, cascade
     np.testing.assert_array_equal(times, train["keyframe_times"])
 
 
+def test_refiner_start_t_starts_from_the_partly_noised_condition(runs, cascade, monkeypatch):
+  """refiner.start_t = s: the first model call sees s * cond + (1 - s) * noise at time s (the
+  noise: what the same seed gives the full-step refiner at t = 0), as start_path trains; the
+  steps cover s..1 only."""
+  import copy
+  from skyreels_jax.diffusion import flow_matching as fm
+  rng = np.random.default_rng(12)
+  g = cascade.base.geometry
+  base_out = {"video_latent": rng.normal(size=(1, *g.video_grid, g.video_channels)),
+              "keyframe_latent": rng.normal(size=(1, len(g.keyframe_times), *g.keyframe_grid,
+                                                  g.video_channels)),
+              "audio_latent": rng.normal(size=(1, g.audio_length, g.audio_channels))}
+  cond = cascade.condition(base_out, [0])
+  seen = {}
+  for s in (0.0, 0.5):
+    config = copy.deepcopy(cascade.refiner.config)
+    config.refiner.start_t = s
+    refiner, calls = spy_sampler(runs[1], config, monkeypatch, ("video", "video_timestep"))
+    refiner.generate(["x"], seeds=[0], settings=refiner.settings(num_steps=2, shift=1.0),
+                     latent_condition=cond)
+    seen[s] = [tuple(map(np.asarray, call)) for call in calls]
+  c = cascade.refiner.geometry.video_channels
+  noise = seen[0.0][0][0][:1, ..., :c]
+  np.testing.assert_allclose(seen[0.5][0][0][:1, ..., :c],
+                             0.5 * cond["cond_latent"] + 0.5 * noise, atol=1e-5)
+  steps = [float(call[1][0]) for call in seen[0.5]]
+  np.testing.assert_allclose(steps, [fm.model_timestep(0.5), fm.model_timestep(0.75)],
+                             atol=1e-6)
+
+
 def test_cascade_rejects_keyframes_the_refiner_did_not_train_on(runs):
   from skyreels_jax.sample.cascade import refiner_geometry_config
   from skyreels_jax.sample.sampler import load_run_config

@@ -247,3 +247,19 @@ def test_empty_latents_are_listed_once_and_the_step_uses_the_given_ones():
   assert np.all(np.where(keep < 0.5, cond, 123.0) == 123.0) and (keep < 0.5).any()
   with pytest.raises(KeyError, match="was not precomputed"):
     bound.empty_video_latent(1, d.height, d.width)
+
+
+def test_uint8_pixels_from_the_loader_give_the_float_inputs():
+  """The loader sends uint8 pixels; scaled on the device they give exactly the inputs of the
+  same clip sent as [-1, 1] floats (the host-side scaling they replace)."""
+  config = config_with(num_frames=1, caption_dropout=0.0)
+  codecs, tokenizer = make_codecs(config)
+  batch = make_batch(config, tokenizer)
+  del batch["audio"]
+  pixels = np.random.default_rng(3).integers(0, 256, batch["video"].shape, dtype=np.uint8)
+  fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs, use_audio=True))
+  wire = fn(dict(batch, video=pixels), jax.random.key(0))
+  host = fn(dict(batch, video=pixels.astype(np.float32) / 127.5 - 1.0), jax.random.key(0))
+  for a, b in zip(jax.tree.leaves(wire), jax.tree.leaves(host)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  assert float(np.abs(np.asarray(wire[0]["video"])).max()) > 0.1   # not all zeros

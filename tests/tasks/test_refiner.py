@@ -139,6 +139,43 @@ def test_training_inputs_feed_noisy_condition_and_keyframe_tokens():
   np.testing.assert_array_equal(terms["tasks"], [-1, -1])
 
 
+def test_start_t_trains_on_the_path_from_the_samplers_start():
+  """refiner.start_t = s: t is drawn in [s, 1], and the noisy input at t = s is the sampling
+  start s * cond + (1 - s) * eps (eps: the noise the full-step refiner draws with the same
+  key), at t = 1 the clip; the target is the straight path's velocity."""
+  from skyreels_jax.tasks.examples import EvalPoint
+  config = small_refiner_config()
+  config.data.batch_size, config.refiner.num_keyframes = 2, 0
+  geom, _ = derive(config)
+  codecs, tokenizer = make_codecs(config)
+  rng = np.random.default_rng(5)
+  tok = tokenizer.batch(["a red ball", "rain"])
+  batch = {"video": rng.uniform(-1, 1, (2, 8, 32, 32, 3)).astype(np.float32),
+           "text_ids": tok["text_ids"], "text_mask": tok["text_mask"]}
+  c, s = geom.video_channels, 0.6
+
+  def run(start_t, at=None):
+    config.refiner.start_t = start_t
+    fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs,
+                                              use_audio=False, at=at))
+    return jax.tree.map(np.asarray, fn(batch, jax.random.key(0)))
+
+  inputs, terms = run(s)
+  assert terms["t"].min() >= s and terms["t"].max() <= 1.0
+  full, full_terms = run(0.0, EvalPoint(0.0))
+  eps = full["video"][..., :c]                 # t = 0: the noisy slot is the noise itself
+  at_start, start_terms = run(s, EvalPoint(0.0))
+  np.testing.assert_allclose(start_terms["t"], [s, s])
+  cond = at_start["video"][..., c:2 * c]
+  np.testing.assert_allclose(at_start["video"][..., :c], s * cond + (1 - s) * eps, atol=1e-5)
+  z0 = start_terms["video_z0"]
+  at_end, _ = run(s, EvalPoint(1.0))
+  np.testing.assert_allclose(at_end["video"][..., :c], z0, atol=1e-5)
+  # The velocity target z0 - e carries the model from the sampling start to the clip.
+  np.testing.assert_allclose((1 - s) * (z0 - start_terms["video_eps"]),
+                             z0 - at_start["video"][..., :c], atol=1e-5)
+
+
 @pytest.mark.parametrize("field,value,expect", [
     ("scale", 3, "refiner.scale"),           # 64 does not divide by 3
     ("scale", 32, "refiner.scale"),          # low-res 2x2: below the AE's spatial factor 4
@@ -147,6 +184,7 @@ def test_training_inputs_feed_noisy_condition_and_keyframe_tokens():
     ("time_scale", 5, "refiner.time_scale"),  # 7 low-res frames: the 2x temporal AE needs even
     ("num_keyframes", 33, "refiner.num_keyframes"),   # more than the clip's 32 frames
     ("noise_low", 1.0, "refiner.noise_low"),
+    ("start_t", 1.0, "refiner.start_t"),
 ])
 def test_config_errors_name_refiner_fields(field, value, expect):
   c = tiny_refiner.get_config()

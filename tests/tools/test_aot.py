@@ -44,8 +44,12 @@ def _config(**overrides):
 
 
 def test_fitting_step_reports_memory_and_flops():
-  config = _config()
-  report = aot.compile_report(config, "v5p:2x2x1")
+  """No batch size given (the config's 6 does not divide over 4 shards): one clip per
+  data-parallel shard, said in the report."""
+  config = _config(**{"data.batch_size": 6})
+  report = aot.compile_report(config, "v5p:2x2x1", batch_given=False)
+  assert report["batch_size"] == 4 and config.data.batch_size == 4
+  assert "one clip per data-parallel shard" in report["batch_size_note"]
   assert set(REQUIRED) <= set(report), set(REQUIRED) - set(report)
   assert report["fits"] is True
   assert report["device_kind"] == "TPU v5" and report["num_devices"] == 4
@@ -117,7 +121,7 @@ def test_abstract_batch_matches_the_loader():
   length = config.text.max_length
   assert tokenizer("")["text_ids"].shape == (length,)    # what the loader yields
   assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
-      "video": ((16, 8, 16, 16, 3), "float32"),
+      "video": ((16, 8, 16, 16, 3), "uint8"),
       "audio": ((16, num_audio_samples(config.data), 1), "float32"),
       "text_ids": ((16, length), "int32"), "text_mask": ((16, length), "bool")}
   for v in batch.values():   # batch axis over (data, fsdp)

@@ -47,3 +47,15 @@ def test_stage_geometry(quick_report):
   assert (refiner["vsa_cubes"], refiner["vsa_top_k"], refiner["attention"]) == (8, 2, "vsa")
   assert {s["audio_tokens"] for s in stages.values()} == {44}
   json.dumps(quick_report)   # the results file is this report
+
+
+def test_the_refiner_counts_its_own_steps(quick_report):
+  """The cascade total counts the refiner at refiner_steps (8, from start_t) and the other
+  stages at 30: cascade = 30 x base + 8 x refiner per CFG pass, and the full-step figure
+  30 x both."""
+  s, t = quick_report["stages"], quick_report["totals"]["compiled"]
+  base, refiner = (s[n]["compiled"]["forward"] * 2 for n in ("cascade_base", "cascade_refiner"))
+  assert quick_report["refiner_steps"] == 8
+  assert t["cascade"] == pytest.approx(30 * base + 8 * refiner, rel=1e-9)
+  assert t["cascade_full_step_refiner"] == pytest.approx(30 * (base + refiner), rel=1e-9)
+  assert t["cascade_over_direct"] < t["full_step_refiner_over_direct"]

@@ -46,8 +46,8 @@ def test_held_out_sources_are_never_trained_on(data):
   # Whole videos on one side: both clips of a source video.
   held_videos = {split.source_key(sources[i], i) for i in held}
   assert not held_videos & {split.source_key(sources[i], i) for i in kept}
-  # A clip by its pixels: the loader's [-1, 1] frames back to uint8 bytes.
-  fingerprint = lambda v: np.round((np.asarray(v) + 1) * 127.5).astype(np.uint8).tobytes()
+  # A clip by its pixels: the loader sends the uint8 frames as they are.
+  fingerprint = lambda v: np.asarray(v, np.uint8).tobytes()
   held_pixels = {records.decode_clip(source[int(i)])["video"][:8].tobytes() for i in held}
   config = eval_config(data)
   _, tokenizer = make_codecs(config)

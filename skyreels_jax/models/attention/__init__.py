@@ -9,9 +9,11 @@ Shapes: q/k/v (B, S, H, D); masks (B, S) booleans, True = attend. `attention` re
 output, and the context output too when context queries are given. Strategies:
 
   dot_product  plain XLA (materialises scores; the reference for every strategy)
+  blockwise    XLA flash attention: online softmax over blocks, custom VJP, O(S) memory
   cudnn        fused cuDNN kernel (NVIDIA GPUs)
-  ulysses      all-to-all sequence <-> heads over `sequence`, local attention, all-to-all back
-  ring         K/V blocks rotate around `sequence` (ppermute), online softmax
+  ulysses      all-to-all sequence <-> heads over `sequence`, local attention (sp_kernel:
+               splash / cuDNN / blockwise), all-to-all back
+  ring         K/V blocks rotate around `sequence` (ppermute), online softmax, custom VJP
   splash       TPU Pallas flash kernel (no S x S scores; interpret mode off TPU)
   vsa          Video Sparse Attention: top-K 3D cubes of the video grid (refiner; dense
                elsewhere)
@@ -26,9 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.models.attention import cudnn, dot_product, ring, splash, ulysses, vsa
+from skyreels_jax.models.attention import (blockwise, cudnn, dot_product, ring, splash,
+                                           ulysses, vsa)
 from skyreels_jax.models.attention.common import (  # noqa: F401 (the package's names)
-    SEQUENCE_PARALLEL, STRATEGY_NAMES, AttentionSpec, join, split)
+    SEQUENCE_PARALLEL, SP_KERNELS, STRATEGY_NAMES, AttentionSpec, join, split)
 
 
 def _ones_mask(x: jax.Array) -> jax.Array:
@@ -42,6 +45,8 @@ def attention(q, k, v, kv_mask=None, *, q_ctx=None, k_ctx=None, v_ctx=None, ctx_
     spec = AttentionSpec(impl=spec)
   if spec.impl not in STRATEGY_NAMES:
     raise ValueError(f"attention={spec.impl!r}: choose one of {list(STRATEGY_NAMES)}")
+  if spec.sp_kernel not in SP_KERNELS:
+    raise ValueError(f"sp_kernel={spec.sp_kernel!r}: choose one of {list(SP_KERNELS)}")
   if k is not None and kv_mask is None:
     kv_mask = _ones_mask(k)
   if k_ctx is not None and ctx_mask is None:
@@ -64,6 +69,8 @@ def _strategy(spec: AttentionSpec) -> Callable:
     return lambda *a: module.attend(*a, spec=spec, mesh=mesh)
   if spec.impl == "cudnn":
     return cudnn.attend
+  if spec.impl == "blockwise":
+    return blockwise.attend
   if spec.impl == "splash":
     return lambda *a: splash.attend(*a, spec=spec)
   if spec.impl == "vsa":

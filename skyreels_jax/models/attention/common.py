@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
-STRATEGY_NAMES = ("dot_product", "cudnn", "splash", "ulysses", "ring", "vsa")
+STRATEGY_NAMES = ("dot_product", "blockwise", "cudnn", "splash", "ulysses", "ring", "vsa")
 SEQUENCE_PARALLEL = ("ulysses", "ring")
+# Ulysses' local attention (all S tokens, H / n heads): "auto" is splash on TPU, cuDNN on
+# GPU and blockwise (online softmax, no S x S scores) elsewhere.
+SP_KERNELS = ("auto", "blockwise", "dot_product", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +21,7 @@ class AttentionSpec:
   batch_axes: tuple[str, ...] = ()
   sequence_axis: str | None = None
   head_axis: str | None = None
+  sp_kernel: str = "auto"                          # Ulysses' local attention (SP_KERNELS)
   # Video Sparse Attention only (see vsa.py); the other strategies ignore these.
   video_grid: tuple[int, int, int] | None = None   # (T, H, W) video token grid
   vsa_cube: tuple[int, int, int] = (4, 4, 4)       # tokens per cube along (T, H, W)
@@ -36,3 +41,18 @@ def split(x, n_main: int | None, has_ctx: bool):
   if not n_main:
     return None, x
   return x[:, :n_main], x[:, n_main:]
+
+
+def platform() -> str:
+  """The platform the code is traced for: the mesh's devices (an AOT compile for a TPU
+  topology traces on a CPU host), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.devices()[0].platform
+
+
+def local_kernel(name: str) -> str:
+  """SP_KERNELS name -> the local strategy it means on this platform."""
+  if name != "auto":
+    return name
+  return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform(), "blockwise")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-from skyreels_jax.models.attention.common import join, split
+from skyreels_jax.models.attention.common import join, platform, split
 from skyreels_jax.models.attention._sharded import pad_to, specs
 
 BLOCK, MAX_BLOCK = 128, 512
@@ -38,13 +38,13 @@ def _kernel(heads: int, sq: int, sk_len: int, interpret: bool):
                             interpret=interpret)
 
 
-def _local(q, k, v, kv_mask):
+def attend_joined(q, k, v, kv_mask):
   """Unsharded: q (B, Sq, H, D), k/v (B, Sk, H, D), kv_mask (B, Sk)."""
   b, s_q, h, d = q.shape
   bq, bkv = block(s_q), block(k.shape[1])
   q, k, v = pad_to(q, bq), pad_to(k, bkv), pad_to(v, bkv)
   kv_mask = pad_to(kv_mask, bkv, False)
-  kernel = _kernel(h, q.shape[1], k.shape[1], jax.devices()[0].platform != "tpu")
+  kernel = _kernel(h, q.shape[1], k.shape[1], platform() != "tpu")
   seg = sk.SegmentIds(q=jnp.ones(q.shape[:2], jnp.int32), kv=kv_mask.astype(jnp.int32))
   heads_first = lambda x: x.transpose(0, 2, 1, 3)
   out = jax.vmap(kernel)(heads_first(q * d ** -0.5), heads_first(k), heads_first(v),
@@ -56,9 +56,9 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec=None):
   qq, kk, vv, mask = join(q, q_ctx), join(k, k_ctx), join(v, v_ctx), join(kv_mask, ctx_mask)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or spec is None or not (spec.batch_axes or spec.head_axis):
-    out = _local(qq, kk, vv, mask)
+    out = attend_joined(qq, kk, vv, mask)
   else:
     _, rep, _, rep_mask = specs(spec)
-    out = jax.shard_map(_local, mesh=mesh, in_specs=(rep, rep, rep, rep_mask), out_specs=rep,
+    out = jax.shard_map(attend_joined, mesh=mesh, in_specs=(rep, rep, rep, rep_mask), out_specs=rep,
                         check_vma=False)(qq, kk, vv, mask)
   return split(out, None if q is None else q.shape[1], q_ctx is not None)

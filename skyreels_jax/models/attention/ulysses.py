@@ -1,6 +1,8 @@
 """Ulysses sequence parallelism: each device holds S/n tokens of all (local) heads; an
 all-to-all over `sequence` gives it all S tokens of H/n heads, attention runs locally, and a
-second all-to-all restores the sequence sharding. The replicated context (text) needs no
+second all-to-all restores the sequence sharding. The local attention is `spec.sp_kernel`:
+by default splash on TPU, cuDNN on GPU, blockwise (online softmax) on CPU, none of which
+materialises the S x S scores. The replicated context (text) needs no
 communication going in (each device slices its heads) and one all-gather of heads coming out.
 """
 
@@ -9,9 +11,13 @@ from __future__ import annotations
 import jax
 from jax import lax
 
-from skyreels_jax.models.attention.common import join
+from skyreels_jax.models.attention import blockwise, cudnn, dot_product, splash
+from skyreels_jax.models.attention.common import join, local_kernel
 from skyreels_jax.models.attention._sharded import check_heads, padded_main, shard_map_args
-from skyreels_jax.models.attention.dot_product import attend_joined
+
+# The local attention over all S tokens of this device's heads (spec.sp_kernel).
+KERNELS = {"blockwise": blockwise.attend_joined, "dot_product": dot_product.attend_joined,
+           "splash": splash.attend_joined, "cudnn": cudnn.attend_joined}
 
 
 def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
@@ -19,6 +25,7 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec, mesh):
   n = mesh.shape[axis]
   heads = q.shape[2] // (mesh.shape[spec.head_axis] if spec.head_axis else 1)
   check_heads(heads, n, "ulysses")
+  attend_joined = KERNELS[local_kernel(spec.sp_kernel)]
   q, k, v, kv_mask, sq = padded_main(q, k, v, kv_mask, n)
   args, in_specs, out_specs = shard_map_args(spec, q, k, v, kv_mask, q_ctx, k_ctx, v_ctx,
                                              ctx_mask)
