@@ -10,7 +10,7 @@ with the keyframes training uses, and is scored by PSNR and SSIM (scikit-image) 
 against the ground-truth high-res clip. The floor: the low-res view upsampled by the
 autoencoder's latent upsampling alone (the refiner's condition, decoded).
 
-  python benchmarks/refiner_start.py [--steps=400] [--start_t=0.5] [--fast_steps=8]
+  python benchmarks/refiner_start.py [--steps=1000] [--start_t=0.5] [--fast_steps=8]
   python benchmarks/refiner_start.py --quick        # the same code path, a few steps
 """
 
@@ -44,6 +44,8 @@ def config(data: str, steps: int, start_t: float):
   c = tiny_refiner.get_config()
   c.data.path, c.data.height, c.data.width, c.data.num_frames = data, 32, 32, 8
   c.refiner.start_t = start_t
+  # The demo's recipe (launch/demo.py, measured there): x-prediction for video.
+  c.flow.video_prediction, c.flow.logit_mean, c.flow.logit_std = "data", 0.8, 0.8
   c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, steps, 50
   return c
 
@@ -77,7 +79,7 @@ def refine(sampler: Sampler, clip: dict, num_steps: int, seed: int) -> tuple:
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--steps", type=int, default=400, help="training steps of each refiner")
+  p.add_argument("--steps", type=int, default=1000, help="training steps of each refiner")
   p.add_argument("--start_t", type=float, default=0.5)
   p.add_argument("--full_steps", type=int, default=30, help="the full-step refiner's steps")
   p.add_argument("--fast_steps", type=int, default=8, help="steps from start_t")
