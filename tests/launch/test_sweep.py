@@ -285,6 +285,12 @@ def test_a_rerun_waits_for_the_killed_sweeps_run_to_stop(tmp_path):
   try:
     with open(os.path.join(work, "pid.json"), "w") as f:
       json.dump({"pid": sleeper.pid}, f)
+    # Until the child has exec'd, /proc shows the forked parent's command line (a busy
+    # machine made this race real): wait for its own.
+    deadline = time.time() + 30
+    while f"--workdir={work}".encode() not in open(f"/proc/{sleeper.pid}/cmdline", "rb").read():
+      assert time.time() < deadline, "the child never started"
+      time.sleep(0.05)
     assert sweep.previous_process(work) == sleeper.pid
   finally:
     sleeper.kill()
