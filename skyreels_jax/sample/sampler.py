@@ -27,7 +27,7 @@ from skyreels_jax.parallel.mesh import make_mesh, place_tree, rules, state_shard
 from skyreels_jax.tasks.examples import make_codecs, prepended_refs
 from skyreels_jax.sample import conditions
 from skyreels_jax.tasks.masks import channel_concat, condition_latent, given
-from skyreels_jax.tasks.refiner import still_latents
+from skyreels_jax.tasks.refiner import start_time, still_latents
 from skyreels_jax.weights import lora, runs
 from skyreels_jax.weights.trees import summary, with_shardings
 
@@ -153,7 +153,7 @@ class Sampler:
     z_v = eps_v = noise(k_v, (*g.video_grid, g.video_channels))
     # refiner.start_t = s: start at t = s from the upsampled base output partly noised, as
     # its training drew (tasks/refiner.start_path); 0: from noise.
-    start = float(self.config.refiner.get("start_t", 0.0) if self.config.refiner.enabled else 0)
+    start = start_time(self.config)
     if start > 0:
       z_v = start * c["cond_video"] + (1.0 - start) * z_v
     # The cascade refiner is given the base model's audio (`given_audio`): fed clean at

@@ -25,7 +25,7 @@ from skyreels_jax.tasks.masks import (AUDIO_TASKS, VIDEO_TASKS, audio_task_mask,
                                       video_task_mask)
 from skyreels_jax.tasks import given as given_lib
 from skyreels_jax.tasks import keyframes as keyframes_lib
-from skyreels_jax.tasks.refiner import refiner_video, start_path, still_latents
+from skyreels_jax.tasks.refiner import refiner_video, start_path, start_time, still_latents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,7 +475,7 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   b = z0_v.shape[0]
   t, eps_v = _time_and_noise(config, z0_v, k_t, k_ev, at)
   # refiner.start_t: the path from the sampler's partly noised start (tasks/refiner.py).
-  t, eps_v = start_path(t, eps_v, z0_v, cond_v, float(config.refiner.get("start_t", 0.0)))
+  t, eps_v = start_path(t, eps_v, z0_v, cond_v, start_time(config))
   drop_v = ~jnp.asarray(batch.get("has_video", jnp.ones((b,), bool)), bool)
   inputs = {}
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(

@@ -162,6 +162,11 @@ def refiner_video(video: jax.Array, rng: jax.Array, *, refiner, video_ae, frames
   return out
 
 
+def start_time(config) -> float:
+  """refiner.start_t of a refiner run, 0.0 otherwise (sampling from noise)."""
+  return float(config.refiner.get("start_t", 0.0)) if config.refiner.enabled else 0.0
+
+
 def start_path(t: jax.Array, eps: jax.Array, z0: jax.Array, cond: jax.Array, start_t: float):
   """refiner.start_t = s > 0, the cheaper cascade (SDEdit-style): sampling starts at t = s
   from s * cond + (1 - s) * eps, the upsampled base output partly noised, and integrates

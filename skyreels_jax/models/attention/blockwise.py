@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from skyreels_jax.models.attention.common import join, split
+from skyreels_jax.models.attention.common import on_joined
 from skyreels_jax.models.attention._sharded import pad_to
 
 NEG = -1e30
@@ -123,16 +123,18 @@ def _forward(q, k, v, mask):
   return out.astype(q.dtype), (q, k, v, mask, out, lse)
 
 
+def delta(do, out):
+  """sum(do * out, -1) as (B, H, Sq) float32: the softmax term of the flash backward."""
+  return jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out)
+
+
 def _backward(res, do):
   q, k, v, mask, out, lse = res
-  delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out)
-  dq, dk, dv = grads(q, k, v, mask, lse, do, delta)
+  dq, dk, dv = grads(q, k, v, mask, lse, do, delta(do, out))
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 attend_joined.defvjp(_forward, _backward)
 
 
-def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask):
-  out = attend_joined(join(q, q_ctx), join(k, k_ctx), join(v, v_ctx), join(kv_mask, ctx_mask))
-  return split(out, None if q is None else q.shape[1], q_ctx is not None)
+attend = on_joined(attend_joined)

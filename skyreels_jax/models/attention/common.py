@@ -34,6 +34,16 @@ def join(main, ctx, axis: int = 1):
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
+def on_joined(attend_joined):
+  """The strategy signature (main and context tokens apart) from a local kernel
+  attend_joined(q, k, v, mask) over the joined [main; context] tokens."""
+  def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask):
+    out = attend_joined(join(q, q_ctx), join(k, k_ctx), join(v, v_ctx),
+                        join(kv_mask, ctx_mask))
+    return split(out, None if q is None else q.shape[1], q_ctx is not None)
+  return attend
+
+
 def split(x, n_main: int | None, has_ctx: bool):
   """Inverse of `join` for the query side: (main, ctx)."""
   if not has_ctx:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from skyreels_jax.models.attention.common import join, split
+from skyreels_jax.models.attention.common import on_joined
 
 
 def attend_joined(q, k, v, mask):
@@ -14,6 +14,4 @@ def attend_joined(q, k, v, mask):
                                       implementation="xla")
 
 
-def local_attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask):
-  out = attend_joined(join(q, q_ctx), join(k, k_ctx), join(v, v_ctx), join(kv_mask, ctx_mask))
-  return split(out, None if q is None else q.shape[1], q_ctx is not None)
+local_attend = on_joined(attend_joined)

@@ -62,7 +62,7 @@ def _ring_forward(axis, n, q, kv, ctx, masks):
 def _ring_backward(axis, n, res, do):
   q, kv, ctx, masks, out, lse = res
   perm = [(i, (i + 1) % n) for i in range(n)]
-  delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out)
+  delta = blockwise.delta(do, out)
   dq = jnp.zeros(q.shape, jnp.float32)
   dctx = dkv = None
   if ctx is not None:
