@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (0: all cubes, i.e. dense).
   c.model.vsa_cube = (4, 4, 4)
   c.model.vsa_top_k = 0
+  # VSA's fine stage: auto = the block-sparse Pallas kernel on TPU, the XLA gather elsewhere
+  # (xla | pallas force one; pallas runs in interpret mode off TPU).
+  c.model.vsa_kernel = "auto"
   # attention="ulysses": the local attention over all tokens of a device's heads. auto =
   # splash on TPU, cuDNN on GPU, blockwise (online softmax, O(S) memory) elsewhere.
   c.model.sp_kernel = "auto"

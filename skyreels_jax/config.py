@@ -240,6 +240,7 @@ def attention_spec(config) -> AttentionSpec:
                        sequence_axis=seq[0] if seq else None,
                        head_axis=heads[0] if heads else None,
                        sp_kernel=m.get("sp_kernel", "auto"),
+                       vsa_kernel=m.get("vsa_kernel", "auto"),
                        vsa_cube=tuple(int(c) for c in m.vsa_cube), vsa_top_k=int(m.vsa_top_k))
 
 

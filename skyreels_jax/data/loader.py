@@ -64,6 +64,7 @@ from absl import flags
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import given as given_lib
 from skyreels_jax.data import latents
+from skyreels_jax.data.prefetch import DevicePrefetch
 from skyreels_jax.data import records
 from skyreels_jax.data import references
 from skyreels_jax.data import split
@@ -283,7 +284,10 @@ def make_iterator(data_config, **kwargs) -> grain.DatasetIterator:
 
 
 def iterator_stats(iterator: grain.DatasetIterator) -> dict[str, int]:
-  """Counters of an iterator from `make_iterator`; they survive get_state/set_state."""
+  """Counters of an iterator from `make_iterator` (or a DevicePrefetch of one, whose count
+  includes the batch it holds); they survive get_state/set_state."""
+  if isinstance(iterator, DevicePrefetch):
+    iterator = iterator.parent
   if not isinstance(iterator, _CountBadRecordsIterator):
     raise TypeError(f"expected an iterator from make_iterator, got {type(iterator).__name__}")
   return {"bad_records": iterator.bad_records}

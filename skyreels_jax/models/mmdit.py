@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from skyreels_jax.models import remat as remat_lib
 from skyreels_jax.core import DTYPES, check
-from skyreels_jax.models.attention import SP_KERNELS, STRATEGY_NAMES
+from skyreels_jax.models.attention import SP_KERNELS, STRATEGY_NAMES, VSA_KERNELS
 from skyreels_jax.models.attention import AttentionSpec
 from skyreels_jax.models.blocks import BlockSpec, DualStreamBlock, SingleStreamBlock
 from skyreels_jax.models.layers import (AdaLNModulation, ConditionEmbedding, dense, layer_norm,
@@ -341,6 +341,9 @@ def check_config(config) -> None:
   sp_kernel = m.get("sp_kernel", "auto")
   check(sp_kernel in SP_KERNELS, "model.sp_kernel",
         f"{sp_kernel!r} is not one of {list(SP_KERNELS)} (Ulysses' local attention)")
+  vsa_kernel = m.get("vsa_kernel", "auto")
+  check(vsa_kernel in VSA_KERNELS, "model.vsa_kernel",
+        f"{vsa_kernel!r} is not one of {list(VSA_KERNELS)} (VSA's fine stage)")
   cube = tuple(m.vsa_cube)
   check(len(cube) == 3 and all(isinstance(c, int) and c >= 1 for c in cube), "model.vsa_cube",
         f"{cube} must be 3 positive ints (t, h, w tokens)")

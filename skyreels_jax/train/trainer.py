@@ -30,6 +30,7 @@ from tqdm import tqdm
 from skyreels_jax.config import ConfigError, count_params, derive, hybrid_mesh_shape, validate
 from skyreels_jax.data import latents
 from skyreels_jax.data.loader import iterator_stats, make_eval_datasets, make_iterator
+from skyreels_jax.data.prefetch import DevicePrefetch
 from skyreels_jax.parallel import multihost
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
@@ -205,9 +206,12 @@ def train(config, workdir: str, *, restore_step: int | None = None,
                      video_latent_shape=codecs.latent_shape, text_frozen=text_frozen)
     if text_frozen:
       codecs = dataclasses.replace(codecs, null_text=latents.read_null_text(config.data.path))
-  iterator = make_iterator(config.data, tokenizer=tokenizer,
-                           global_batch_size=config.data.batch_size, seed=config.seed,
-                           process_index=share, process_count=shares, **latent_kw)
+  # Batch n + 1 goes to the devices while step n runs; checkpoints keep the position before
+  # it (data/prefetch.py).
+  iterator = DevicePrefetch(
+      make_iterator(config.data, tokenizer=tokenizer, global_batch_size=config.data.batch_size,
+                    seed=config.seed, process_index=share, process_count=shares, **latent_kw),
+      lambda batch: _global_batch(batch, mesh, axis_rules))
   ckpt = Checkpointer(workdir, max_to_keep=config.train.max_to_keep,
                       async_save=config.train.async_checkpointing, owner=True)
   watch = PreemptionWatch()
@@ -255,7 +259,7 @@ def train(config, workdir: str, *, restore_step: int | None = None,
 
     def step_fn(state, batch):
       """One jitted step (and one set of empty condition latents) per batch shape: a bucket
-      compiles once."""
+      compiles once. `batch`: global arrays, already on the devices (DevicePrefetch)."""
       key = tuple(sorted((k, v.shape) for k, v in batch.items()))
       if key not in jitted:
         args, args_sharding = frozen_args(batch)
@@ -268,7 +272,7 @@ def train(config, workdir: str, *, restore_step: int | None = None,
             k: batch_sharding(mesh, v.ndim, axis_rules) for k, v in batch.items()},
             args_sharding), cost
       args, fn, cost = jitted[key]
-      return (*fn(state, _global_batch(batch, mesh, axis_rules), args), cost)
+      return (*fn(state, batch, args), cost)
 
     evaluator = None
     if config.train.eval_every:

@@ -16,7 +16,8 @@ output, and the context output too when context queries are given. Strategies:
   ring         K/V blocks rotate around `sequence` (ppermute), online softmax, custom VJP
   splash       TPU Pallas flash kernel (no S x S scores; interpret mode off TPU)
   vsa          Video Sparse Attention: top-K 3D cubes of the video grid (refiner; dense
-               elsewhere)
+               elsewhere); the fine stage is a block-sparse Pallas kernel on TPU
+               (vsa_kernel.py, `model.vsa_kernel`)
 
 Main lengths that do not divide the `sequence` axis are padded and masked, never truncated.
 """
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from skyreels_jax.models.attention import (blockwise, cudnn, dot_product, ring, splash,
                                            ulysses, vsa)
 from skyreels_jax.models.attention.common import (  # noqa: F401 (the package's names)
-    SEQUENCE_PARALLEL, SP_KERNELS, STRATEGY_NAMES, AttentionSpec, join, split)
+    SEQUENCE_PARALLEL, SP_KERNELS, STRATEGY_NAMES, VSA_KERNELS, AttentionSpec, join, split)
 
 
 def _ones_mask(x: jax.Array) -> jax.Array:
@@ -47,6 +48,8 @@ def attention(q, k, v, kv_mask=None, *, q_ctx=None, k_ctx=None, v_ctx=None, ctx_
     raise ValueError(f"attention={spec.impl!r}: choose one of {list(STRATEGY_NAMES)}")
   if spec.sp_kernel not in SP_KERNELS:
     raise ValueError(f"sp_kernel={spec.sp_kernel!r}: choose one of {list(SP_KERNELS)}")
+  if spec.vsa_kernel not in VSA_KERNELS:
+    raise ValueError(f"vsa_kernel={spec.vsa_kernel!r}: choose one of {list(VSA_KERNELS)}")
   if k is not None and kv_mask is None:
     kv_mask = _ones_mask(k)
   if k_ctx is not None and ctx_mask is None:

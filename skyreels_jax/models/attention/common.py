@@ -12,6 +12,9 @@ SEQUENCE_PARALLEL = ("ulysses", "ring")
 # Ulysses' local attention (all S tokens, H / n heads): "auto" is splash on TPU, cuDNN on
 # GPU and blockwise (online softmax, no S x S scores) elsewhere.
 SP_KERNELS = ("auto", "blockwise", "dot_product", "splash", "cudnn")
+# VSA's fine stage: "auto" is the block-sparse Pallas kernel on TPU and the XLA gather
+# (vsa.fine_attention) elsewhere.
+VSA_KERNELS = ("auto", "xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +29,7 @@ class AttentionSpec:
   video_grid: tuple[int, int, int] | None = None   # (T, H, W) video token grid
   vsa_cube: tuple[int, int, int] = (4, 4, 4)       # tokens per cube along (T, H, W)
   vsa_top_k: int = 0                               # key cubes per query cube; 0 = all
+  vsa_kernel: str = "auto"                         # fine stage (VSA_KERNELS)
 
 
 def join(main, ctx, axis: int = 1):

@@ -18,9 +18,9 @@ different lengths) and context-only keys.
 
 Not included: the paper's coarse-stage output (attention over pooled cubes added through a
 learned per-token gate) - the gate is a parameter of the block, not of an attention strategy.
-The gather materialises K cubes of K/V per query cube (K times the keys); at 1080p that wants
-a block-sparse kernel (splash with a block mask on TPU, the VSA kernel on GPU) - this module is
-the XLA reference such a kernel must match.
+The gather materialises K cubes of K/V per query cube (K times the keys). `vsa_kernel.py` is
+the block-sparse flash kernel that avoids it (Pallas, TPU); `spec.vsa_kernel` picks the fine
+stage (auto: the kernel on TPU, this XLA reference elsewhere).
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-from skyreels_jax.models.attention.common import join
+from skyreels_jax.models.attention import vsa_kernel
+from skyreels_jax.models.attention._sharded import specs
+from skyreels_jax.models.attention.common import join, platform
 from skyreels_jax.models.attention.dot_product import attend_joined, local_attend
 
 
@@ -134,6 +137,30 @@ def _check(spec):
     raise ValueError(f"attention.vsa_top_k={spec.vsa_top_k}: want >= 0 (0 = all cubes)")
 
 
+def _fine(spec):
+  """The fine stage `spec.vsa_kernel` asks for. The Pallas kernel is one call per device, so
+  under a mesh it runs in shard_map over the batch and head axes (as splash does)."""
+  name = spec.vsa_kernel
+  if name == "auto":
+    name = "pallas" if platform() == "tpu" else "xla"
+  if name == "xla":
+    return fine_attention
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not (spec.batch_axes or spec.head_axis):
+    return vsa_kernel.fine_attention
+  _, tokens, _, mask = specs(spec)           # (B, S, H, D) and (B, S), S unsharded
+  b, h = tokens[0], tokens[2]
+  cubes, cube_mask, idx = P(b, None, None, h, None), P(b, None, None), P(b, h, None, None)
+
+  def fine(qc, kc, vc, mc, idx_, k_dense, v_dense, m_dense):
+    dense = (tokens, tokens, mask) if k_dense is not None else (None, None, None)
+    return jax.shard_map(vsa_kernel.fine_attention, mesh=mesh,
+                         in_specs=(cubes, cubes, cubes, cube_mask, idx, *dense),
+                         out_specs=cubes, check_vma=False)(qc, kc, vc, mc, idx_, k_dense,
+                                                            v_dense, m_dense)
+  return fine
+
+
 def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec):
   n_ref = reference_count(spec, q, k)
   if n_ref is None:   # not the video grid: audio, cross-attention, text-only keys
@@ -145,9 +172,9 @@ def attend(q, k, v, kv_mask, q_ctx, k_ctx, v_ctx, ctx_mask, *, spec):
   idx = select_cubes(qg, kg, mg, grid, cube, top_k)
   k_dense = join(k[:, :n_ref], k_ctx)
   v_dense, m_dense = join(v[:, :n_ref], v_ctx), join(kv_mask[:, :n_ref], ctx_mask)
-  out = fine_attention(to_cubes(qg, grid, cube), to_cubes(kg, grid, cube),
-                       to_cubes(vg, grid, cube), to_cubes(mg, grid, cube, False), idx,
-                       k_dense, v_dense, m_dense)
+  out = _fine(spec)(to_cubes(qg, grid, cube), to_cubes(kg, grid, cube),
+                    to_cubes(vg, grid, cube), to_cubes(mg, grid, cube, False), idx,
+                    k_dense, v_dense, m_dense)
   out = from_cubes(out, grid, cube)
   # References and context queries see every key, densely.
   q_dense = join(q[:, :n_ref], q_ctx)
