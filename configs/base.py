@@ -120,6 +120,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.audio_given_fallback = "a_inpaint"
   # edit_pair's prompt: the record's instruction alone, or "append"ed to its caption.
   c.data.edit_prompt = "instruction"
+  # Multi-shot clips (records with `shots`, data/shots.py). shot_captions: the model reads
+  # the caption plus one <shot start=.. end=..> tag per shot (False: the plain caption).
+  # build_records cuts clips at detected cuts (data_pipelines/cuts.py) so that each holds at most max_shots_per_clip
+  # shots and no cut falls within shot_margin_seconds of a clip's edge.
+  c.data.shot_captions = False
+  c.data.max_shots_per_clip = 3
+  c.data.shot_margin_seconds = 0.25
+  c.data.cut_threshold = 27.0       # build_records' cut detector (PySceneDetect's); 0: off
   c.data.caption_dropout = 0.1      # share of examples trained with the empty prompt (CFG)
   # Held-out set for validation (train.eval_every): a records folder, or else this share of
   # data.path's source videos (a hash of each record's source path, so every clip of one

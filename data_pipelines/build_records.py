@@ -16,6 +16,14 @@ from sidecars (`NAME.mask.mp4|.png`, `NAME.mask/`, `NAME.ref*.png|mp4`) or manif
 (`target`, `source_video`, `mask`, `references`, `instruction`, `audio_mask`), read through
 the input's own geometry (data_pipelines/sidecars.py); a sidecar with no input is reported.
 
+Shots: cuts are detected on the decoded frames (PySceneDetect's content detector,
+data.cut_threshold; 0: off), and clips are cut so that each holds at most
+data.max_shots_per_clip shots with no cut within data.shot_margin_seconds of its edges
+(data_pipelines/cuts.py). Shot captions come from `NAME.shots.json` (or a manifest's
+`shots`): `[{start, end, text, sfx}]`, seconds from the video's first frame; each record
+stores the shots that fall on it, moved onto its own timeline (records schema 4). A video
+with cuts but no shot captions keeps its whole caption; index.json's `shots` counts them.
+
 Every input is cut into the config's shape buckets (skyreels_jax/data/buckets.py): video frames
 are resampled to data.fps (nearest frame), resized to cover the closest-aspect resolution and
 centre-cropped, cut into consecutive clips of the longest duration that fits (again on the
@@ -49,8 +57,10 @@ from tqdm import tqdm
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import records
 from skyreels_jax.data import references
+from skyreels_jax.data import shots as shots_lib
 from skyreels_jax.data.media import AudioTrack, FrameSampler, cover, padded_audio
 
+from data_pipelines import cuts
 from data_pipelines import sidecars
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts")
@@ -199,9 +209,14 @@ def geometry_from_config(data_config) -> dict[str, Any]:
   if min(frames) <= 0:
     raise ValueError(f"data.durations give {frames} frames at {fps} fps; all must be >= 1")
   end = bool(data_config.endpoint_frame)
+  if data_config.max_shots_per_clip < 1 or data_config.shot_margin_seconds < 0:
+    raise ValueError("data.max_shots_per_clip must be >= 1 and data.shot_margin_seconds >= 0")
   return dict(fps=fps, sample_rate=sr, audio_channels=ch, endpoint_frame=end,
               resolutions=[list(r) for r in buckets_lib.resolutions(data_config)],
-              durations=[(f - end) / fps for f in frames], durations_frames=frames)
+              durations=[(f - end) / fps for f in frames], durations_frames=frames,
+              max_shots_per_clip=int(data_config.max_shots_per_clip),
+              shot_margin_seconds=float(data_config.shot_margin_seconds),
+              cut_threshold=float(data_config.cut_threshold))
 
 
 def _data_config(geometry: dict[str, Any]):
@@ -212,15 +227,6 @@ def _data_config(geometry: dict[str, Any]):
       num_frames=0, resolutions=tuple(tuple(r) for r in geometry["resolutions"]),
       durations=tuple(geometry["durations"]),
       endpoint_frame=bool(geometry.get("endpoint_frame", False))))
-
-
-def cut(total: int, choices: list[int]) -> list[tuple[int, int]]:
-  """(start, length) spans: the longest fitting length, again on the rest, until none fits."""
-  spans, start = [], 0
-  while (length := buckets_lib.longest_fitting(total - start, choices)) is not None:
-    spans.append((start, length))
-    start += length
-  return spans
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -265,10 +271,25 @@ def video_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
     # Clips need sound over their whole span, give or take a frame: stop where sound ends.
     audio_end = track.start + len(audio) / sr
     num_frames = min(num_frames, int(np.floor((audio_end - sampler.t0) * fps + 1e-6)) + 1)
-  spans = cut(num_frames, geometry["durations_frames"])
-  if not spans:
+  if num_frames < min(geometry["durations_frames"]):
     raise SkipFile(f"shorter than every duration bucket ({num_frames / fps:.3f} s < "
                    f"{min(geometry['durations_frames']) / fps:.3f} s)")
+  try:
+    captioned = sidecars.read_shots(inp, len(video) / fps)
+  except ValueError as e:
+    raise SkipFile(f"bad shots: {e}") from None
+  found = (cuts.detect_cuts(video[:num_frames], fps, geometry["cut_threshold"])
+           if geometry["cut_threshold"] > 0 else [])
+  # the captioned spans are cuts too: a clip never straddles one more than it may
+  bounds = {int(round(t * fps)) for s in captioned or [] for t in (s["start"], s["end"])}
+  spans = cuts.plan_clips(num_frames, sorted(set(found) | bounds),
+                          geometry["durations_frames"], max_shots=geometry["max_shots_per_clip"],
+                          margin=int(np.ceil(geometry["shot_margin_seconds"] * fps)))
+  if not spans:
+    raise SkipFile(f"no clip of {geometry['durations_frames']} frames holds at most "
+                   f"{geometry['max_shots_per_clip']} shots with no cut within "
+                   f"{geometry['shot_margin_seconds']} s of its edges ({len(found)} cuts)")
+  inp["cuts_found"] = len(found)   # the chunk's report counts multi-shot inputs
   h, w = sampler.size
   try:
     given = sidecars.video_given(inp, sampler, (h, w))
@@ -282,7 +303,9 @@ def video_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
   for start, length in spans:
     clip = dict(kind="video", video=video[start:start + length], fps=fps,
                 caption=inp["caption"], source=f"{inp['rel']}@{start / fps:.3f}",
-                instruction=inp.get("instruction"), references=given.get("references"))
+                instruction=inp.get("instruction"), references=given.get("references"),
+                shots=shots_lib.clip_shots(captioned, start / fps, (start + length) / fps)
+                if captioned else None)
     for key in ("mask", "source_video"):    # the clip's frames (a static mask: all)
       if key in given:
         clip[key] = given[key] if len(given[key]) == 1 and key == "mask" else (
@@ -320,7 +343,7 @@ def audio_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
     raise SkipFile(str(e)) from None
   samples = [buckets_lib.samples_for_frames(f, fps, sr, geometry.get("endpoint_frame", False))
              for f in geometry["durations_frames"]]
-  spans = cut(len(audio), samples)
+  spans = cuts.plan_clips(len(audio), [], samples)
   if not spans:
     raise SkipFile(f"shorter than every duration bucket ({len(audio) / sr:.3f} s < "
                    f"{min(samples) / sr:.3f} s)")
@@ -375,6 +398,7 @@ def process_chunk(task: tuple[int, list[dict[str, Any]], str, dict[str, Any]]) -
   start_time = time.perf_counter()
   name = chunk_name(chunk_id)
   writers, counts, skipped, used, sources = {}, {}, [], [], {}
+  multi_shot, uncaptioned = 0, []   # inputs with cuts; those of them without shot captions
   for inp in inputs:
     try:
       if inp.get("error"):
@@ -399,6 +423,10 @@ def process_chunk(task: tuple[int, list[dict[str, Any]], str, dict[str, Any]]) -
       counts[bucket]["num_records"] += 1
       counts[bucket]["without_audio"] += int(silent)
     used.append(inp["rel"])
+    if inp.get("cuts_found"):
+      multi_shot += 1
+      if not inp.get("shots"):
+        uncaptioned.append(inp["rel"])
   for bucket, writer in writers.items():
     writer.close()
     final = os.path.join(out, counts[bucket]["shard"])
@@ -406,6 +434,7 @@ def process_chunk(task: tuple[int, list[dict[str, Any]], str, dict[str, Any]]) -
     os.replace(final + ".tmp", final)
   marker = dict(chunk=chunk_id, fingerprints=[i["fingerprint"] for i in inputs],
                 geometry=geometry, buckets=counts, used=used, skipped=skipped,
+                multi_shot=multi_shot, without_shot_captions=uncaptioned,
                 seconds=round(time.perf_counter() - start_time, 3))
   _write_json(os.path.join(out, CHUNKS_DIR, f"{name}.json"), marker)
   return marker
@@ -437,9 +466,11 @@ def write_index(out: str, geometry: dict[str, Any], markers: list[dict]) -> dict
   """index.json and skipped.jsonl from the done markers of every chunk."""
   known = {b.name: b for b in buckets_lib.all_buckets(_data_config(geometry))}
   per_bucket: dict[str, dict] = {}
-  skipped, used = [], 0
+  skipped, used, multi_shot, uncaptioned = [], 0, 0, []
   for marker in sorted(markers, key=lambda m: m["chunk"]):
     used += len(marker["used"])
+    multi_shot += marker["multi_shot"]
+    uncaptioned += marker["without_shot_captions"]
     skipped += marker["skipped"]
     for name, c in marker["buckets"].items():
       b = known[name]
@@ -462,6 +493,9 @@ def write_index(out: str, geometry: dict[str, Any], markers: list[dict]) -> dict
                                                         for k, v in by_kind.items()},
                   without_audio=sum(e["without_audio"] for e in per_bucket.values())),
       inputs=dict(total=used + len(skipped), used=used, skipped=len(skipped)),
+      # videos with detected cuts; those with no shot captions keep their whole caption
+      shots=dict(multi_shot_videos=multi_shot, without_shot_captions=len(uncaptioned),
+                 without_shot_captions_files=uncaptioned),
   )
   _write_json(os.path.join(out, "index.json"), index)
   with open(os.path.join(out, "skipped.jsonl.tmp"), "w", encoding="utf-8") as f:
@@ -547,7 +581,9 @@ def _main(argv):
   print(f"{totals['num_records']} records ({totals['video_records']} video, "
         f"{totals['image_records']} image, {totals['audio_records']} audio; "
         f"{totals['without_audio']} videos without audio) in {len(index['buckets'])} buckets "
-        f"from {inputs['used']} files ({inputs['skipped']} skipped) to {f.out}, "
+        f"from {inputs['used']} files ({inputs['skipped']} skipped; "
+        f"{index['shots']['multi_shot_videos']} multi-shot videos, "
+        f"{index['shots']['without_shot_captions']} of them without shot captions) to {f.out}, "
         f"{time.perf_counter() - start:.1f} s")
 
 

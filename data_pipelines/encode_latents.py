@@ -280,6 +280,7 @@ def encode_shard(job: ShardJob, data_dir: str, out_dir: str, enc: Encoders) -> d
       for data in reader.read(list(range(start, min(total, start + enc.batch_size)))):
         try:
           clip = records.decode_clip(data)
+          clip["caption"] = prep.caption(clip)   # the text embedded (data.shot_captions)
           examples.append(preprocess(prep, clip))
           clips.append(clip)
         except records.RecordError as e:

@@ -1,6 +1,7 @@
-"""Captions (NAME.txt / NAME.json) and given-condition sidecars of build_records' inputs (data/records.py schema 3): masks,
-references, edit sources, instructions and audio masks, found beside a media file or named
-in a manifest, and read through exactly the input's geometry.
+"""Captions (NAME.txt / NAME.json), shot captions (NAME.shots.json) and given-condition
+sidecars of build_records' inputs (data/records.py schema 4): masks, references, edit
+sources, instructions and audio masks, found beside a media file or named in a manifest,
+and read through exactly the input's geometry.
 
 Beside `NAME.ext` in a folder:
   NAME.mask.mp4 / NAME.mask.png / NAME.mask/ (PNG frames, one per frame of the video, in
@@ -8,7 +9,10 @@ Beside `NAME.ext` in a folder:
       record's 1 = keep. A PNG mask holds on every frame.
   NAME.ref.png, NAME.ref2.png, NAME.ref_side.jpg, ... (png|jpg|jpeg|webp|mp4): reference
       stills, in name order (a video reference gives its middle frame).
-Manifest columns (paths relative to the manifest): `target` (the edited clip; an alias of
+  NAME.shots.json: the video's shots, `[{"start": s, "end": e, "text": ..., "sfx": ...}]`
+      in seconds from its first frame (data/shots.py), moved onto each clip's timeline.
+Manifest columns (paths relative to the manifest): `shots` (that list in a JSONL row, or
+the path of such a file), `target` (the edited clip; an alias of
 `path`), `source_video` (the clip before the edit), `mask`, `references` (a JSON list, or
 paths joined by `;` in a CSV), `instruction`, `audio_mask` ("START:END;..." seconds of the
 input's own sound to regenerate).
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from skyreels_jax.data import shots as shots_lib
 from skyreels_jax.tasks import given
 from skyreels_jax.data.media import STILL_EXTS, aligned_frames, cover, mask_keep, video_images
 
@@ -39,7 +44,7 @@ REF_EXTS = STILL_EXTS + VIDEO_EXTS
 # NAME.mask.EXT, NAME.mask/ and NAME.ref.EXT, NAME.ref2.EXT, NAME.ref_side.EXT (not
 # NAME.reflection.EXT: a picture that merely starts with "ref" stays an input).
 _SIDECAR = re.compile(
-    r"^(?P<stem>.+)\.(?P<what>mask|ref(?:\d+|[-_][^./]*)?)(?P<ext>\.[^.]+)?$")
+    r"^(?P<stem>.+)\.(?P<what>mask|shots|ref(?:\d+|[-_][^./]*)?)(?P<ext>\.[^.]+)?$")
 PATH_FIELDS = ("mask", "source_video", "references")
 CAPTION_FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")
 _TAG = re.compile(r"<(%s)>" % "|".join(CAPTION_FIELDS))
@@ -79,11 +84,14 @@ def sidecar_caption(media_path: str) -> str:
 
 
 def sidecar_of(name: str, is_dir: bool = False) -> tuple[str, str] | None:
-  """(owner stem, "mask" | "ref") when `name` is a given-condition sidecar, else None."""
+  """(owner stem, "mask" | "ref" | "shots") when `name` is a given-condition or shots
+  sidecar, else None."""
   m = _SIDECAR.match(name)
   if not m:
     return None
   ext = (m.group("ext") or "").lower()
+  if m.group("what") == "shots":
+    return (m.group("stem"), "shots") if not is_dir and ext == ".json" else None
   if m.group("what") == "mask":
     if (is_dir and not ext) or (not is_dir and ext in MASK_EXTS):
       return m.group("stem"), "mask"
@@ -98,7 +106,9 @@ def attach(row: dict[str, Any], root: str, found: dict[str, list[tuple[str, str]
   stem = os.path.splitext(os.path.basename(row["path"]))[0]
   for kind, name in sorted(found.get(stem, []), key=lambda x: x[1]):
     path = os.path.join(root, name)
-    if kind == "mask":
+    if kind == "shots":
+      row["shots"] = path
+    elif kind == "mask":
       if row.get("mask"):
         row["error"] = f"two masks: {os.path.basename(row['mask'])} and {name}"
       row["mask"] = path
@@ -120,7 +130,25 @@ def manifest_fields(entry: dict[str, Any], base: str) -> dict[str, Any]:
   for key in ("instruction", "audio_mask"):
     if entry.get(key) is not None and str(entry[key]).strip():
       out[key] = str(entry[key]).strip()
+  shots = entry.get("shots")
+  if isinstance(shots, str) and shots.strip():
+    out["shots"] = os.path.join(base, os.path.normpath(shots.strip()))
+  elif shots:
+    out["shots"] = shots     # the list itself (checked when the input is read)
   return out
+
+
+def read_shots(row: dict[str, Any], duration: float) -> list[dict[str, Any]] | None:
+  """The row's shots (NAME.shots.json, or a manifest's list or file), checked against the
+  video's `duration`; None when it has none; ValueError naming the file otherwise."""
+  shots = row.get("shots")
+  if not shots:
+    return None
+  if isinstance(shots, str):
+    if not os.path.isfile(shots):
+      raise ValueError(f"shots file {shots} not found")
+    return shots_lib.check_shots(shots_lib.read_file(shots), duration, what=shots)
+  return shots_lib.check_shots(shots, duration, what="the manifest's shots")
 
 
 def stamp(row: dict[str, Any]) -> str:
@@ -136,6 +164,15 @@ def stamp(row: dict[str, Any]) -> str:
                         for e in os.scandir(path))
     except OSError:
       parts.append(f"{path}:missing")
+  if isinstance(row.get("shots"), str):
+    path = row["shots"]
+    try:
+      st = os.stat(path)
+      parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    except OSError:
+      parts.append(f"{path}:missing")
+  elif row.get("shots"):
+    parts.append(json.dumps(row["shots"], sort_keys=True))
   parts += [f"{k}={row[k]}" for k in ("instruction", "audio_mask") if row.get(k)]
   return "\0".join(parts)
 

@@ -6,12 +6,15 @@ Every clip has exact ground truth, so models and the pipeline can be checked by 
 - each wall bounce starts an 80 ms tone at the bounce time whose pitch names the shape kind
   (circle 440 Hz, square 660 Hz, triangle 880 Hz); stereo clips pan it by horizontal position;
 - `bounces` holds every bounce time in seconds; the caption says what is seen and heard;
+- with --shots=N a clip holds N shots (hard cuts to other shapes, colours and pitches), each
+  with its span and caption in the record's `shots`;
 - with --edit_pairs a record is an edit: one shape recoloured or removed, its exact pixels
   as the mask, the scene before as source_video, the instruction, a still of the new shape.
 
   python -m data_pipelines.synthetic --out=/tmp/synth --num_clips=200 [--seed=0] \
       [--config=configs/tiny.py --config.data.height=64]
   python -m data_pipelines.synthetic --out=/tmp/edits --num_clips=200 --edit_pairs
+  python -m data_pipelines.synthetic --out=/tmp/shots --num_clips=200 --shots=2
   python -m data_pipelines.synthetic --out=/tmp/synth --num_clips=64 --buckets \
       --config=configs/stages.py:2,tiny     # every bucket of a bucketed config
 """
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from skyreels_jax.data import records
+from skyreels_jax.data import shots as shots_lib
 
 KINDS = ("circle", "square", "triangle")
 PITCH_HZ = {"circle": 440.0, "square": 660.0, "triangle": 880.0}
@@ -42,8 +46,12 @@ GEOMETRY_KEYS = ("height", "width", "num_frames", "fps", "sample_rate", "channel
 
 
 def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: int,
-              fps: float, sample_rate: int, channels: int, edit: bool = False) -> dict[str, Any]:
+              fps: float, sample_rate: int, channels: int, edit: bool = False,
+              shots: int = 1) -> dict[str, Any]:
   """One clip dict (see skyreels_jax.data.records) with `bounces`, drawn from `rng`.
+
+  shots > 1: a multi-shot clip (`_multi_shot`): hard cuts between scenes with no colour and
+  no shape kind in common, each shot with its caption in the record's `shots`.
 
   edit: an edit pair instead (its draws come after the clip's, so the source is the clip
   `edit=False` gives): `video` is the scene with one shape recoloured (to a colour no other
@@ -60,18 +68,14 @@ def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: 
   duration = num_frames / fps
   side = min(height, width)
 
+  if shots > 1:
+    if edit:
+      raise ValueError("a multi-shot clip (shots > 1) cannot be an edit pair")
+    return _multi_shot(rng, shots, geometry)
   num_shapes = int(rng.integers(1, 4))
   colours = rng.permutation(3)[:num_shapes]
-  shapes = []
-  for colour in colours:
-    kind = KINDS[int(rng.integers(len(KINDS)))]
-    half = 0.5 * side * rng.uniform(*_SIZE_RANGE)
-    centre = np.array([rng.uniform(half, width - half), rng.uniform(half, height - half)])
-    angle = rng.uniform(0, 2 * np.pi)
-    speed = rng.uniform(*_SPEED_RANGE) * side / duration
-    velocity = speed * np.array([np.cos(angle), np.sin(angle)])
-    shapes.append(dict(kind=kind, colour=int(colour), half=half, centre=centre,
-                       velocity=velocity))
+  shapes = [_draw_shape(rng, int(c), KINDS[int(rng.integers(len(KINDS)))], duration,
+                        height=height, width=width) for c in colours]
   background = rng.integers(0, 21, size=3).astype(np.uint8)
   clip = _render(shapes, background, **geometry)
   if not edit:
@@ -98,6 +102,66 @@ def make_clip(rng: np.random.Generator, *, height: int, width: int, num_frames: 
   keep = ~_shape_pixels(s, **geometry)
   return dict(out, source_video=clip["video"], mask=keep.astype(np.uint8),
               instruction=instruction, references=references)
+
+
+def _draw_shape(rng: np.random.Generator, colour: int, kind: str, duration: float, *,
+                height: int, width: int) -> dict[str, Any]:
+  side = min(height, width)
+  half = 0.5 * side * rng.uniform(*_SIZE_RANGE)
+  centre = np.array([rng.uniform(half, width - half), rng.uniform(half, height - half)])
+  angle = rng.uniform(0, 2 * np.pi)
+  speed = rng.uniform(*_SPEED_RANGE) * side / duration
+  velocity = speed * np.array([np.cos(angle), np.sin(angle)])
+  return dict(kind=kind, colour=colour, half=half, centre=centre, velocity=velocity)
+
+
+def shot_cuts(rng: np.random.Generator, num_frames: int, num_shots: int,
+              window: int | None = None) -> list[int]:
+  """Cut frames (sorted, exclusive of 0 and num_frames) of `num_shots` shots of about equal
+  length, each moved by up to a fifth of a shot. `window`: every multiple of it is a cut too
+  (the windows of one source each hold num_shots / (num_frames / window) whole shots)."""
+  window = window or num_frames
+  per_window = num_shots * window // num_frames
+  cuts = []
+  for w0 in range(0, num_frames, window):
+    base = window / per_window
+    for k in range(1, per_window):
+      jitter = rng.uniform(-0.2, 0.2) * base
+      cuts.append(w0 + int(np.clip(round(k * base + jitter), 1, window - 1)))
+    if w0:
+      cuts.append(w0)
+  return sorted(set(cuts))
+
+
+def _multi_shot(rng: np.random.Generator, num_shots: int, geometry: dict[str, Any],
+                window: int | None = None) -> dict[str, Any]:
+  """A clip of `num_shots` shots cut at `shot_cuts`; each shot a new scene (its own
+  background; shapes of colours and kinds the shot before has none of: another pitch), its
+  ground truth in `shots` ({start, end, text, sfx}) and the caption their "then"-join."""
+  fps, num_frames = geometry["fps"], geometry["num_frames"]
+  if num_frames < num_shots:
+    raise ValueError(f"{num_shots} shots need at least as many frames, got {num_frames}")
+  edges = [0] + shot_cuts(rng, num_frames, num_shots, window) + [num_frames]
+  parts, shots, previous = [], [], dict(colours=(), kinds=())
+  for f0, f1 in zip(edges, edges[1:]):
+    colours = [c for c in range(3) if c not in previous["colours"]]
+    kinds = [k for k in KINDS if k not in previous["kinds"]]
+    n = int(rng.integers(1, min(2, len(colours), len(kinds)) + 1))
+    colours = [int(c) for c in rng.permutation(colours)[:n]]
+    kinds = [kinds[int(i)] for i in rng.permutation(len(kinds))[:n]]
+    previous = dict(colours=colours, kinds=kinds)
+    g = dict(geometry, num_frames=f1 - f0)
+    shapes = [_draw_shape(rng, c, k, (f1 - f0) / fps, height=g["height"], width=g["width"])
+              for c, k in zip(colours, kinds)]
+    part = _render(shapes, rng.integers(0, 21, size=3).astype(np.uint8), **g)
+    text, sfx = caption_fields(kinds, colours, any_bounce=bool(len(part["bounces"])))
+    shots.append(dict(start=f0 / fps, end=f1 / fps, text=text, sfx=sfx))
+    parts.append(part)
+  bounces = np.concatenate([p["bounces"] + s["start"] for p, s in zip(parts, shots)])
+  return dict(parts[0], video=np.concatenate([p["video"] for p in parts]),
+              audio=np.concatenate([p["audio"] for p in parts]),
+              bounces=bounces.astype(np.float32), shots=shots,
+              caption=shots_lib.global_caption(shots))
 
 
 def _render(shapes: list[dict], background: np.ndarray, *, height: int, width: int,
@@ -150,13 +214,20 @@ def _shape_pixels(s: dict, *, height: int, width: int, num_frames: int, fps: flo
 
 def caption_for(kinds: list[str], colours: list[int], *, any_bounce: bool) -> str:
   """Deterministic structured caption, e.g. `<text>a red circle bounces ...</text><sfx>...`."""
+  text, sfx = caption_fields(kinds, colours, any_bounce=any_bounce)
+  return f"<text>{text}</text><sfx>{sfx}</sfx>"
+
+
+def caption_fields(kinds: list[str], colours: list[int], *,
+                   any_bounce: bool) -> tuple[str, str]:
+  """(what is seen, what is heard) of a scene: `caption_for`'s two fields."""
   things = [f"a {COLOURS[c]} {k}" for k, c in zip(kinds, colours)]
   verb = "bounces" if len(things) == 1 else "bounce"
   text = f"{_join(things)} {verb} around a dark room"
   if not any_bounce:
-    return f"<text>{text}</text><sfx>silence</sfx>"
+    return text, "silence"
   beeps = [f"a {PITCH_WORD[k]} beep" for k in KINDS if k in kinds]  # low to high
-  return f"<text>{text}</text><sfx>{_join(beeps)} at every bounce</sfx>"
+  return text, f"{_join(beeps)} at every bounce"
 
 
 def _join(items: list[str]) -> str:
@@ -215,11 +286,13 @@ def _add_tone(audio: np.ndarray, start: float, freq: float, *, pan: float,
 
 def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: int = 64,
                   clips_per_source: int = 1, kind: str = "video", edit_pairs: bool = False,
-                  **geometry) -> dict[str, Any]:
+                  shots: int = 1, **geometry) -> dict[str, Any]:
   """Writes `num_clips` clips as ArrayRecord shards plus index.json; returns the index.
   `kind`: video records, or each clip's first frame as an image record, or its sound alone
   as an audio record (the image and audio buckets of data/buckets.py). `edit_pairs`: each
   record an edit pair (make_clip's edit: mask, source_video, instruction, references).
+  `shots` > 1: multi-shot video clips (`_multi_shot`), each window of a source holding
+  `shots` whole shots, its record with `shots` and their joined caption.
 
   Clips come in sources of `clips_per_source` consecutive windows of one longer scene (the
   records' `source` is `synthetic/SEED/S@start_seconds`, as build_records writes for real
@@ -235,9 +308,12 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
   if missing or unknown:
     raise ValueError(f"geometry needs exactly {GEOMETRY_KEYS}: missing {missing}, "
                      f"unknown {unknown}")
-  if num_clips <= 0 or clips_per_shard <= 0 or clips_per_source <= 0:
-    raise ValueError(f"num_clips ({num_clips}), clips_per_shard ({clips_per_shard}) and "
-                     f"clips_per_source ({clips_per_source}) must be positive")
+  if min(num_clips, clips_per_shard, clips_per_source, shots) <= 0:
+    raise ValueError(f"num_clips ({num_clips}), clips_per_shard ({clips_per_shard}), "
+                     f"clips_per_source ({clips_per_source}) and shots ({shots}) must be "
+                     "positive")
+  if shots > 1 and (edit_pairs or kind != "video"):
+    raise ValueError("shots > 1 makes video clips; not with edit pairs, images or audio")
   os.makedirs(out_dir, exist_ok=True)
   num_shards = -(-num_clips // clips_per_shard)
   shards = []
@@ -252,8 +328,10 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
       src, window = divmod(i, clips_per_source)
       if scene.get("id") != src:
         long = dict(geometry, num_frames=geometry["num_frames"] * clips_per_source)
-        scene = dict(id=src, clip=make_clip(np.random.default_rng([seed, src]), **long,
-                                            edit=edit_pairs))
+        rng = np.random.default_rng([seed, src])
+        scene = dict(id=src, clip=_multi_shot(rng, shots * clips_per_source, long,
+                                              window=geometry["num_frames"]) if shots > 1
+                     else make_clip(rng, **long, edit=edit_pairs))
       clip = _window(scene["clip"], window, geometry["num_frames"])
       clip["source"] = f"synthetic/{seed}/{src}@{window * geometry['num_frames'] / geometry['fps']:.3f}"
       sources.append(clip["source"])
@@ -268,6 +346,7 @@ def write_dataset(out_dir: str, *, num_clips: int, seed: int, clips_per_shard: i
       seed=seed,
       clips_per_source=clips_per_source,
       edit_pairs=bool(edit_pairs),
+      shots=int(shots),
       geometry=dict(geometry),
       num_bounces=num_bounces,
       shards=shards,
@@ -315,8 +394,12 @@ def _window(clip: dict[str, Any], w: int, num_frames: int) -> dict[str, Any]:
   bounces = clip["bounces"]
   frames = slice(w * num_frames, (w + 1) * num_frames)
   cut = {k: clip[k][frames] for k in ("source_video", "mask") if clip.get(k) is not None}
-  return dict(clip, video=clip["video"][frames], audio=clip["audio"][a0:a1], **cut,
-              bounces=(bounces[(bounces >= t0) & (bounces < t1)] - t0).astype(np.float32))
+  out = dict(clip, video=clip["video"][frames], audio=clip["audio"][a0:a1], **cut,
+             bounces=(bounces[(bounces >= t0) & (bounces < t1)] - t0).astype(np.float32))
+  if clip.get("shots"):
+    out["shots"] = shots_lib.clip_shots(clip["shots"], t0, t1)
+    out["caption"] = shots_lib.global_caption(out["shots"])
+  return out
 
 
 def geometry_from_config(data_config) -> dict[str, Any]:
@@ -341,7 +424,8 @@ def _main(argv):
     return
   index = write_dataset(flags.FLAGS.out, num_clips=flags.FLAGS.num_clips,
                         seed=flags.FLAGS.seed, clips_per_source=flags.FLAGS.clips_per_source,
-                        edit_pairs=flags.FLAGS.edit_pairs, **geometry_from_config(config.data))
+                        edit_pairs=flags.FLAGS.edit_pairs, shots=flags.FLAGS.shots,
+                        **geometry_from_config(config.data))
   g = index["geometry"]
   print(f"wrote {index['num_clips']} clips ({index['num_bounces']} bounces) in "
         f"{len(index['shards'])} shards to {flags.FLAGS.out}: {g['num_frames']}x{g['height']}x"
@@ -362,6 +446,8 @@ def _define_flags():
                        "for in-context references, data.refs).")
   flags.DEFINE_bool("edit_pairs", False, "Edit pairs: each record a shape recoloured or "
                     "removed, with mask, source_video, instruction (and a reference still).")
+  flags.DEFINE_integer("shots", 1, "Shots per clip: > 1 writes multi-shot clips (hard cuts "
+                       "between scenes), their records carrying `shots`.")
   flags.DEFINE_bool("buckets", False, "Write every shape bucket of the config (video, image "
                     "and audio records) into OUT/<bucket>/, as the loader reads them.")
   config_flags.DEFINE_config_file("config", default_config,

@@ -28,6 +28,7 @@ from configs import base as base_config
 
 from skyreels_jax.data import buckets as buckets_lib
 from skyreels_jax.data import references
+from skyreels_jax.data import shots as shots_lib
 from skyreels_jax.diffusion import flow_matching, solvers
 from skyreels_jax.models import SkyReelsV4, encoders
 from skyreels_jax.models import mmdit as mmdit_lib
@@ -130,6 +131,13 @@ def _check_train(config) -> None:
   if t.sample_every:
     _check(len(t.sample_prompts) >= 1 and all(isinstance(p, str) for p in t.sample_prompts),
            "train.sample_prompts", "needs one or more prompts (or one prompt file path)")
+    for p in (x for x in t.sample_prompts if "<shot" in x):
+      _check(d.shot_captions, "train.sample_prompts",
+             f"{p[:60]!r} has shot tags, but data.shot_captions is off")
+      try:
+        shots_lib.prompt_text(p, None, d.num_frames / d.fps)
+      except shots_lib.ShotError as e:
+        _check(False, "train.sample_prompts", str(e))
   a, b = tuple(t.profile_steps) if len(t.profile_steps) == 2 else (-1, -1)
   _check((a, b) == (0, 0) or 1 <= a <= b, "train.profile_steps",
          "must be (first, last) steps with 1 <= first <= last, or (0, 0) (off)")

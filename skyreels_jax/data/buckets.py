@@ -97,6 +97,8 @@ def check_clip(config) -> None:
     check(d[f] >= 1, f"data.{f}", "must be >= 1")
   check(d.fps > 0, "data.fps", "must be positive")
   check(int(d.get("read_threads", 2)) >= 1, "data.read_threads", "must be >= 1")
+  check(d.max_shots_per_clip >= 1, "data.max_shots_per_clip", "must be >= 1")
+  check(d.shot_margin_seconds >= 0, "data.shot_margin_seconds", "must be >= 0")
 
 
 def check_config(config, derive: Callable) -> None:

@@ -67,6 +67,7 @@ from skyreels_jax.data import latents
 from skyreels_jax.data.prefetch import DevicePrefetch
 from skyreels_jax.data import records
 from skyreels_jax.data import references
+from skyreels_jax.data import shots as shots_lib
 from skyreels_jax.data import split
 from skyreels_jax.data.records import BadRecord
 
@@ -308,6 +309,7 @@ class ClipPreprocessor:
   blank_size: tuple[int, int] = (0, 0)
   endpoint_frame: bool = False    # data.endpoint_frame (buckets.samples_for_frames)
   given: given_lib.GivenFields | None = None   # data-given task fields (data/given.py)
+  shot_captions: bool = False     # data.shot_captions: the caption with its shots' tags
 
   @classmethod
   def from_config(cls, data_config, tokenizer) -> "ClipPreprocessor":
@@ -317,7 +319,8 @@ class ClipPreprocessor:
                sample_rate=int(data_config.sample_rate),
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
                endpoint_frame=bool(data_config.endpoint_frame),
-               given=given_lib.GivenFields.from_config(data_config))
+               given=given_lib.GivenFields.from_config(data_config),
+               shot_captions=bool(data_config.shot_captions))
 
   @classmethod
   def for_bucket(cls, bucket: buckets_lib.Bucket, data_config, tokenizer,
@@ -327,7 +330,8 @@ class ClipPreprocessor:
                audio_channels=int(data_config.audio_channels), tokenizer=tokenizer,
                kind=bucket.kind, blank_size=tuple(blank_size),
                endpoint_frame=bool(data_config.endpoint_frame),
-               given=given_lib.GivenFields.from_config(data_config))
+               given=given_lib.GivenFields.from_config(data_config),
+               shot_captions=bool(data_config.shot_captions))
 
   @property
   def num_samples(self) -> int:
@@ -350,7 +354,7 @@ class ClipPreprocessor:
   def example(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:
     """The model example of a decoded record (RecordError when it does not fit)."""
     example = self.preprocess(clip)
-    text = self.tokenizer(clip["caption"])
+    text = self.tokenizer(self.caption(clip))
     clash = set(text) & set(example)
     if clash:
       raise ValueError(f"tokenizer output overwrites example fields {sorted(clash)}")
@@ -358,6 +362,15 @@ class ClipPreprocessor:
     if self.given is not None:
       example.update(self.given.fields(clip, example, self.tokenizer))
     return example
+
+  def caption(self, clip: dict[str, Any]) -> str:
+    """The text the model reads: the caption, with `data.shot_captions` its shots' tags
+    (data/shots.py) for the frames this bucket keeps."""
+    shots = clip.get("shots")
+    if not (self.shot_captions and shots):
+      return clip["caption"]
+    return shots_lib.tagged_caption(clip["caption"],
+                                    shots_lib.clip_shots(shots, 0.0, self.num_frames / self.fps))
 
   def preprocess(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:
     """Checks kind and geometry, crops time (video stays uint8: the train step scales it to

@@ -1,6 +1,6 @@
 """The on-disk clip record: one msgpack blob per ArrayRecord entry, with a schema version.
 
-A clip is a dict (schema 3):
+A clip is a dict (schema 4):
   kind         str     "video" (a clip, with or without sound), "image" (a still: one frame)
                        or "audio" (sound only)
   video        uint8   (T, H, W, 3); T = 1 for an image; None for audio
@@ -11,6 +11,9 @@ A clip is a dict (schema 3):
   caption      str     structured caption (`<text>...</text><sfx>...</sfx>`, SPEC section 3)
   source       str     optional: where the clip came from (`path@start_seconds`)
   bounces      float32 (N,) optional: bounce times in seconds (synthetic ground truth)
+  shots        list of {start, end, text, sfx?} (schema 4, optional; video records): the
+               clip's shots, seconds on its own timeline, sorted, not overlapping
+               (skyreels_jax/data/shots.py)
 Given conditions (schema 3, all optional; SPEC section 3: 1 = keep, 0 = generate):
   mask         uint8 (T, H, W) or (1, H, W) (static) of 0 / 1: what an inpainting or edit
                keeps, on the video's own frames and pixels
@@ -24,7 +27,7 @@ Given conditions (schema 3, all optional; SPEC section 3: 1 = keep, 0 = generate
 A video's audio covers the same time span as its frames: S = T / fps * sample_rate, give or
 take one video frame. Any change to this layout bumps SCHEMA_VERSION. Readers take the
 versions in READABLE_VERSIONS (schema 1, the first issue's audio-video clips, reads as a
-"video" with sound; schema 2 has no given conditions) and reject others.
+"video" with sound; schema 2 has no given conditions, schema 3 no shots) and reject others.
 """
 
 import dataclasses
@@ -34,13 +37,15 @@ from typing import Any
 from flax import serialization
 import numpy as np
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+from skyreels_jax.data import shots as shots_lib
+
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 KINDS = ("video", "image", "audio")
 
 GIVEN_FIELDS = ("mask", "audio_mask", "source_video", "references", "instruction")
 _FIELDS = ("kind", "video", "audio", "fps", "sample_rate", "caption", "source",
-           "bounces") + GIVEN_FIELDS
+           "bounces", "shots") + GIVEN_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +148,7 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
           f"{sample_rate} Hz need {expected:.0f} (+- {samples_per_frame:.0f})")
 
   out = dict(kind=kind, video=video, audio=audio, fps=fps, sample_rate=sample_rate,
-             caption=caption, source=source, bounces=None)
+             caption=caption, source=source, bounces=None, shots=None)
   out.update(_given(clip, video, audio))
   if clip.get("bounces") is not None:
     if kind != "video":
@@ -154,6 +159,13 @@ def _validated(clip: dict[str, Any]) -> dict[str, Any]:
                          or bounces.min() < 0 or bounces.max() > duration):
       raise RecordError(f"bounces must be times within [0, {duration}] s")
     out["bounces"] = bounces
+  if clip.get("shots") is not None:
+    if kind != "video":
+      raise RecordError("shots belong to video records")
+    try:
+      out["shots"] = shots_lib.check_shots(clip["shots"], video.shape[0] / fps)
+    except shots_lib.ShotError as e:
+      raise RecordError(str(e)) from None
   return out
 
 

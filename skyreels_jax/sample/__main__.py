@@ -1,4 +1,4 @@
-"""python -m skyreels_jax.sample --workdir=W (--prompt=TEXT ... | --prompt_file=F) --out=OUT
+"""python -m skyreels_jax.sample --workdir=W (--prompt=TEXT ... | --prompt_file=F) [--shots=F] --out=OUT
     [task: --image=PNG | --first=PNG --last=PNG |
            --video=MP4 (--extend=K | --mask=PNG|MP4|DIR [--audio_mask=S:E] | --audio_mask=S:E)]
     [references: --ref_image=PNG ... --ref_video=MP4 --audio_ref=WAV] [--seed=S]
@@ -18,7 +18,13 @@ or alone, then every frame is kept). References combine with any task.
 audio), R the refiner; the MP4 is at the refiner's size and frame rate with the base's audio.
 --mesh=data=1,fsdp=2,sequence=2,tensor=2 samples on a mesh other than the training one.
 
---prompt_file: one prompt per line, or JSON lines {"prompt": ..., "seed": ...}. Prompts run
+--shots=FILE (JSON [{"start": s, "end": e, "text": ..., "sfx": ...}], seconds) makes a
+multi-shot clip: the model reads the prompt (or, without --prompt, the shots' texts joined
+by "then") with one <shot start=.. end=..> tag per shot, as in training; shot tags may also
+be written inside --prompt. The run must have been trained with data.shot_captions.
+
+--prompt_file: one prompt per line (shot tags allowed), or JSON lines {"prompt": ...,
+"seed": ..., "shots": [...]}. Prompts run
 in batches of --batch_size (padded to a full batch: one program). Prompt i gets seed
 `--seed + i` unless its line gives one. Writes OUT/sample_<i>.mp4 (H.264 + AAC), .wav and
 .json (the settings) and a contact sheet. With several processes every batch runs on the
@@ -32,6 +38,7 @@ import sys
 from absl import app, flags
 from tqdm import tqdm
 
+from skyreels_jax.data import shots as shots_lib
 from skyreels_jax.parallel import multihost
 from skyreels_jax.sample import export
 from skyreels_jax.tasks import given
@@ -39,6 +46,9 @@ from skyreels_jax.tasks import given
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt(s); repeat for several.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "TXT (one per line) or JSONL prompts.")
+_SHOTS = flags.DEFINE_string("shots", None, "JSON [{start, end, text, sfx?}] (seconds): a "
+                             "multi-shot clip, for every prompt (a run trained with "
+                             "data.shot_captions).")
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _BATCH = flags.DEFINE_integer("batch_size", None, "Prompts per batch (config.sample).")
 _IMAGE = flags.DEFINE_string("image", None, "First frame (PNG/JPG): image-to-video.")
@@ -97,15 +107,17 @@ def task_of(v: dict) -> str:
   """The task the flags ask for; raises a usage error naming the flag on a bad combination
   or a missing file. v: flag name -> value."""
   for name in ("image", "first", "last", "video", "mask", "ref_video", "audio_ref",
-               "prompt_file"):
+               "prompt_file", "shots"):
     folder = name == "mask" and v.get(name) and os.path.isdir(v[name])  # PNG frames
     if v.get(name) and not (os.path.isfile(v[name]) or folder):
       raise usage(f"--{name}={v[name]}: no such file")
   for path in v.get("ref_image") or []:
     if not os.path.isfile(path):
       raise usage(f"--ref_image={path}: no such file")
-  if bool(v.get("prompt")) == bool(v.get("prompt_file")):
+  if v.get("prompt") and v.get("prompt_file"):
     raise usage("give --prompt or --prompt_file (one of them)")
+  if not (v.get("prompt") or v.get("prompt_file") or v.get("shots")):
+    raise usage("give --prompt or --prompt_file (or --shots alone)")
   if v.get("extend") is not None and not v.get("video"):
     raise usage("--extend needs --video")
   for name in ("mask", "audio_mask"):
@@ -238,10 +250,20 @@ def main(argv):
     _say_usage(str(e))
 
 
+def read_shots(path: str | None) -> list[dict] | None:
+  """--shots=FILE -> [{start, end, text, sfx?}]; a usage error naming the flag otherwise."""
+  if not path:
+    return None
+  try:
+    return shots_lib.read_file(path)
+  except shots_lib.ShotError as e:
+    raise usage(f"--shots={path}: {e}") from None
+
+
 def _main(argv):
   del argv
-  names = ("prompt", "prompt_file", "image", "first", "last", "video", "extend", "mask",
-           "audio_mask", "ref_image", "ref_video", "audio_ref")
+  names = ("prompt", "prompt_file", "shots", "image", "first", "last", "video", "extend",
+           "mask", "audio_mask", "ref_image", "ref_video", "audio_ref")
   values = {n: flags.FLAGS[n].value for n in names}
   task = task_of(values)     # before JAX starts: a usage error costs nothing
   if _REFINER.value and not os.path.isfile(os.path.join(_REFINER.value, "config.json")):
@@ -259,7 +281,11 @@ def _main(argv):
   geometry, _ = derive(config)
   cond = build_condition(task, values, config, geometry)   # media read before any compile
   rows = (read_prompts(_PROMPT_FILE.value) if _PROMPT_FILE.value
-          else [{"prompt": p, "seed": None} for p in _PROMPT.value])
+          else [{"prompt": p, "seed": None} for p in _PROMPT.value or [""]])
+  try:
+    export.with_shots(rows, config, read_shots(_SHOTS.value))
+  except ValueError as e:
+    raise usage(f"--shots: {e}" if _SHOTS.value else str(e)) from None
   for i, row in enumerate(rows):
     row["seed"] = _SEED.value + i if row["seed"] is None else int(row["seed"])
   batch = _BATCH.value or int(config.sample.batch_size)

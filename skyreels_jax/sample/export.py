@@ -18,6 +18,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
+from skyreels_jax.data import shots as shots_lib
+
 
 def _fps_fraction(fps: float) -> Fraction:
   # 7.5 -> 15/2, 29.97 -> 2997/100, 30000/1001 stays exact.
@@ -218,9 +220,10 @@ def write_contact_sheet(path, videos: list, labels: list | None = None,
 
 
 def read_prompts(path: str) -> list[dict]:
-  """[{"prompt": str, "seed": int | None}] from a TXT (a prompt a line) or JSONL file (lines
-  {"prompt": ..., "seed": ...}); ValueError naming the line otherwise (the sampler's
-  --prompt_file, train.sample_prompts)."""
+  """[{"prompt": str, "seed": int | None, "shots": list | None}] from a TXT (a prompt a line,
+  shot tags allowed) or JSONL file (lines {"prompt": ..., "seed": ..., "shots": [{start, end,
+  text}, ...]}; "prompt" may be left out when "shots" is given); ValueError naming the line
+  otherwise (the sampler's --prompt_file, train.sample_prompts)."""
   rows = []
   with open(path) as f:
     for n, line in enumerate(f, 1):
@@ -230,11 +233,33 @@ def read_prompts(path: str) -> list[dict]:
       if line.startswith("{"):
         try:
           row = json.loads(line)
-          rows.append({"prompt": str(row["prompt"]), "seed": row.get("seed")})
+          shots = row.get("shots")
+          prompt = str(row["prompt"]) if shots is None or "prompt" in row else ""
+          rows.append({"prompt": prompt, "seed": row.get("seed"), "shots": shots})
         except (ValueError, KeyError) as e:
           raise ValueError(f"line {n}: {e!r}") from None
       else:
-        rows.append({"prompt": line, "seed": None})
+        rows.append({"prompt": line, "seed": None, "shots": None})
   if not rows:
     raise ValueError("no prompts")
+  return rows
+
+
+def with_shots(rows: list[dict], config, shots: list[dict] | None = None) -> list[dict]:
+  """Each row's "prompt" as the model reads it: with shots (the row's "shots", shot tags in
+  its prompt, or `shots` for every row) the tagged caption of data/shots.prompt_text.
+  ValueError naming the prompt when its shots do not fit the run's clips, or when the run
+  was trained without data.shot_captions (its model never read a shot tag)."""
+  duration = config.data.num_frames / config.data.fps
+  for i, row in enumerate(rows):
+    given = row.get("shots") or shots
+    if not (given or "<shot" in row["prompt"]):
+      continue
+    if not config.data.shot_captions:
+      raise ValueError(f"prompt {i} has shots, but this run was trained without "
+                       "data.shot_captions (its model never read shot tags)")
+    try:
+      row["prompt"] = shots_lib.prompt_text(row["prompt"], given, duration)
+    except shots_lib.ShotError as e:
+      raise ValueError(f"prompt {i}: {e}") from None
   return rows

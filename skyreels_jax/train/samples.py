@@ -26,7 +26,8 @@ SAMPLES = "samples"
 
 
 def prompts_of(config) -> list[dict]:
-  """[{"prompt", "seed"}] of train.sample_prompts (a file path when it names one file)."""
+  """[{"prompt", "seed"}] of train.sample_prompts (a file path when it names one file);
+  prompts with shots become the text the model reads (export.with_shots)."""
   given = list(config.train.sample_prompts)
   if len(given) == 1 and os.path.isfile(given[0]):
     rows = export.read_prompts(given[0])
@@ -34,7 +35,7 @@ def prompts_of(config) -> list[dict]:
     rows = [{"prompt": p, "seed": None} for p in given]
   for i, row in enumerate(rows):
     row["seed"] = config.seed + i if row["seed"] is None else int(row["seed"])
-  return rows
+  return export.with_shots(rows, config)
 
 
 class TrainingSamples:

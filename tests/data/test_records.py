@@ -29,9 +29,12 @@ def _raw(clip, **fields):
 
 
 def test_round_trip_is_exact():
-  clip = _clip(source="a/b.mp4@1.5")
+  shots = [dict(start=0.0, end=0.25, text="a close-up", sfx="rain"),
+           dict(start=0.25, end=0.5, text="a wide shot")]
+  clip = _clip(source="a/b.mp4@1.5", shots=shots)
   out = records.decode_clip(records.encode_clip(clip))
   assert sorted(out) == sorted(set(clip) | {"kind"} | set(records.GIVEN_FIELDS))
+  assert out["shots"] == shots
   assert out["kind"] == "video" and out["source"] == "a/b.mp4@1.5"
   for key in ("video", "audio", "bounces"):
     assert out[key].dtype == clip[key].dtype
@@ -103,8 +106,8 @@ def test_truncated_record():
 
 
 def test_wrong_schema_version():
-  with pytest.raises(records.RecordError, match="schema_version is 4"):
-    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=4)))
+  with pytest.raises(records.RecordError, match="schema_version is 5"):
+    records.decode_clip(serialization.msgpack_serialize(dict(_clip(), schema_version=5)))
   with pytest.raises(records.RecordError, match="schema_version is None"):
     records.decode_clip(serialization.msgpack_serialize(_clip()))
 
@@ -191,3 +194,17 @@ def test_invalid_given_conditions(overrides, message):
     records.encode_clip(_clip(**overrides))
   with pytest.raises(records.RecordError, match=message):
     records.decode_clip(_raw(_clip(), **overrides))
+
+
+@pytest.mark.parametrize("shots, message", [
+    ([dict(start=0.0, end=0.3, text="a"), dict(start=0.25, end=0.5, text="b")], "overlap"),
+    ([dict(start=0.0, end=3.0, text="a")], "past the clip"),
+    ([dict(start=0.4, end=0.2, text="a")], "start < end"),
+    ([dict(start=0.0, end=0.5)], "missing"),
+    ("0-1: a", "must be a list"),
+])
+def test_bad_shots_are_refused_by_name(shots, message):
+  with pytest.raises(records.RecordError, match=message):
+    records.encode_clip(_clip(shots=shots))
+  with pytest.raises(records.RecordError, match=message):
+    records.decode_clip(_raw(_clip(), shots=shots))

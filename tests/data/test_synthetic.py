@@ -239,3 +239,40 @@ def test_edit_pairs_have_exact_ground_truth(tmp_path):
   assert kinds == {"recolour", "remove"}
   np.testing.assert_array_equal(plain["video"], synthetic.make_clip(
       np.random.default_rng([0, 5]), **geometry)["video"])
+
+
+def test_multi_shot_clips_have_exact_ground_truth(tmp_path):
+  """--shots=2 (the CLI): each record holds 2 shots covering it; at the cut the scene changes
+  to shapes of other colours and kinds, so each shot's frames show its caption's colours
+  only, and its beeps have its shapes' pitches; a source's windows hold whole shots."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  subprocess.run([sys.executable, "-m", "data_pipelines.synthetic", f"--out={tmp_path}",
+                  "--num_clips=12", "--shots=2", "--clips_per_source=2",
+                  "--config.data.sample_rate=16000"],
+                 cwd=repo, capture_output=True, text=True, check=True, timeout=60)
+  assert json.loads((tmp_path / "index.json").read_text())["shots"] == 2
+  clips = [records.decode_clip(d) for d in _read_all(sorted(tmp_path.glob("*.array_record")))]
+  assert len(clips) == 12
+  fps, rate = clips[0]["fps"], clips[0]["sample_rate"]
+  pitched = 0
+  for clip in clips:
+    shots = clip["shots"]
+    duration = len(clip["video"]) / fps
+    assert len(shots) == 2 and shots[0]["start"] == 0 and shots[-1]["end"] == duration
+    assert shots[0]["end"] == shots[1]["start"] and 0 < shots[0]["end"] < duration
+    assert clip["caption"] == (f"<text>{shots[0]['text']}, then {shots[1]['text']}</text>"
+                               f"<sfx>{shots[0]['sfx']}, then {shots[1]['sfx']}</sfx>")
+    things = [THING.findall(s["text"]) for s in shots]
+    assert not {c for c, _ in things[0]} & {c for c, _ in things[1]}
+    assert not {k for _, k in things[0]} & {k for _, k in things[1]}
+    for s, seen in zip(shots, things):
+      frames = clip["video"][round(s["start"] * fps):round(s["end"] * fps)]
+      lit = {name for i, name in enumerate(synthetic.COLOURS)
+             if (frames[..., i] > 128).any()}
+      assert lit == {c for c, _ in seen}, (s, lit)
+      for t in clip["bounces"][(clip["bounces"] >= s["start"])
+                               & (clip["bounces"] < s["end"] - 0.07)]:
+        hz = _peak_hz(clip["audio"], t, rate)
+        pitched += 1
+        assert min(abs(hz - synthetic.PITCH_HZ[k]) for _, k in seen) < 20, (hz, seen)
+  assert pitched >= 20

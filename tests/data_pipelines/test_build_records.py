@@ -169,8 +169,6 @@ def test_csv_manifest_and_caption_rules(tmp_path):
   assert rows[1]["path"] == str(tmp_path / "x" / "v.mp4")
   assert sidecars.caption_from_text("  plain  ") == "<text>plain</text>"
   assert sidecars.caption_from_text("<sfx>rain</sfx>") == "<sfx>rain</sfx>"
-  assert build_records.cut(20, [8]) == [(0, 8), (8, 8)]
-  assert build_records.cut(23, [4, 8]) == [(0, 8), (8, 8), (16, 4)]
 
 
 def test_upright_applies_the_display_rotation():

@@ -18,7 +18,9 @@ from skyreels_jax.models.attention import attention
 from skyreels_jax.models.layers import MLP, dense, layer_norm
 
 PAD, BOS = 0, 1
-_WORD = re.compile(r"<[^>]+>|[a-z0-9]+")
+# A shot tag's times are words ("<shot start=1.25 end=2.00>": <shot, start, 1, 25, end, ...)
+# so the encoder reads them; other tags are one token each.
+_WORD = re.compile(r"<shot\b|<[^>]+>|[a-z0-9]+")
 
 
 class HashWordTokenizer:
