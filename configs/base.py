@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.audio_rope_theta = 10000.0  # audio 1D RoPE and the audio<->video cross-attention
   c.model.use_audio = True          # False: video-only model (no audio branch, no A<->V attention)
   c.model.text_cross_attention = True
+  # Multi-shot clips (data.shot_captions): in the video's text cross-attention, frames of
+  # shot k read only shot k's caption tokens and the global ones (tasks/shots.py).
+  c.model.shot_attention = False
   c.model.guidance_embed = False    # distilled-guidance embedding (HunyuanVideo style)
   c.model.text_refiner_layers = 0   # HunyuanVideo's token refiner blocks (2 in its release)
   c.model.dtype = "float32"         # compute dtype: float32 | bfloat16

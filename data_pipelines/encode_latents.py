@@ -85,12 +85,14 @@ class Encoders:
     from skyreels_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     from skyreels_jax.models.text import FrozenTextEncoder  # pylint: disable=g-import-not-at-top
     from skyreels_jax.tasks.examples import make_codecs  # pylint: disable=g-import-not-at-top
+    from skyreels_jax.tasks.shots import shot_count  # pylint: disable=g-import-not-at-top
     from skyreels_jax.train.state import place_frozen  # pylint: disable=g-import-not-at-top
     if dtype not in latents.DTYPES:
       raise ValueError(f"dtype must be one of {sorted(latents.DTYPES)}, got {dtype!r}")
     self.config, self.batch_size, self.dtype = config, batch_size, dtype
     self.text_spec = text_spec or encoders.build_text(config.text, dtype=jnp.float32,
-                                                      param_dtype=jnp.float32)
+                                                      param_dtype=jnp.float32,
+                                                      max_shots=shot_count(config))
     # A trained text encoder learns with the model, so only its tokens can be stored.
     self.text_frozen = not self.text_spec.trainable
     codecs, _ = make_codecs(config, text_encoder=text_spec is None)
@@ -191,6 +193,9 @@ class Encoders:
     if not which:
       return
     tokens = [self.tokenizer(p) for p in prompts]
+    if not prefix:     # model.shot_attention: each token's shot and the shots' spans
+      for i, tok in zip(which, tokens):
+        out[i].update({k: tok[k] for k in latents.SHOT_FIELDS if k in tok})
     if self._text is None:
       for i, tok in zip(which, tokens):
         out[i][prefix + "text_ids"] = np.asarray(tok["text_ids"], np.int32)

@@ -39,6 +39,7 @@ from skyreels_jax.parallel import mesh as mesh_lib
 from skyreels_jax import tasks as tasks_lib
 from skyreels_jax.tasks import keyframes as keyframes_lib
 from skyreels_jax.tasks import refiner as refiner_lib
+from skyreels_jax.tasks.shots import shot_count
 
 # Re-exported: the bottom floor's names, and the mesh arithmetic that lives with the mesh.
 from skyreels_jax.core import DTYPES, MESH_AXES, ConfigError, check as _check  # noqa: F401
@@ -228,7 +229,7 @@ def derive(config, *, abstract: bool = False) -> tuple[Geometry, MMDiTConfig]:
       rope_axes_dim=tuple(m.rope_axes_dim), audio_rope_theta=m.audio_rope_theta,
       audio_time_scale=scale, use_audio=m.use_audio,
       text_cross_attention=m.text_cross_attention, guidance_embed=m.guidance_embed,
-      text_refiner_layers=m.text_refiner_layers,
+      text_refiner_layers=m.text_refiner_layers, max_shots=shot_count(config),
       attention=attention_spec(config), remat=m.remat, scan_blocks=m.scan_blocks,
       dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype])
   return geom, mcfg

@@ -13,6 +13,9 @@ entry (LATENT_SCHEMA_VERSION 1):
   source          str     optional: where the clip came from
   encoders        dict    {"video_ae": {...}, "audio_ae": {...}, "text": {...}}: the kind and
                           settings of each encoder, so a run refuses latents of other encoders
+Shots (schema 3, optional: model.shot_attention; tasks/shots.py):
+  text_shot       int32 (L,) the shot of each text token (0: global)
+  shot_spans      float32 (S, 2) each shot's (start, end) seconds, (-1, -1) for none
 Given conditions (schema 2, optional; from the clip record's, tasks/given.py):
   given_keep        uint8 (T, h, w): the mask on the latent grid (1 = keep), by the rule
   given_audio_keep  uint8 (Ta,): the audio mask on the audio latent grid
@@ -42,8 +45,8 @@ from skyreels_jax.data import records
 from skyreels_jax.data.buckets import Bucket
 from skyreels_jax.data.given import GivenFields
 
-LATENT_SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+LATENT_SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 KINDS = ("video", "image", "audio")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 ENCODER_KEYS = ("video_ae", "audio_ae", "text")
@@ -51,14 +54,16 @@ NUMERICALLY_NEUTRAL = ("encode_chunk", "decode_chunk")
 # Encoder settings newer than some latent data sets, and the value older sets were made with.
 DEFAULTS = {"video_ae": dict(tile_height=0, tile_width=0, tile_stride_height=0,
                              tile_stride_width=0),
-            "text": dict(path="", tokenizer_path="", output_layer=-1)}
+            "text": dict(path="", tokenizer_path="", output_layer=-1, shot_captions=False,
+                         max_shots=0)}
 
 _FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding", "source_latent",
                  "reference_latents", "edit_text_embedding")
 GIVEN_FIELDS = ("given_keep", "given_audio_keep", "source_latent", "reference_latents",
                 "instruction", "edit_text_ids", "edit_text_embedding", "edit_text_mask")
+SHOT_FIELDS = ("text_shot", "shot_spans")
 _FIELDS = ("kind", "video_latent", "audio_latent", "text_ids", "text_mask", "text_embedding",
-           "caption", "source", "encoders") + GIVEN_FIELDS
+           "caption", "source", "encoders") + GIVEN_FIELDS + SHOT_FIELDS
 
 
 class LatentRecordError(ValueError):
@@ -76,7 +81,11 @@ def encoder_identity(config, *, text_frozen: bool) -> dict[str, Any]:
       "video_ae": drop(config.video_ae.to_dict()),
       "audio_ae": dict(drop(config.audio_ae.to_dict()),
                        channels=int(config.data.audio_channels)),
-      "text": dict(config.text.to_dict(), frozen=bool(text_frozen)),
+      # the text embedded (shot tags) and the shot fields beside it (model.shot_attention)
+      "text": dict(config.text.to_dict(), frozen=bool(text_frozen),
+                   shot_captions=bool(config.data.shot_captions),
+                   max_shots=int(config.data.max_shots_per_clip)
+                   if config.model.shot_attention else 0),
   }
   return _plain(ident)
 
@@ -202,6 +211,16 @@ def _validated(record: dict[str, Any]) -> dict[str, Any]:
              text_embedding=embedding, caption=caption, source=source,
              encoders=_plain(encoders))
   out.update(_given(record, video, audio, ids is not None, mask.shape, float_dtypes))
+  out.update(dict.fromkeys(SHOT_FIELDS))
+  if (record.get("text_shot") is None) != (record.get("shot_spans") is None):
+    raise LatentRecordError("text_shot and shot_spans go together")
+  if record.get("text_shot") is not None:
+    out["text_shot"] = _array(record["text_shot"], "text_shot", np.int32, ndim=1)
+    out["shot_spans"] = _array(record["shot_spans"], "shot_spans", np.float32, ndim=2)
+    if out["text_shot"].shape != mask.shape or out["shot_spans"].shape[-1] != 2:
+      raise LatentRecordError(f"text_shot {out['text_shot'].shape} must match text_mask "
+                              f"{mask.shape}; shot_spans (S, 2), got "
+                              f"{out['shot_spans'].shape}")
   return out
 
 
@@ -366,6 +385,7 @@ class LatentPreprocessor:
   def preprocess(self, rec: dict[str, Any]) -> dict[str, np.ndarray]:
     f32 = lambda x: np.asarray(x, np.float32)
     out = {"text_mask": rec["text_mask"]}
+    out.update({k: rec[k] for k in SHOT_FIELDS if rec.get(k) is not None})
     if rec.get("text_embedding") is not None:
       out["text_embedding"] = f32(rec["text_embedding"])
     else:

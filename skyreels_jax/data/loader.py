@@ -354,7 +354,10 @@ class ClipPreprocessor:
   def example(self, clip: dict[str, Any]) -> dict[str, np.ndarray]:
     """The model example of a decoded record (RecordError when it does not fit)."""
     example = self.preprocess(clip)
-    text = self.tokenizer(self.caption(clip))
+    try:
+      text = self.tokenizer(self.caption(clip))
+    except shots_lib.ShotError as e:     # more shots than model.shot_attention tells apart
+      raise records.RecordError(str(e)) from None
     clash = set(text) & set(example)
     if clash:
       raise ValueError(f"tokenizer output overwrites example fields {sorted(clash)}")

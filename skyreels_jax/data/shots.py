@@ -22,6 +22,8 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 _SHOT = re.compile(r"<shot\s+start=([-+0-9.eE]+)\s+end=([-+0-9.eE]+)\s*>(.*?)</shot>", re.S)
 _FIELD = re.compile(r"<(text|sfx)>(.*?)</\1>", re.S)
 MIN_SECONDS = 1e-3   # a piece of a shot shorter than this on a clip is dropped
@@ -124,6 +126,24 @@ def prompt_text(prompt: str, shots: list[dict[str, Any]] | None = None,
   if not shots:
     return prompt
   return tagged_caption(base or global_caption(shots), shots)
+
+
+def token_shots(text: str, token_starts, max_shots: int):
+  """(text_shot (N,) int32, shot_spans (max_shots, 2) float32) of a tokenised `text`:
+  token i (its first character at token_starts[i], -1 for none: padding, BOS) belongs to
+  shot k + 1 when it lies inside the k-th <shot ...>...</shot> tag, else 0 (the global
+  caption, the template); shot k's (start, end) seconds in row k, (-1, -1) for no shot.
+  ShotError when the text has more than `max_shots` shots."""
+  tags = list(_SHOT.finditer(text))
+  if len(tags) > max_shots:
+    raise ShotError(f"{len(tags)} shots, more than data.max_shots_per_clip={max_shots}")
+  starts = np.asarray(token_starts, np.int64)
+  ids = np.zeros(starts.shape, np.int32)
+  spans = np.full((max_shots, 2), -1.0, np.float32)
+  for k, m in enumerate(tags):
+    ids[(starts >= m.start()) & (starts < m.end())] = k + 1
+    spans[k] = float(m.group(1)), float(m.group(2))
+  return ids, spans
 
 
 def read_file(path: str) -> list[dict[str, Any]]:

@@ -82,8 +82,12 @@ class CrossAttention(nnx.Module):
     self.to_out = spec.dense(d, d, ("heads", "embed"), rngs, zero_init=True)
 
   def __call__(self, x, ctx, *, kv_mask=None, q_rope: Rope | None = None,
-               k_rope: Rope | None = None, ctx_is_text: bool = False):
-    """ctx_is_text: K/V are the short replicated text tokens (not sequence-sharded)."""
+               k_rope: Rope | None = None, ctx_is_text: bool = False, shots=None):
+    """ctx_is_text: K/V are the short replicated text tokens (not sequence-sharded).
+    shots: (q_shot (B, Sq), k_shot (B, Sk), n) ints: a query of shot k in 1..n attends only
+    to keys of shot 0 (global) or k; a query of shot 0 to every key. Run as n + 1 passes
+    with key masks, each query taking its shot's (every strategy takes key masks; the text
+    is short, so the passes cost little beside self-attention)."""
     n = self.spec.num_heads
     q = self.norm_q(_heads(self.to_q(layer_norm(x)), n))
     k = self.norm_k(_heads(self.to_k(layer_norm(ctx)), n))
@@ -92,10 +96,19 @@ class CrossAttention(nnx.Module):
       q = apply_rope(q, *q_rope)
     if k_rope is not None:
       k = apply_rope(k, *k_rope)
-    if ctx_is_text:
-      out = attention(q, None, None, k_ctx=k, v_ctx=v, ctx_mask=kv_mask, spec=self.spec.attention)
-    else:
-      out = attention(q, k, v, kv_mask, spec=self.spec.attention)
+    def attend(mask):
+      if ctx_is_text:
+        return attention(q, None, None, k_ctx=k, v_ctx=v, ctx_mask=mask,
+                         spec=self.spec.attention)
+      return attention(q, k, v, mask, spec=self.spec.attention)
+
+    out = attend(kv_mask)
+    if shots is not None:
+      q_shot, k_shot, n = shots
+      mask = jnp.ones(k_shot.shape, bool) if kv_mask is None else kv_mask
+      for shot in range(1, n + 1):
+        mine = attend(mask & ((k_shot == 0) | (k_shot == shot)))
+        out = jnp.where((q_shot == shot)[:, :, None, None], mine, out)
     return self.to_out(checkpoint_name(_merge_heads(out), "cross_attn_out"))
 
 
@@ -131,10 +144,10 @@ class _V4Additions(nnx.Module):
     self.text_cross = CrossAttention(spec, rngs) if text_cross else None
     self.av_cross = CrossAttention(spec, rngs) if av_cross else None
 
-  def _text_cross(self, x, text_ctx, text_mask):
+  def _text_cross(self, x, text_ctx, text_mask, shots=None):
     if self.text_cross is None:
       return x
-    return x + self.text_cross(x, text_ctx, kv_mask=text_mask, ctx_is_text=True)
+    return x + self.text_cross(x, text_ctx, kv_mask=text_mask, ctx_is_text=True, shots=shots)
 
   def cross(self, x, other, *, other_mask, q_rope: Rope, k_rope: Rope):
     """x + CrossAttn(Q = x, K/V = other), on the shared audio-video timeline."""
@@ -154,9 +167,10 @@ class DualStreamBlock(_V4Additions):
     self._init_additions(spec, rngs, text_cross, av_cross)
 
   def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask,
-             attention_spec=None):
+             attention_spec=None, shots=None):
     """attention_spec: the self-attention's strategy for this input when it depends on the
-    input (VSA needs the video token grid); default the block's."""
+    input (VSA needs the video token grid); default the block's. shots: the text
+    cross-attention's (CrossAttention)."""
     shift, scale, gate, *mlp_mod = self.norm1(temb)
     c_shift, c_scale, c_gate, *c_mlp_mod = self.norm1_context(temb)
     attn_x, attn_ctx = self.attn(modulate(layer_norm(x), shift, scale),
@@ -165,7 +179,7 @@ class DualStreamBlock(_V4Additions):
                                  attention_spec=attention_spec)
     x = x + gate * attn_x
     ctx = ctx + c_gate * attn_ctx
-    x = self._text_cross(x, text_ctx, text_mask)
+    x = self._text_cross(x, text_ctx, text_mask, shots)
     return x, ctx, (mlp_mod, c_mlp_mod)
 
   def feed_forward(self, x, ctx, mods):
@@ -191,9 +205,10 @@ class SingleStreamBlock(_V4Additions):
     self._init_additions(spec, rngs, text_cross, av_cross)
 
   def attend(self, x, ctx, temb, *, rope: Rope, x_mask, text_ctx, text_mask,
-             attention_spec=None):
+             attention_spec=None, shots=None):
     """attention_spec: the self-attention's strategy for this input when it depends on the
-    input (VSA needs the video token grid); default the block's."""
+    input (VSA needs the video token grid); default the block's. shots: the text
+    cross-attention's (CrossAttention)."""
     # The same weights on both segments; kept as two arrays so the modality tokens can stay
     # sequence-sharded while the (short) text stays replicated.
     shift, scale, gate = self.norm(temb)
@@ -209,7 +224,7 @@ class SingleStreamBlock(_V4Additions):
       mlp = checkpoint_name(jax.nn.gelu(self.proj_mlp(hn), approximate=True), "mlp_out")
       return h + gate * self.proj_out(jnp.concatenate([a, mlp], axis=-1))
     x, ctx = out(x, xn, attn), out(ctx, cn, _merge_heads(attn_ctx))
-    x = self._text_cross(x, text_ctx, text_mask)
+    x = self._text_cross(x, text_ctx, text_mask, shots)
     return x, ctx, None
 
   def feed_forward(self, x, ctx, mods):

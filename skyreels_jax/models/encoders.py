@@ -63,22 +63,24 @@ def build_audio(cfg: Any, channels: int, *, weights: bool = True,
 
 
 def build_text(text_config: Any, *, dtype, param_dtype, weights: bool = True,
-               published_if_missing: bool = False) -> text.TextEncoderSpec:
+               published_if_missing: bool = False, max_shots: int = 0) -> text.TextEncoderSpec:
   """The run's text encoder. For frozen kinds, `weights=False` builds shapes only (and
   `published_if_missing` the published architecture when `text.path` is absent; see
-  models/frozen.py); a missing path is a ValueError naming it."""
+  models/frozen.py); a missing path is a ValueError naming it. `max_shots` > 0: the
+  tokenizer also gives each token's shot (model.shot_attention)."""
   if text_config.kind == "tiny":
-    tok = tiny.HashWordTokenizer(text_config.vocab_size, text_config.max_length)
+    tok = tiny.HashWordTokenizer(text_config.vocab_size, text_config.max_length, max_shots)
     make = lambda rngs: tiny.TinyTextEncoder(
         text_config.vocab_size, text_config.max_length, text_config.width, rngs=rngs,
         dtype=dtype, param_dtype=param_dtype)
     return text.TextEncoderSpec(tok, make, text_config.width, trainable=True)
   if text_config.kind == "qwen2_5_vl":
-    return _qwen(text_config, dtype, param_dtype, weights, published_if_missing)
+    return _qwen(text_config, dtype, param_dtype, weights, published_if_missing, max_shots)
   raise ValueError(f"text.kind={text_config.kind!r}: choose one of {list(text.KINDS)}")
 
 
-def _qwen(text_config, dtype, param_dtype, weights: bool, published_if_missing: bool):
+def _qwen(text_config, dtype, param_dtype, weights: bool, published_if_missing: bool,
+          max_shots: int):
   path = text_config.path
   config = frozen.module_config("qwen2_5_vl", path, published_if_missing=published_if_missing)
   shape_only = qwen_table.build_config(config, output_layer=text_config.output_layer)
@@ -93,7 +95,7 @@ def _qwen(text_config, dtype, param_dtype, weights: bool, published_if_missing: 
   folder = text.tokenizer_folder(text_config)
   tok = None
   if weights or os.path.isdir(folder):
-    tok = qwen_prompt.QwenPromptTokenizer(folder, text_config.max_length)
+    tok = qwen_prompt.QwenPromptTokenizer(folder, text_config.max_length, max_shots=max_shots)
   return text.TextEncoderSpec(tok, make, shape_only.hidden_size, trainable=False)
 
 

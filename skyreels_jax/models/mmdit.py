@@ -54,6 +54,7 @@ class MMDiTConfig:
   text_cross_attention: bool = True
   guidance_embed: bool = False
   text_refiner_layers: int = 0      # HunyuanVideo's token refiner blocks per branch (0: none)
+  max_shots: int = 0                # shot-aware text cross-attention over this many shots
   attention: AttentionSpec = AttentionSpec()
   remat: str = "none"
   scan_blocks: bool = True
@@ -120,7 +121,7 @@ class JointLayer(nnx.Module):
     v, v_txt, v_mods = self.video.attend(
         v, v_txt, ctx["v_temb"], rope=ctx["v_rope"], x_mask=ctx["v_valid"],
         text_ctx=ctx["v_text"], text_mask=ctx["text_mask"],
-        attention_spec=ctx.get("v_attention"))
+        attention_spec=ctx.get("v_attention"), shots=ctx.get("shots"))
     if self.audio is not None and a is not None:
       a, a_txt, a_mods = self.audio.attend(
           a, a_txt, ctx["a_temb"], rope=ctx["a_rope"], x_mask=ctx["a_valid"],
@@ -201,7 +202,8 @@ class MMDiT(nnx.Module):
                audio_timestep: jax.Array | None = None, video_refs: jax.Array | None = None,
                video_ref_valid: jax.Array | None = None, audio_refs: jax.Array | None = None,
                audio_ref_valid: jax.Array | None = None, guidance: jax.Array | None = None,
-               keyframes: jax.Array | None = None, keyframe_times: tuple[int, ...] = ()):
+               keyframes: jax.Array | None = None, keyframe_times: tuple[int, ...] = (),
+               text_shot: jax.Array | None = None, video_shot: jax.Array | None = None):
     """Predicts the flow velocity of the noisy part of each stream.
 
     video (B, T, H, W, 2C+1) latent-grid channel concat; video_refs (B, Tr, H, W, 2C+1);
@@ -217,6 +219,11 @@ class MMDiT(nnx.Module):
     them (high-res, noised); the refiner is given them (Concat(k, k, 1), tasks/refiner.py).
     They share the video timestep and the video branch's weights; the output then has a
     third entry, keyframes (B, K, Hk, Wk, C).
+
+    Shots (cfg.max_shots > 0, tasks/shots.py): text_shot (B, L) the shot of each text token
+    (0: global), video_shot (B, T) of each latent frame (0: none); in the video's text
+    cross-attention a token of shot k reads only shot k's text tokens and the global ones
+    (references, keyframes and frames of no shot read all of it).
     """
     cfg = self.cfg
     if audio is not None and not cfg.use_audio:
@@ -258,6 +265,14 @@ class MMDiT(nnx.Module):
       v_pos = jnp.concatenate([jnp.asarray(v_pos),
                                keyframe_positions(keyframe_times, kgrid, (h, w))])
     n_v = v_in.shape[1]
+    if cfg.max_shots and video_shot is not None:
+      # one shot per token: the latent frame's, over its h*w; references and keyframes: 0
+      per_token = jnp.repeat(jnp.asarray(video_shot, jnp.int32)[:, ::pt], h * w, axis=1)
+      pad = jnp.zeros((b, n_video_end - t * h * w), jnp.int32)
+      tail = jnp.zeros((b, n_v - n_video_end), jnp.int32)
+      v_shot = jnp.concatenate([pad, per_token, tail], axis=1)
+      v_shot = jnp.pad(v_shot, ((0, 0), (0, -n_v % multiple)))
+      ctx["shots"] = (v_shot, jnp.asarray(text_shot, jnp.int32), cfg.max_shots)
     v_in, v_valid, v_pos = pad_tokens(v_in, v_valid, v_pos, multiple)
     ctx["v_rope"] = rope_cos_sin(v_pos, cfg.rope_axes_dim, cfg.rope_theta)
     if cfg.attention.impl == "vsa":   # sparse over the token grid of this input
@@ -331,6 +346,11 @@ def check_config(config) -> None:
   check(isinstance(m.text_refiner_layers, int) and m.text_refiner_layers >= 0,
         "model.text_refiner_layers", "must be an int >= 0")
   check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+  if m.shot_attention:
+    check(m.text_cross_attention, "model.shot_attention",
+          "masks the video's text cross-attention: needs model.text_cross_attention")
+    check(config.data.shot_captions, "model.shot_attention",
+          "reads the shot tags of the caption: needs data.shot_captions")
   for f in ("patch_size", "patch_size_t", "audio_patch_size"):
     check(m[f] >= 1, f"model.{f}", "must be >= 1")
   for f, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),

@@ -28,6 +28,7 @@ from skyreels_jax.tasks.examples import make_codecs, prepended_refs
 from skyreels_jax.sample import conditions
 from skyreels_jax.tasks.masks import channel_concat, condition_latent, given
 from skyreels_jax.tasks.refiner import start_time, still_latents
+from skyreels_jax.tasks import shots as shots_lib
 from skyreels_jax.weights import lora, runs
 from skyreels_jax.weights.trees import summary, with_shardings
 
@@ -132,9 +133,10 @@ class Sampler:
     return SampleSettings(**base)
 
   def _generate(self, static: tuple[int, str], params, frozen, text_ids, text_mask, cond,
-                keys, scalars):
+                keys, scalars, shots):
     """static: (num_steps, solver), the program's shape; scalars: (shift, video guidance,
-    audio guidance, embedded guidance), traced, so new values do not recompile."""
+    audio guidance, embedded guidance), traced, so new values do not recompile; shots: the
+    tokenizer's text_shot and shot_spans (model.shot_attention), else {}."""
     num_steps, solver = static
     shift, video_guidance, audio_guidance = scalars[0], scalars[1], scalars[2]
     model = nnx.merge(self.graphdef, self._resolve(params))
@@ -178,6 +180,11 @@ class Sampler:
       fixed["keyframe_times"] = kf_times
     if self.mcfg.guidance_embed:
       fixed["guidance"] = jnp.full((2 * b,), fm.model_guidance(scalars[3]))
+    if shots:    # the unconditional half has no shots: every token is global there
+      fixed.update(shots_lib.shot_inputs(
+          self.config, {k: two(x) for k, x in shots.items()}, jnp.arange(2 * b) < b,
+          num_frames=g.num_frames, num_latent=g.video_grid[0],
+          temporal_factor=self.temporal_factor))
 
     # Kept positions (I2V frames, extension prefix, the outside of an inpainting mask) follow
     # what training fed the model there: the interpolant t I + (1 - t) eps of the condition
@@ -320,8 +327,9 @@ class Sampler:
     with jax.set_mesh(self.mesh):
       cond = (latent_condition if latent_condition is not None
               else self._condition_arrays(condition))
+      shots = {k: jnp.asarray(tokens[k]) for k in ("text_shot", "shot_spans") if k in tokens}
       out = self._fn(static, self.params, self.frozen, jnp.asarray(tokens["text_ids"]),
-                     jnp.asarray(tokens["text_mask"]), cond, keys, scalars)
+                     jnp.asarray(tokens["text_mask"]), cond, keys, scalars, shots)
     out = jax.device_get(out)
     as_uint8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(
         np.uint8)

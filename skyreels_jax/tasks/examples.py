@@ -26,6 +26,8 @@ from skyreels_jax.tasks.masks import (AUDIO_TASKS, VIDEO_TASKS, audio_task_mask,
 from skyreels_jax.tasks import given as given_lib
 from skyreels_jax.tasks import keyframes as keyframes_lib
 from skyreels_jax.tasks.refiner import refiner_video, start_path, start_time, still_latents
+from skyreels_jax.tasks import shots as shots_lib
+from skyreels_jax.tasks.shots import shot_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +147,11 @@ def compute_empty_latents(codecs: Codecs, frozen_params,
 
 def drop_captions(rng, text, text_mask, null_text, null_mask, rate: float):
   """Replaces a `rate` share of the prompts (token ids (B, L) or embeddings (B, L, D)) with
-  the empty prompt's."""
+  the empty prompt's; returns (text, mask, dropped (B,) bool)."""
   drop = jax.random.bernoulli(rng, rate, (text.shape[0],))
   like = lambda x: drop.reshape((-1,) + (1,) * (x.ndim - 1))
   return (jnp.where(like(text), jnp.asarray(null_text, text.dtype)[None], text),
-          jnp.where(like(text_mask), jnp.asarray(null_mask, bool)[None], text_mask))
+          jnp.where(like(text_mask), jnp.asarray(null_mask, bool)[None], text_mask), drop)
 
 
 def prepended_refs(z: jax.Array, valid: jax.Array, multiple: int):
@@ -262,21 +264,31 @@ def _stream(z0, eps, t, keep, drop, empty, cond=None):
   return x, fm.model_timestep(t), jnp.maximum(keep, drop.reshape(shape).astype(keep.dtype))
 
 
-def _text_inputs(rng, batch: dict, codecs: Codecs, dropout: float) -> dict:
+def _text_inputs(rng, batch: dict, codecs: Codecs, dropout: float, *, config,
+                 num_frames: int, num_latent: int, edit=None) -> dict:
   """The model's text inputs after caption dropout: precomputed embeddings (`text_embedding`
-  in the batch), a frozen encoder run here, or token ids for the model's own encoder."""
+  in the batch), a frozen encoder run here, or token ids for the model's own encoder; with
+  model.shot_attention each token's and latent frame's shot (tasks/shots.py; none where
+  the caption was dropped or an edit's instruction stands in for it: `edit` (B,) bool)."""
   if "text_embedding" in batch:
     if codecs.null_text is None:
       raise ValueError("precomputed text embeddings need Codecs.null_text")
-    text, mask = drop_captions(rng, batch["text_embedding"], batch["text_mask"],
-                               *codecs.null_text, dropout)
-    return {"text": text, "text_mask": mask}
-  ids, mask = drop_captions(rng, batch["text_ids"], batch["text_mask"], codecs.null_text_ids,
-                            codecs.null_text_mask, dropout)
-  if codecs.text_encoder is None:
-    return {"text_ids": ids, "text_mask": mask}
-  text, mask = codecs.text_encoder(ids, mask)
-  return {"text": text, "text_mask": mask}
+    text, mask, dropped = drop_captions(rng, batch["text_embedding"], batch["text_mask"],
+                                        *codecs.null_text, dropout)
+    out = {"text": text, "text_mask": mask}
+  else:
+    ids, mask, dropped = drop_captions(rng, batch["text_ids"], batch["text_mask"],
+                                       codecs.null_text_ids, codecs.null_text_mask, dropout)
+    if codecs.text_encoder is None:
+      out = {"text_ids": ids, "text_mask": mask}
+    else:
+      text, mask = codecs.text_encoder(ids, mask)
+      out = {"text": text, "text_mask": mask}
+  own = ~dropped if edit is None else ~dropped & ~edit
+  out.update(shots_lib.shot_inputs(config, batch, own, num_frames=num_frames,
+                                   num_latent=num_latent,
+                                   temporal_factor=codecs.video_ae.temporal_factor))
+  return out
 
 
 def _shift(config, z0_v) -> float:
@@ -376,7 +388,9 @@ def training_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
                              batch["edit_" + k], batch[k])
   inputs["video"], inputs["video_timestep"], loss_keep_v = _stream(
       z0_v, eps_v, t, keep_v, drop_v, empty_v, cond=cond_v)
-  inputs.update(_text_inputs(k_cap, batch, codecs, 0.0 if at else d.caption_dropout))
+  inputs.update(_text_inputs(k_cap, batch, codecs, 0.0 if at else d.caption_dropout,
+                             config=config, num_frames=nf, num_latent=z0_v.shape[1],
+                             edit=edit))
   video_refs = (None if latents and given_refs is None else
                 video_reference_inputs(batch, codecs.video_ae, config, given_refs=given_refs))
   if video_refs is not None:
@@ -483,8 +497,9 @@ def _refiner_inputs(batch: dict, rng: jax.Array, *, config, codecs: Codecs, use_
   if "keyframes" in pieces:   # given high-res stills: own tokens, clean, no loss
     inputs["keyframes"] = given(pieces["keyframes"])
     inputs["keyframe_times"] = pieces["keyframe_times"]
-  inputs.update(_text_inputs(k_cap, batch, codecs,
-                            0.0 if at else config.data.caption_dropout))
+  inputs.update(_text_inputs(k_cap, batch, codecs, 0.0 if at else config.data.caption_dropout,
+                             config=config, num_frames=video.shape[1],
+                             num_latent=z0_v.shape[1]))
   z0_a = eps_a = loss_keep_a = None
   drop_a = jnp.ones((b,), bool)
   if use_audio:
@@ -523,8 +538,9 @@ def make_codecs(config, *, abstract: bool = False,
   for field, build in (("video_ae", lambda: encoders.build_video(config.video_ae, **load)),
                        ("audio_ae", lambda: encoders.build_audio(
                            config.audio_ae, config.data.audio_channels, **load)),
-                       ("text", lambda: encoders.build_text(config.text, dtype=dtype,
-                                                            param_dtype=dtype, **load))):
+                       ("text", lambda: encoders.build_text(
+                           config.text, dtype=dtype, param_dtype=dtype, **load,
+                           max_shots=shot_count(config)))):
     try:
       components[field] = build()
     except (ValueError, FileNotFoundError) as e:

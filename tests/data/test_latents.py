@@ -49,6 +49,14 @@ def test_round_trip_is_exact():
   assert out["text_embedding"] is None
   assert (out["kind"], out["caption"], out["source"]) == ("video", rec["caption"], rec["source"])
   assert out["encoders"] == ENCODERS
+  assert out["text_shot"] is None and out["shot_spans"] is None
+  shots = dict(text_shot=np.arange(len(rec["text_mask"]), dtype=np.int32) % 3,
+               shot_spans=np.array([[0.0, 0.5], [0.5, 1.0]], np.float32))
+  out = latents.decode_latent_record(latents.encode_latent_record(dict(rec, **shots)))
+  for key, value in shots.items():
+    np.testing.assert_array_equal(out[key], value)
+  with pytest.raises(latents.LatentRecordError, match="go together"):
+    latents.encode_latent_record(dict(rec, text_shot=shots["text_shot"]))
 
 
 def test_bfloat16_travels_as_uint16_bits():
@@ -181,7 +189,8 @@ def test_encoder_identity_of_a_config():
   chunked = tiny.get_config()
   chunked.video_ae.encode_chunk = 4     # the same numbers: the same identity
   assert latents.encoder_identity(chunked, text_frozen=False) == ident
-  assert ident["text"] == dict(c.text.to_dict(), frozen=False)
+  assert ident["text"] == dict(c.text.to_dict(), frozen=False, shot_captions=False,
+                               max_shots=0)
   latents.check_encoders(ident, latents.encoder_identity(tiny.get_config(), text_frozen=False))
   other = tiny.get_config()
   other.video_ae.spatial_factor = 8

@@ -292,3 +292,40 @@ def test_given_conditions_travel_as_latents_and_train(tmp_path):
   removals = sum(r["reference_latents"] is None for r in recs)
   assert 0 <= out["task_fallbacks"] <= removals and np.isfinite(out["loss"])
   assert batch["has_refs"].sum() == len(recs) - removals
+
+
+def test_shots_travel_as_latents(tmp_path):
+  """model.shot_attention: each record keeps the tokenizer's shot of every token of its
+  tagged caption and the shots' spans, the loader yields them, and latents made without
+  them are refused by a shot run, naming the setting."""
+  from skyreels_jax.data import loader, shots
+  config = small_run_config()
+  config.data.shot_captions = config.model.shot_attention = True
+  config.text.max_length, config.data.max_shots_per_clip = 64, 2
+  geometry = synthetic.geometry_from_config(config.data)
+  clips_dir, lat = tmp_path / "clips", tmp_path / "lat"
+  synthetic.write_dataset(str(clips_dir), num_clips=8, seed=3, shots=2, **geometry)
+  encode_latents.encode_dataset(str(clips_dir), str(lat), config, log=lambda _: None)
+  _, tokenizer = make_codecs(config)
+  clips = [records.decode_clip(b) for b in _read(next(clips_dir.glob("*.array_record")))]
+  recs = [latents.decode_latent_record(b) for b in _read(next(lat.glob("*.array_record")))]
+  for clip, rec in zip(clips, recs):
+    tokens = tokenizer(shots.tagged_caption(clip["caption"], clip["shots"]))
+    assert rec["caption"] == shots.tagged_caption(clip["caption"], clip["shots"])
+    np.testing.assert_array_equal(rec["text_ids"], tokens["text_ids"])
+    np.testing.assert_array_equal(rec["text_shot"], tokens["text_shot"])
+    assert set(rec["text_shot"]) == {0, 1, 2}
+    # the spans the tags say (to 10 ms: what the model reads, in training and sampling)
+    np.testing.assert_allclose(rec["shot_spans"],
+                               [[s["start"], s["end"]] for s in clip["shots"]], atol=0.005)
+  config.data.format, config.data.path = "latents", str(lat)
+  config.data.shuffle = False
+  it = loader.make_iterator(config.data, tokenizer=tokenizer, global_batch_size=8, seed=0,
+                            encoders=latents.encoder_identity(config, text_frozen=False))
+  batch = next(it)
+  np.testing.assert_array_equal(batch["text_shot"][0], recs[0]["text_shot"])
+  plain = small_run_config()
+  plain.text.max_length = 64
+  with pytest.raises(latents.LatentRecordError, match="text.max_shots=2, this run uses 0"):
+    loader.make_iterator(config.data, tokenizer=tokenizer, global_batch_size=8, seed=0,
+                         encoders=latents.encoder_identity(plain, text_frozen=False))

@@ -12,6 +12,7 @@ import os
 import pickle
 import sys
 import types
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import transformers
 from flax import nnx
 
+from skyreels_jax.data import shots
 from skyreels_jax.models.text import qwen_prompt
 from skyreels_jax.models.text.qwen2_5_vl import Qwen25VLEncoder, mrope_positions
 from skyreels_jax.models.mappings import qwen as qwen_mapping
@@ -337,6 +339,25 @@ def test_tokenizer_pads_truncates_and_pickles(tokenizer_dir):
   clone = pickle.loads(pickle.dumps(tok))
   np.testing.assert_array_equal(clone("x y")["text_ids"], tok("x y")["text_ids"])
   assert tok.batch(["a", "b"])["text_ids"].shape == (2, 400)
+
+
+def test_tokenizer_marks_each_tokens_shot(tokenizer_dir):
+  """model.shot_attention: a token's shot is the <shot> tag its text sits in (0: the global
+  caption and the template), by the fast tokenizer's character offsets."""
+  tok = qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=400, max_shots=3)
+  caption = shots.tagged_caption("<text>rain</text>", [
+      dict(start=0.0, end=1.5, text="a man speaks"), dict(start=1.5, end=3.0, text="rain")])
+  out = tok(caption)
+  ids, shot = out["text_ids"][out["text_mask"]], out["text_shot"][out["text_mask"]]
+  tags = re.findall(r"<shot.*?</shot>", caption)
+  for k, tag in enumerate(tags, 1):
+    assert tok.tokenizer.decode(ids[shot == k]) == tag
+  rest = tok.tokenizer.decode(ids[shot == 0])
+  assert rest == qwen_prompt.prompt_text(caption).replace(tags[0], "").replace(tags[1], "")
+  np.testing.assert_array_equal(out["shot_spans"], [[0, 1.5], [1.5, 3.0], [-1, -1]])
+  assert not out["text_shot"][~out["text_mask"]].any()
+  with pytest.raises(shots.ShotError, match="max_shots_per_clip=1"):
+    qwen_prompt.QwenPromptTokenizer(tokenizer_dir, max_length=400, max_shots=1)(caption)
 
 
 def test_prompt_with_image_runs_like_transformers(models, tokenizer_dir):

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from skyreels_jax.data import shots
+
 CAPTION_TAGS = ("text", "sfx", "dialogue", "singing", "bgm")
 SYSTEM_PROMPT = (
     "You describe a video with its sound. The caption has tagged parts: <text> the visual "
@@ -97,11 +99,13 @@ class QwenPromptTokenizer:
   image_grid_thw, pixel_values_videos, video_grid_thw and second_per_grid_ts.
   Loads `folder` (tokenizer files, and preprocessor_config.json for images) on first use."""
 
-  def __init__(self, folder: str, max_length: int, system_prompt: str = SYSTEM_PROMPT):
+  def __init__(self, folder: str, max_length: int, system_prompt: str = SYSTEM_PROMPT,
+               max_shots: int = 0):
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"tokenizer folder {folder!r} does not exist (nothing is "
                               f"downloaded: convert with tools/convert.py --kind=qwen2_5_vl)")
     self.folder, self.max_length, self.system_prompt = folder, max_length, system_prompt
+    self.max_shots = max_shots   # > 0 (model.shot_attention): text_shot and shot_spans too
     self._tokenizer = self._image_processor = None
 
   def __getstate__(self):
@@ -152,8 +156,12 @@ class QwenPromptTokenizer:
       expected[VIDEO_PAD] = int(counts.sum())
     self._check_room()
     enc = self.tokenizer(text, max_length=self.max_length, padding="max_length",
-                         truncation=True, padding_side="right", return_tensors="np")
+                         truncation=True, padding_side="right", return_tensors="np",
+                         return_offsets_mapping=bool(self.max_shots))
     ids = enc["input_ids"][0].astype(np.int32)
+    if self.max_shots:   # the shot of each token, by its first character (data/shots.py)
+      starts = np.where(enc["attention_mask"][0] > 0, enc["offset_mapping"][0][:, 0], -1)
+      out["text_shot"], out["shot_spans"] = shots.token_shots(text, starts, self.max_shots)
     for pad, n in expected.items():
       if int((ids == self.tokenizer.convert_tokens_to_ids(pad)).sum()) != n:
         kind = "image" if pad == IMAGE_PAD else "video"

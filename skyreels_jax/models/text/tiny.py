@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skyreels_jax.data import shots
 from skyreels_jax.models.attention import attention
 from skyreels_jax.models.layers import MLP, dense, layer_norm
 
@@ -24,10 +25,11 @@ _WORD = re.compile(r"<shot\b|<[^>]+>|[a-z0-9]+")
 
 
 class HashWordTokenizer:
-  """Lower-cased words and caption tags (<sfx>, </text>, ...) hashed to ids."""
+  """Lower-cased words and caption tags (<sfx>, </text>, ...) hashed to ids. `max_shots` > 0
+  (model.shot_attention) adds each token's shot and the shots' spans (data/shots.py)."""
 
-  def __init__(self, vocab_size: int, max_length: int):
-    self.vocab_size, self.max_length = vocab_size, max_length
+  def __init__(self, vocab_size: int, max_length: int, max_shots: int = 0):
+    self.vocab_size, self.max_length, self.max_shots = vocab_size, max_length, max_shots
 
   def ids(self, text: str) -> list[int]:
     words = _WORD.findall(text.lower())
@@ -37,7 +39,15 @@ class HashWordTokenizer:
     ids = self.ids(text)[: self.max_length]
     out = np.full((self.max_length,), PAD, np.int32)
     out[: len(ids)] = ids
-    return {"text_ids": out, "text_mask": out != PAD}
+    fields = {"text_ids": out, "text_mask": out != PAD}
+    if self.max_shots:
+      lower = text.lower()
+      starts = np.full((self.max_length,), -1)
+      found = [m.start() for m in _WORD.finditer(lower)][: self.max_length - 1]
+      starts[1:1 + len(found)] = found        # token 0 is BOS
+      fields["text_shot"], fields["shot_spans"] = shots.token_shots(lower, starts,
+                                                                    self.max_shots)
+    return fields
 
   def batch(self, texts: list[str]) -> dict[str, np.ndarray]:
     rows = [self(t) for t in texts]
