@@ -16,13 +16,10 @@ from sidecars (`NAME.mask.mp4|.png`, `NAME.mask/`, `NAME.ref*.png|mp4`) or manif
 (`target`, `source_video`, `mask`, `references`, `instruction`, `audio_mask`), read through
 the input's own geometry (data_pipelines/sidecars.py); a sidecar with no input is reported.
 
-Shots: cuts are detected on the decoded frames (PySceneDetect's content detector,
-data.cut_threshold; 0: off), and clips are cut so that each holds at most
-data.max_shots_per_clip shots with no cut within data.shot_margin_seconds of its edges
-(data_pipelines/cuts.py). Shot captions come from `NAME.shots.json` (or a manifest's
-`shots`): `[{start, end, text, sfx}]`, seconds from the video's first frame; each record
-stores the shots that fall on it, moved onto its own timeline (records schema 4). A video
-with cuts but no shot captions keeps its whole caption; index.json's `shots` counts them.
+Shots (data_pipelines/cuts.py): cuts detected on the decoded frames (data.cut_threshold);
+clips hold at most data.max_shots_per_clip shots, no cut within data.shot_margin_seconds of
+an edge. Shot captions (`NAME.shots.json`, a manifest's `shots`) land on each record's own
+timeline; index.json's `shots` counts videos with cuts but no shot captions.
 
 Every input is cut into the config's shape buckets (skyreels_jax/data/buckets.py): video frames
 are resampled to data.fps (nearest frame), resized to cover the closest-aspect resolution and

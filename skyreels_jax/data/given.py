@@ -71,7 +71,9 @@ class GivenFields:
       if instruction:
         prompt = (instruction if self.edit_prompt == "instruction"
                   else f"{prompt} {instruction}".strip())
-      out.update({"edit_" + k: v for k, v in tokenizer(prompt).items()})
+      # ids and mask only: an edit prompt has no shots (tasks/shots.py)
+      out.update({"edit_" + k: v for k, v in tokenizer(prompt).items()
+                  if k in ("text_ids", "text_mask")})
     if self.refs:
       refs = clip.get("references") if has_video else None
       slots = np.zeros((self.refs,) + video.shape[1:], np.float32)

@@ -144,6 +144,13 @@ class _V4Additions(nnx.Module):
     self.text_cross = CrossAttention(spec, rngs) if text_cross else None
     self.av_cross = CrossAttention(spec, rngs) if av_cross else None
 
+  @staticmethod
+  def _joint_text_mask(text_mask, shots):
+    """The text keys of the joint self-attention: with shots, the global ones only, so a
+    shot's caption reaches the video through the shot-aware cross-attention alone (and a
+    frame never reads another shot's caption). No extra pass: a key mask."""
+    return text_mask if shots is None else text_mask & (shots[1] == 0)
+
   def _text_cross(self, x, text_ctx, text_mask, shots=None):
     if self.text_cross is None:
       return x
@@ -170,12 +177,13 @@ class DualStreamBlock(_V4Additions):
              attention_spec=None, shots=None):
     """attention_spec: the self-attention's strategy for this input when it depends on the
     input (VSA needs the video token grid); default the block's. shots: the text
-    cross-attention's (CrossAttention)."""
+    cross-attention's (CrossAttention); the joint attention then reads the global text."""
     shift, scale, gate, *mlp_mod = self.norm1(temb)
     c_shift, c_scale, c_gate, *c_mlp_mod = self.norm1_context(temb)
     attn_x, attn_ctx = self.attn(modulate(layer_norm(x), shift, scale),
                                  modulate(layer_norm(ctx), c_shift, c_scale),
-                                 rope=rope, x_mask=x_mask, ctx_mask=text_mask,
+                                 rope=rope, x_mask=x_mask,
+                                 ctx_mask=self._joint_text_mask(text_mask, shots),
                                  attention_spec=attention_spec)
     x = x + gate * attn_x
     ctx = ctx + c_gate * attn_ctx
@@ -208,7 +216,7 @@ class SingleStreamBlock(_V4Additions):
              attention_spec=None, shots=None):
     """attention_spec: the self-attention's strategy for this input when it depends on the
     input (VSA needs the video token grid); default the block's. shots: the text
-    cross-attention's (CrossAttention)."""
+    cross-attention's (CrossAttention); the joint attention then reads the global text."""
     # The same weights on both segments; kept as two arrays so the modality tokens can stay
     # sequence-sharded while the (short) text stays replicated.
     shift, scale, gate = self.norm(temb)
@@ -216,7 +224,8 @@ class SingleStreamBlock(_V4Additions):
     q, k, v = self.qkv(xn, self.norm_q, self.norm_k)
     cq, ck, cv = self.qkv(cn, self.norm_q, self.norm_k)
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    attn, attn_ctx = attention(q, k, v, x_mask, q_ctx=cq, k_ctx=ck, v_ctx=cv, ctx_mask=text_mask,
+    attn, attn_ctx = attention(q, k, v, x_mask, q_ctx=cq, k_ctx=ck, v_ctx=cv,
+                               ctx_mask=self._joint_text_mask(text_mask, shots),
                                spec=attention_spec or self.spec.attention)
     attn = checkpoint_name(_merge_heads(attn), "attn_out")
 

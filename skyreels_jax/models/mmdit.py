@@ -232,7 +232,10 @@ class MMDiT(nnx.Module):
     with_audio = audio is not None
     b = video.shape[0]
     text = text.astype(cfg.dtype)
-    pooled = masked_mean(text, text_mask)
+    # With shots the pooled caption (the AdaLN conditioning of every token) is the global
+    # text alone: a shot's caption reaches only its own frames (blocks.py).
+    shot_text = cfg.max_shots and text_shot is not None
+    pooled = masked_mean(text, text_mask & (text_shot == 0) if shot_text else text_mask)
     ctx: dict[str, Any] = {"text_mask": text_mask, "attention": cfg.attention}
 
     # Video tokens: [references; target], positions on the latent patch grid.

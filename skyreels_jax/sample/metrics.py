@@ -15,7 +15,8 @@ Keys (each a mean over clips):
                                   next clip's sound (the floor)
 With a procedural reference (its index.json has "num_bounces"; captions are the prompts):
   adherence[_real|_random]        share of frames showing exactly the prompt's colour/shape
-                                  set (content_scores), in [0, 1]
+                                  set (content_scores), in [0, 1]; with shot tags (multi-
+                                  shot prompts and clips), the set of the frame's shot
   cleanliness[_real|_random]      share of background pixels within BACKGROUND_TOLERANCE
                                   levels of the frame's background colour, in [0, 1]
   background_mad[_real|_random]   mean absolute deviation of the background from its colour,
@@ -52,6 +53,7 @@ import librosa  # lazy_loader: ms to import; the first onset call loads scipy, n
 import numpy as np
 
 from skyreels_jax.data import records
+from skyreels_jax.data import shots as shots_lib
 from skyreels_jax.sample import export, sync
 
 # ---------------------------------------------------------------------------- AV-Align
@@ -192,20 +194,37 @@ def frame_objects(masks: np.ndarray) -> tuple[frozenset, np.ndarray]:
   return frozenset(found), pixels
 
 
-def content_scores(video: np.ndarray, prompt: str) -> dict:
-  """adherence, cleanliness and background_mad (module docstring) of a (T, H, W, 3) clip.
+def wanted_objects(prompt: str, num_frames: int, fps: float | None) -> list[frozenset]:
+  """What each frame should show: the prompt's objects, or with shot tags (data/shots.py)
+  those of the shot the frame's time falls in (the global caption's outside every shot)."""
+  try:
+    base, shots = shots_lib.parse_tags(prompt or "")
+  except shots_lib.ShotError:
+    base, shots = prompt, []
+  if not shots or not fps:
+    return [prompt_objects(prompt)] * num_frames
+  out = []
+  for t in (np.arange(num_frames) + 0.5) / fps:
+    shot = next((s for s in shots if s["start"] <= t < s["end"]), None)
+    out.append(prompt_objects(shot["text"] if shot else base))
+  return out
+
+
+def content_scores(video: np.ndarray, prompt: str, fps: float | None = None) -> dict:
+  """adherence, cleanliness and background_mad (module docstring) of a (T, H, W, 3) clip;
+  a prompt with shots is checked shot by shot (`wanted_objects`, needs `fps`).
 
   Background: the pixels off the detected shapes, less a 1-pixel ring round them (codec and
   blur edges belong to the shape); its colour is the per-channel median in each frame.
   """
   video = np.asarray(video)
-  want = prompt_objects(prompt)
+  want = wanted_objects(prompt, len(video), fps)
   masks = colour_masks(video)
   ring = np.ones((3, 3), np.uint8)
   hits, clean, mad = [], [], []
   for t, frame in enumerate(video):
     objects, pixels = frame_objects(masks[:, t])
-    hits.append(objects == want)
+    hits.append(objects == want[t])
     off = ~cv2.dilate(pixels.astype(np.uint8), ring).astype(bool)
     if not off.any():
       continue
@@ -340,8 +359,8 @@ def _events(clip: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _content(pairs) -> dict:
-  """Mean content_scores of (video, prompt) pairs."""
-  rows = [content_scores(v, p) for v, p in pairs]
+  """Mean content_scores of (video, prompt, fps) triples."""
+  rows = [content_scores(v, p, fps) for v, p, fps in pairs]
   return {k: _mean([r[k] for r in rows]) for k in ("adherence", "cleanliness",
                                                   "background_mad")}
 
@@ -365,13 +384,14 @@ def report(samples: list[dict], reference: list[dict] | None = None,
                                       for i, j in enumerate(partner)]))
   if not procedural:
     return out
-  prompted = [(s["video"], s["prompt"]) for s in samples if s["prompt"] is not None]
+  prompted = [(s["video"], s["prompt"], s["fps"]) for s in samples if s["prompt"] is not None]
   if not prompted:
     raise InputError("no sample has a prompt (sample_<i>.json): the content scores need them")
   rng = np.random.default_rng(seed)
-  noise = [(rng.integers(0, 256, c["video"].shape, dtype=np.uint8), c["caption"])
+  caption = lambda c: shots_lib.tagged_caption(c["caption"], c.get("shots"))  # shot by shot
+  noise = [(rng.integers(0, 256, c["video"].shape, dtype=np.uint8), caption(c), c["fps"])
            for c in reference]
-  real = [(c["video"], c["caption"]) for c in reference]
+  real = [(c["video"], caption(c), c["fps"]) for c in reference]
   for suffix, pairs in (("", prompted), ("_real", real), ("_random", noise)):
     out.update({k + suffix: v for k, v in _content(pairs).items()})
   out["sync_score"] = _mean([_sync(s["video"], s["audio"], s["fps"], s["sample_rate"])

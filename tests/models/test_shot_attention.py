@@ -9,7 +9,9 @@ import pytest
 from flax import nnx
 
 from skyreels_jax.models.attention import AttentionSpec
-from skyreels_jax.models.blocks import BlockSpec, CrossAttention
+from skyreels_jax.models.blocks import (BlockSpec, CrossAttention, DualStreamBlock,
+                                        SingleStreamBlock)
+from skyreels_jax.models.rope import rope_cos_sin
 from skyreels_jax.tasks import shots as shots_lib
 
 B, SQ, L, DIM, HEADS = 2, 12, 10, 32, 4
@@ -71,6 +73,40 @@ def test_other_shots_text_gets_zero_weight(inputs):
   # without shots every query reads every shot
   plain = module(x, ctx, kv_mask=jnp.asarray(K_MASK), ctx_is_text=True)
   assert np.abs(np.asarray(plain - out)).max() > 1e-3
+
+
+@pytest.mark.parametrize("block_cls", [DualStreamBlock, SingleStreamBlock])
+def test_a_blocks_video_of_one_shot_never_reads_another_shots_caption(inputs, block_cls):
+  """A whole block: its joint self-attention reads only the global text (a key mask), the
+  shot-aware cross-attention adds the frame's own shot. Changing shot 2's caption (the text
+  stream and the cross-attention's context alike) leaves the shot-1 tokens exactly as they
+  were; the shot-2 tokens move. Without shots every token moves."""
+  x, ctx = inputs
+  with nnx.use_eager_sharding(False):
+    block = block_cls(_module().spec, nnx.Rngs(2), text_cross=True, av_cross=False)
+  # every weight random: AdaLN-Zero gates and the new layers' outputs start at zero
+  graphdef, state = nnx.split(block)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  block = nnx.merge(graphdef, jax.tree.unflatten(
+      tree, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+  rope = rope_cos_sin(np.stack([np.arange(SQ)] * 3, -1), (2, 2, 4), 256.0)
+  temb = jnp.ones((B, DIM))
+  shots = (jnp.asarray(Q_SHOT), jnp.asarray(K_SHOT), 2)
+
+  def video(c, with_shots=True):
+    out, _, _ = block.attend(x, c, temb, rope=rope, x_mask=jnp.ones((B, SQ), bool),
+                             text_ctx=c, text_mask=jnp.asarray(K_MASK),
+                             shots=shots if with_shots else None)
+    return np.asarray(out)
+
+  noise = jnp.asarray(np.random.default_rng(4).normal(size=ctx.shape), jnp.float32)
+  moved_ctx = jnp.where(jnp.asarray(K_SHOT == 2)[..., None], ctx + noise, ctx)
+  delta = np.abs(video(moved_ctx) - video(ctx)).max(axis=-1)
+  assert np.all(delta[Q_SHOT == 1] == 0.0)
+  assert np.all(delta[Q_SHOT == 2] > 1e-4)
+  plain = np.abs(video(moved_ctx, False) - video(ctx, False)).max(axis=-1)
+  assert np.all(plain > 1e-4)
 
 
 @pytest.mark.parametrize("impl,mesh_shape", [("ulysses", (1, 2, 2, 2)),
