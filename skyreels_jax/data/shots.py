@@ -1,7 +1,8 @@
 """Multi-shot clips: shots with their own captions and time spans, on the clip's timeline.
 
-A shot is `{"start": s, "end": e, "text": str, "sfx": str (optional)}`, times in seconds from
-the clip's first frame. A clip's shots are sorted, do not overlap and lie within the clip.
+A shot is `{"start": s, "end": e, "text": str}` plus, optionally, the other caption fields
+(`sfx`, `dialogue`, `singing`, `bgm`, SPEC section 3), times in seconds from the clip's first
+frame. A clip's shots are sorted, do not overlap and lie within the clip.
 The model sees them as text: `tagged_caption` appends one tag per shot to the clip's global
 caption,
 
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 
 _SHOT = re.compile(r"<shot\s+start=([-+0-9.eE]+)\s+end=([-+0-9.eE]+)\s*>(.*?)</shot>", re.S)
-_FIELD = re.compile(r"<(text|sfx)>(.*?)</\1>", re.S)
+FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")   # a shot's caption, in this order
+_FIELD = re.compile(r"<(%s)>(.*?)</\1>" % "|".join(FIELDS), re.S)
 MIN_SECONDS = 1e-3   # a piece of a shot shorter than this on a clip is dropped
 
 
@@ -35,7 +37,8 @@ class ShotError(ValueError):
 
 def check_shots(shots: Any, duration: float | None = None, *,
                 what: str = "shots") -> list[dict[str, Any]]:
-  """`shots` validated and canonical (floats, sorted by start; `sfx` only when given);
+  """`shots` validated and canonical (floats, sorted by start; caption fields only when
+  given, others dropped);
   ShotError naming `what` and the shot otherwise. `duration`: the clip's length in seconds,
   which the shots must lie within (a rounding of one millisecond is forgiven)."""
   if not isinstance(shots, (list, tuple)):
@@ -55,7 +58,7 @@ def check_shots(shots: Any, duration: float | None = None, *,
       raise ShotError(f"{what}[{i}]: needs 0 <= start < end, got start={start} end={end}")
     if duration is not None and end > duration + MIN_SECONDS:
       raise ShotError(f"{what}[{i}] ends at {end} s, past the clip's {duration:.3f} s")
-    texts = {k: shot[k] for k in ("text", "sfx") if shot.get(k) is not None}
+    texts = {k: shot[k] for k in FIELDS if shot.get(k) is not None}
     bad = [k for k, v in texts.items() if not isinstance(v, str)]
     if bad:
       raise ShotError(f"{what}[{i}]: {bad} must be strings")
@@ -89,9 +92,7 @@ def tagged_caption(caption: str, shots: list[dict[str, Any]] | None) -> str:
     caption = ""
   tags = []
   for s in shots:
-    body = f"<text>{_one_line(s['text'])}</text>"
-    if s.get("sfx"):
-      body += f"<sfx>{_one_line(s['sfx'])}</sfx>"
+    body = "".join(f"<{k}>{_one_line(s[k])}</{k}>" for k in FIELDS if s.get(k))
     tags.append(f"<shot start={s['start']:.2f} end={s['end']:.2f}>{body}</shot>")
   return caption + "".join(tags)
 

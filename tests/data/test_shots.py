@@ -52,3 +52,13 @@ def test_tiny_tokenizer_reads_shot_times_as_words():
   words = tiny._WORD.findall(shots.tagged_caption("", SHOTS[:1]).lower())
   assert words[:6] == ["<shot", "start", "0", "00", "end", "1"]
   assert words[-1] == "</shot>"
+
+
+def test_every_caption_field_of_a_shot_travels_in_spec_order():
+  shot = dict(start=0.0, end=1.0, bgm="piano", dialogue="hello there", text="a man waves",
+              extra="dropped")
+  text = shots.tagged_caption("", [shot])
+  assert text == ("<shot start=0.00 end=1.00><text>a man waves</text>"
+                  "<dialogue>hello there</dialogue><bgm>piano</bgm></shot>")
+  assert shots.parse_tags(text)[1] == [dict(start=0.0, end=1.0, text="a man waves",
+                                            dialogue="hello there", bgm="piano")]

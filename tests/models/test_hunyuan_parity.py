@@ -349,7 +349,8 @@ def test_token_refiner_and_guidance_embedding_match_diffusers():
                  guidance=tt(g)).sample
   got, _ = nnx.jit(lambda m, *a: m(video=a[0], video_timestep=a[1], text=a[2], text_mask=a[3],
                                    guidance=a[4]))(ours, video, t, text, text_mask, g)
-  assert_close(np.asarray(got).transpose(0, 4, 1, 2, 3), ref, atol=5e-5)   # ~1e-5 relative
+  # ~2e-5 relative: 7.6e-5 absolute at a scale of 3.7 on one CPU kind (5e-5 on another)
+  assert_close(np.asarray(got).transpose(0, 4, 1, 2, 3), ref, atol=1e-4)
   # The refiner is in the path: without it the output differs.
   plain = nnx.jit(lambda m, *a: m.video_io.context_embedder(a[0]))(ours, text)
   refined = nnx.jit(lambda m, *a: m.video_io.text_context(*a))(ours, text, text_mask, t)
