@@ -275,13 +275,7 @@ def video_clips(inp: dict[str, Any], geometry: dict[str, Any]) -> Iterator[tuple
     captioned = sidecars.read_shots(inp, len(video) / fps)
   except ValueError as e:
     raise SkipFile(f"bad shots: {e}") from None
-  found = (cuts.detect_cuts(video[:num_frames], fps, geometry["cut_threshold"])
-           if geometry["cut_threshold"] > 0 else [])
-  # the captioned spans are cuts too: a clip never straddles one more than it may
-  bounds = {int(round(t * fps)) for s in captioned or [] for t in (s["start"], s["end"])}
-  spans = cuts.plan_clips(num_frames, sorted(set(found) | bounds),
-                          geometry["durations_frames"], max_shots=geometry["max_shots_per_clip"],
-                          margin=int(np.ceil(geometry["shot_margin_seconds"] * fps)))
+  spans, found = cuts.video_spans(video[:num_frames], fps, captioned, geometry)
   if not spans:
     raise SkipFile(f"no clip of {geometry['durations_frames']} frames holds at most "
                    f"{geometry['max_shots_per_clip']} shots with no cut within "

@@ -61,3 +61,16 @@ def shot_spans(cuts: Sequence[int], start: int, length: int) -> list[tuple[int, 
   clip's own frames."""
   edges = [0] + [c - start for c in cuts if start < c < start + length] + [length]
   return list(zip(edges, edges[1:]))
+
+
+def video_spans(video: np.ndarray, fps: float, captioned, geometry: dict):
+  """(clip spans, detected cuts) of a decoded video for build_records' `geometry`: the
+  detected cuts and the captioned shots' edges (a clip never straddles one more than
+  max_shots_per_clip allows)."""
+  found = (detect_cuts(video, fps, geometry["cut_threshold"])
+           if geometry["cut_threshold"] > 0 else [])
+  bounds = {int(round(t * fps)) for s in captioned or [] for t in (s["start"], s["end"])}
+  spans = plan_clips(len(video), sorted(set(found) | bounds), geometry["durations_frames"],
+                     max_shots=geometry["max_shots_per_clip"],
+                     margin=int(np.ceil(geometry["shot_margin_seconds"] * fps)))
+  return spans, found
