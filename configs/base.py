@@ -72,11 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.video_ae.tile_width = 0         # wan: spatial tile width, pixels; 0 = no tiling
   c.video_ae.tile_stride_height = 0  # wan: pixels between tile rows; 0 = no tiling
   c.video_ae.tile_stride_width = 0   # wan: pixels between tile columns; 0 = no tiling
+  c.video_ae.dtype = "float32"      # wan: weights and compute (bfloat16: half the memory)
 
   c.audio_ae = ml_collections.ConfigDict()
   c.audio_ae.kind = "identity"      # identity: waveform framing (tiny only)
   c.audio_ae.hop = 320
   c.audio_ae.path = ""              # oobleck: a `tools.convert --kind=oobleck_vae` folder
+  c.audio_ae.dtype = "float32"      # oobleck: weights and compute (bfloat16: half the memory)
 
   # --- Data. Clip geometry is in pixels/samples; latent shapes follow from the autoencoders.
   c.data = ml_collections.ConfigDict()

@@ -17,6 +17,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Frees each module's compiled programs when it ends. XLA:CPU maps every executable's
+  code into memory and jit caches keep them alive: over the whole suite one process passed
+  vm.max_map_count (65,530 mappings) and segfaulted in a compile. The persistent cache
+  still serves identical programs to later modules."""
+  yield
+  import gc
+  import jax
+  jax.clear_caches()
+  gc.collect()
+
+
 def train_in_child(module_file: str, config_fn: str, *runs: tuple) -> None:
   """Trains `config_fn(*args)` (a function of the test module `module_file`) into each
   workdir of `runs` ((workdir, *args) each, in order: a rerun resumes) in a child process

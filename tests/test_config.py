@@ -286,6 +286,13 @@ def test_large_configs_use_the_frozen_encoders(name, tmp_path):
   seconds = (frames - 1) / config.data.fps
   assert geom.num_samples == seconds * 44100 and geom.audio_length == -(-geom.num_samples // 2048)
   assert (geom.video_channels, geom.audio_channels, mcfg.text_dim) == (16, 64, 3584)
+  # The frozen autoencoders' precision is a field of each (bf16: half the weight and
+  # activation memory; tolerances in tests/models/test_{wan,oobleck}_vae.py).
+  for section in ("video_ae", "audio_ae"):
+    bad = importlib.import_module(f"configs.{name}").get_config()
+    bad[section].dtype = "float16"
+    with pytest.raises(ConfigError, match=rf"{section}.dtype: 'float16' is not one of"):
+      derive(bad, abstract=True)
 
 
 def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):

@@ -50,7 +50,10 @@ READABLE_VERSIONS = (1, 2, 3)
 KINDS = ("video", "image", "audio")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 ENCODER_KEYS = ("video_ae", "audio_ae", "text")
-NUMERICALLY_NEUTRAL = ("encode_chunk", "decode_chunk")
+# Chunking does not change the numbers; an autoencoder's dtype changes them within the
+# tolerance its parity tests state (bf16 and fp32 latents train alike), so latents made at
+# either precision serve a run at the other.
+NUMERICALLY_NEUTRAL = ("encode_chunk", "decode_chunk", "dtype")
 # Encoder settings newer than some latent data sets, and the value older sets were made with.
 DEFAULTS = {"video_ae": dict(tile_height=0, tile_width=0, tile_stride_height=0,
                              tile_stride_width=0),
@@ -74,7 +77,8 @@ def encoder_identity(config, *, text_frozen: bool) -> dict[str, Any]:
   """The encoders a config trains with, as plain JSON values: the `video_ae`, `audio_ae` and
   `text` config sections (audio with the channel count it is built for, text with whether
   it is frozen). Equal identities mean interchangeable latents. Settings that do not change
-  the numbers (the chunking of the causal scan) are left out; the checkpoint path stays in
+  the numbers (the chunking of the causal scan) or only within a stated tolerance (an
+  autoencoder's dtype) are left out; the checkpoint path stays in
   (another file may hold other weights)."""
   drop = lambda d: {k: v for k, v in d.items() if k not in NUMERICALLY_NEUTRAL}
   ident = {

@@ -25,6 +25,14 @@ def _module(cfg: Any, kind: str, weights: bool, published_if_missing: bool):
                      published_if_missing=published_if_missing)
 
 
+def _dtype(cfg: Any, section: str):
+  """A frozen autoencoder's `dtype` field (its weights and compute)."""
+  name = cfg.get("dtype", "float32")
+  if name not in autoencoders.DTYPES:
+    raise ValueError(f"{section}.dtype: {name!r} is not one of {sorted(autoencoders.DTYPES)}")
+  return autoencoders.DTYPES[name]
+
+
 def build_video(cfg: Any, *, weights: bool = True, published_if_missing: bool = False):
   """The config's video autoencoder; `weights=False`: shapes only (models/frozen.py)."""
   if cfg.kind == "identity":
@@ -41,7 +49,8 @@ def build_video(cfg: Any, *, weights: bool = True, published_if_missing: bool = 
                                        encode_chunk=cfg.encode_chunk,
                                        decode_chunk=cfg.decode_chunk,
                                        tile_size=(tile_height, tile_width),
-                                       tile_stride=(stride_height, stride_width))
+                                       tile_stride=(stride_height, stride_width),
+                                       dtype=_dtype(cfg, "video_ae"))
   raise ValueError(f"video_ae.kind={cfg.kind!r}: choose one of "
                    f"{list(autoencoders.KINDS_VIDEO)}")
 
@@ -53,7 +62,8 @@ def build_audio(cfg: Any, channels: int, *, weights: bool = True,
     return identity.FramedAudio(cfg.hop, channels)
   if cfg.kind == "oobleck":
     ae = oobleck_vae.OobleckAudioAutoencoder(
-        _module(cfg, "oobleck_vae", weights, published_if_missing))
+        _module(cfg, "oobleck_vae", weights, published_if_missing),
+        dtype=_dtype(cfg, "audio_ae"))
     if ae.channels != channels:
       raise ValueError(f"audio_ae: the Oobleck VAE at {cfg.path} is {ae.channels}-channel, "
                        f"data.audio_channels is {channels}")

@@ -76,6 +76,10 @@ _LORA = flags.DEFINE_enum("lora", "merged", ["merged", "unmerged"], "A LoRA run:
                           "adapters into its base once, or keep them apart (folded per call).")
 _REFINER = flags.DEFINE_string("refiner_workdir", None, "A refiner run: the cascade (base = "
                                "--workdir -> refiner -> decode) at the refiner's size and fps.")
+_STEP_BAR = flags.DEFINE_enum(
+    "step_bar", "auto", ["auto", "on", "off"], "A bar over each batch's solver steps. auto: on "
+    "a terminal in a one-process run. Its program is compiled in every new process (the "
+    "persistent XLA cache does not keep a program with a host callback).")
 _REFINER_STEP = flags.DEFINE_integer("refiner_step", None, "Refiner checkpoint step.")
 _REFINER_STEPS = flags.DEFINE_integer("refiner_num_steps", None, "Refiner solver steps.")
 _MESH = flags.DEFINE_string("mesh", None, "Sampling mesh, e.g. data=1,fsdp=2,sequence=2,"
@@ -323,18 +327,29 @@ def _main(argv):
   me, count = jax.process_index(), jax.process_count()
   os.makedirs(_OUT.value, exist_ok=True)
   written = []
-  # A bar over the prompts on a terminal (the solver's steps run inside one program).
+  # A bar over the prompts on a terminal, and one over each batch's solver steps (fed by a
+  # host callback inside the program; every process must compile the same program, so
+  # `auto` shows it only in a one-process run).
   bar = tqdm(total=len(rows), unit="prompt", desc="sample", disable=None if me == 0 else True)
+  show_steps = _STEP_BAR.value == "on" or (_STEP_BAR.value == "auto" and count == 1
+                                           and sys.stderr.isatty())
+  num_steps = settings.num_steps + (refiner_settings.num_steps if cascade is not None else 0)
   for start in range(0, len(rows), batch):
     chunk = rows[start:start + batch]
     padded = chunk + [chunk[-1]] * (batch - len(chunk))   # same shapes: one program
     prompts, seeds = [r["prompt"] for r in padded], [r["seed"] for r in padded]
+    steps = (tqdm(total=num_steps, unit="step", desc="solver", leave=False,
+                  disable=me != 0) if show_steps else None)
+    tick = None if steps is None else (lambda *_: steps.update(1))
     if cascade is not None:
       out = cascade.generate(prompts, condition=cond, high_res=refiner_cond,
                              seeds=seeds, base_settings=settings,
-                             refiner_settings=refiner_settings)
+                             refiner_settings=refiner_settings, on_step=tick)
     else:
-      out = sampler.generate(prompts, condition=cond, seeds=seeds, settings=settings)
+      out = sampler.generate(prompts, condition=cond, seeds=seeds, settings=settings,
+                             on_step=tick)
+    if steps is not None:
+      steps.close()
     for j, row in enumerate(chunk):
       i = start + j
       if i % count != me:

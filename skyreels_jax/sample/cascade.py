@@ -18,7 +18,7 @@ must share the autoencoders: the keyframes and the low-res video are handed over
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -133,15 +133,19 @@ class Cascade:
   def generate(self, prompts: list[str], *, condition=None, high_res=None,
                seeds: list[int] | None = None,
                base_settings: SampleSettings | None = None,
-               refiner_settings: SampleSettings | None = None) -> dict[str, Any]:
+               refiner_settings: SampleSettings | None = None,
+               on_step: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """The refiner's output (uint8 video at its size and frame rate, the base's audio) with
     the base's under "base". `condition`: the base's task (sample/conditions.py);
-    `high_res`: the same task at the refiner's geometry (see `condition`)."""
+    `high_res`: the same task at the refiner's geometry (see `condition`). on_step(stage, i):
+    solver step i of stage "base" or "refiner" runs (Sampler.generate's on_step)."""
     base_settings = base_settings or self.base.settings()
     seeds = seeds or [base_settings.seed + i for i in range(len(prompts))]
+    stage = lambda name: None if on_step is None else (lambda i: on_step(name, i))
     base = self.base.generate(prompts, condition=condition, seeds=seeds,
-                              settings=base_settings)
+                              settings=base_settings, on_step=stage("base"))
     out = self.refiner.generate(prompts, seeds=seeds, settings=refiner_settings,
-                                latent_condition=self.condition(base, seeds, high_res))
+                                latent_condition=self.condition(base, seeds, high_res),
+                                on_step=stage("refiner"))
     out["base"] = base
     return out

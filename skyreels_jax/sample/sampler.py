@@ -10,7 +10,7 @@ inside the sampling program, and references are prepended as Concat(ref, ref, 1)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -107,6 +107,7 @@ class Sampler:
     return abstract
 
   def _programs(self):
+    self._on_step = None
     self._fn = jax.jit(self._generate, static_argnums=(0,))
     # One program per batch size (the cascade asks once per batch): not a new jit per call.
     self._condition_fn = jax.jit(
@@ -134,10 +135,11 @@ class Sampler:
 
   def _generate(self, static: tuple[int, str], params, frozen, text_ids, text_mask, cond,
                 keys, scalars, shots):
-    """static: (num_steps, solver), the program's shape; scalars: (shift, video guidance,
-    audio guidance, embedded guidance), traced, so new values do not recompile; shots: the
-    tokenizer's text_shot and shot_spans (model.shot_attention), else {}."""
-    num_steps, solver = static
+    """static: (num_steps, solver, ticks), the program's shape (ticks: report each solver
+    step to self._on_step); scalars: (shift, video guidance, audio guidance, embedded
+    guidance), traced, so new values do not recompile; shots: the tokenizer's text_shot and
+    shot_spans (model.shot_attention), else {}."""
+    num_steps, solver, ticks = static
     shift, video_guidance, audio_guidance = scalars[0], scalars[1], scalars[2]
     model = nnx.merge(self.graphdef, self._resolve(params))
     codecs = self.codecs.bind(frozen)
@@ -223,7 +225,8 @@ class Sampler:
       return v, a, k
 
     times = start + (1.0 - start) * fm.sampling_times(num_steps, shift)
-    z_v, z_a, z_k = solve(solver, velocity, (z_v, z_a, z_k), times)
+    z_v, z_a, z_k = solve(solver, velocity, (z_v, z_a, z_k), times,
+                          self._tick if ticks else None)
     # The interpolant at t = 1 is the condition: exact, not up to the float sum of the steps.
     z_v = on_path(z_v, c["cond_video"], eps_v, kept_v, 1.0)
     out = {"video": codecs.video_ae.decode(z_v), "audio": None, "video_latent": z_v,
@@ -298,6 +301,11 @@ class Sampler:
       arrays["audio_ref"] = c.audio_ref
     return arrays
 
+  def _tick(self, i) -> None:
+    """The solver's host callback: forwards step i to this call's `on_step`."""
+    if self._on_step is not None:
+      self._on_step(int(i))
+
   @property
   def temporal_factor(self) -> int:
     return self.codecs.video_ae.temporal_factor
@@ -305,13 +313,16 @@ class Sampler:
   def generate(self, prompts: list[str], *, condition: conditions.Condition | None = None,
                image: np.ndarray | None = None, seeds: list[int] | None = None,
                settings: SampleSettings | None = None,
-               latent_condition: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+               latent_condition: dict[str, np.ndarray] | None = None,
+               on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Returns uint8 video (B, F, H, W, 3), float audio (B, S, C) (or None) and the final
     latents; a cascade base also uint8 `keyframes` (B, K, Hk, Wk, 3) and their latents.
     seeds: one per prompt (default settings.seed + index). image: shorthand for an
     image-to-video condition (uint8 H x W x 3). latent_condition: the condition as latents,
     {"cond_latent", "keep_v"[, "given_audio", "keyframes", "keyframe_times"]} with a batch
-    axis (but keyframe_times (K,), shared) (sample/cascade.py)."""
+    axis (but keyframe_times (K,), shared) (sample/cascade.py). on_step(i): called on
+    process 0 as solver step i runs (a progress bar). It is its own program, one that the
+    persistent cache does not keep, and every process must pass one or none alike."""
     settings = settings or self.settings()
     if image is not None:
       condition = conditions.image_to_video(self.geometry, self.temporal_factor, image)
@@ -321,16 +332,20 @@ class Sampler:
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     # Only the step count and the solver shape the program: a new seed, shift or guidance
     # scale does not recompile.
-    static = (settings.num_steps, settings.solver)
+    static = (settings.num_steps, settings.solver, on_step is not None)
     scalars = jnp.asarray([settings.shift, settings.video_guidance, settings.audio_guidance,
                            settings.embedded_guidance], jnp.float32)
     with jax.set_mesh(self.mesh):
       cond = (latent_condition if latent_condition is not None
               else self._condition_arrays(condition))
       shots = {k: jnp.asarray(tokens[k]) for k in ("text_shot", "shot_spans") if k in tokens}
-      out = self._fn(static, self.params, self.frozen, jnp.asarray(tokens["text_ids"]),
-                     jnp.asarray(tokens["text_mask"]), cond, keys, scalars, shots)
-    out = jax.device_get(out)
+      self._on_step = on_step
+      try:
+        out = self._fn(static, self.params, self.frozen, jnp.asarray(tokens["text_ids"]),
+                       jnp.asarray(tokens["text_mask"]), cond, keys, scalars, shots)
+        out = jax.device_get(out)
+      finally:
+        self._on_step = None
     as_uint8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(
         np.uint8)
     as_np = lambda x: None if x is None else np.asarray(x, np.float32)

@@ -42,9 +42,14 @@ def test_geometry_comes_from_the_checkpoints(converted):
   assert (mcfg.video_latent_channels, mcfg.audio_latent_channels) == (4, 4)
 
 
-def test_train_step_inputs_encode_with_the_real_autoencoders(converted):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_inputs_encode_with_the_real_autoencoders(converted, dtype):
+  """video_ae.dtype / audio_ae.dtype reach the codecs: bf16 weights, float32 latents."""
   config = _config(converted)
+  config.video_ae.dtype = config.audio_ae.dtype = dtype
   codecs, tokenizer = make_codecs(config)
+  for ae in (codecs.video_ae, codecs.audio_ae):
+    assert {x.dtype for x in jax.tree.leaves(ae.params)} == {np.dtype(dtype)}
   rng = np.random.default_rng(0)
   batch = {"video": rng.uniform(-1, 1, (2, 9, 32, 32, 3)).astype(np.float32),
            "audio": rng.uniform(-0.5, 0.5, (2, 900, 1)).astype(np.float32),
@@ -52,11 +57,13 @@ def test_train_step_inputs_encode_with_the_real_autoencoders(converted):
   fn = jax.jit(lambda b, r: training_inputs(b, r, config=config, codecs=codecs,
                                             use_audio=True))
   inputs, terms = fn(batch, jax.random.key(0))
+  atol = 1e-5 if dtype == "float32" else 3e-2    # bf16: jit and eager round apart
   np.testing.assert_allclose(np.asarray(terms["video_z0"]),
-                             np.asarray(codecs.video_ae.encode(batch["video"])), atol=1e-5)
+                             np.asarray(codecs.video_ae.encode(batch["video"])), atol=atol)
   np.testing.assert_allclose(np.asarray(terms["audio_z0"]),
-                             np.asarray(codecs.audio_ae.encode(batch["audio"])), atol=1e-5)
+                             np.asarray(codecs.audio_ae.encode(batch["audio"])), atol=atol)
   assert inputs["video"].shape == (2, 3, 4, 4, 9) and inputs["audio"].shape == (2, 113, 9)
+  assert terms["video_z0"].dtype == terms["audio_z0"].dtype == np.float32
 
 
 def test_missing_or_mismatched_checkpoints_are_config_errors(converted, tmp_path):

@@ -92,9 +92,11 @@ def test_cli_writes_mp4_wav_json_and_contact_sheet(trained_run, tmp_path):
   out = tmp_path / "out"
   proc = subprocess.run(
       [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={workdir}",
-       "--prompt=a red circle", f"--out={out}", f"--image={png}", "--seed=3"],
+       "--prompt=a red circle", f"--out={out}", f"--image={png}", "--seed=3",
+       "--step_bar=on"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"solver:   0%|          | 0/{config.sample.num_steps}" in proc.stderr
   assert sorted(os.listdir(out)) == ["contact_sheet.png", "sample_0.json", "sample_0.mp4",
                                      "sample_0.wav"]
   settings = json.load(open(out / "sample_0.json"))
@@ -112,6 +114,21 @@ def test_cli_missing_image_is_a_clear_error(trained_run, tmp_path):
        f"--out={tmp_path}", "--image=/nonexistent.png"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "--image=/nonexistent.png" in proc.stderr
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_on_step_sees_every_solver_step_and_changes_nothing(sampler, solver):
+  """The progress callback runs once per solver step (Heun: per step, not per evaluation),
+  and the sample is the one without it, bit for bit."""
+  settings = sampler.settings(seed=3, num_steps=3, solver=solver)
+  plain = sampler.generate(["a red circle"], settings=settings)
+  ticks = []
+  ticked = sampler.generate(["a red circle"], settings=settings, on_step=ticks.append)
+  assert sorted(ticks) == [0, 1, 2]
+  np.testing.assert_array_equal(plain["video_latent"], ticked["video_latent"])
+  np.testing.assert_array_equal(plain["audio_latent"], ticked["audio_latent"])
+  sampler.generate(["a red circle"], settings=settings)     # and no callback is left behind
+  assert sorted(ticks) == [0, 1, 2]
 
 
 def test_new_guidance_and_shift_do_not_recompile(sampler):

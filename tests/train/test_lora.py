@@ -15,6 +15,7 @@ from flax import nnx
 
 from conftest import small_run_config
 from skyreels_jax.config import abstract_model
+from skyreels_jax.sample import export
 from skyreels_jax.sample.sampler import Sampler
 from skyreels_jax.train.checkpoint import Checkpointer
 from skyreels_jax.train.state import abstract_state, make_optimizer
@@ -23,12 +24,16 @@ from skyreels_jax.weights import lora, match
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RANK = 4
+SAMPLE_PROMPTS = ("a red circle", "a blue square")
 
 
 def _lora_config(data, base, **overrides):
   c = small_run_config(data, **{"train.init_from": base, "train.steps": 2,
                                 "train.checkpoint_every": 2, **overrides})
   c.train.lora.rank, c.train.lora.alpha = RANK, 8.0
+  # The 4-step base's zero-initialised output head hides what the blocks' adapters change
+  # (1e-6 in the samples): the video head is adapted too.
+  c.train.lora.targets = (*c.train.lora.targets, r"^mmdit/video_io/proj_out/kernel$")
   c.optim.lr = 1e-2          # visible adapter updates in two steps
   return c
 
@@ -47,7 +52,11 @@ def lora_run(trained_run, synthetic_data, tmp_path_factory):
   base, _, _ = trained_run
   before = _digest(os.path.join(base, "checkpoints"))
   workdir = str(tmp_path_factory.mktemp("lora"))
-  config = _lora_config(synthetic_data, base)
+  # Samples during training (of the base + the EMA adapters; EMA = the adapters, so two
+  # steps of them show in the samples).
+  config = _lora_config(synthetic_data, base, **{
+      "train.sample_every": 2, "train.sample_prompts": SAMPLE_PROMPTS,
+      "train.sample_num_steps": 2, "optim.ema_decay": 0.0, "optim.warmup_steps": 0})
   result = train(config, workdir)
   return workdir, config, result, base, before
 
@@ -100,6 +109,28 @@ def test_merged_and_unmerged_sampling_agree(lora_run):
   unmerged = apart.generate(prompts)
   np.testing.assert_allclose(merged["video_latent"], unmerged["video_latent"], atol=1e-4)
   np.testing.assert_allclose(merged["audio_latent"], unmerged["audio_latent"], atol=1e-4)
+
+
+def test_samples_during_training_are_the_base_with_the_ema_adapters(lora_run, tmp_path):
+  """WORKDIR/samples/2 holds what the sampler makes of the run's step 2 (its base plus the
+  EMA adapters): the contact sheet's pixels within a level (the PNG is exact, the MP4 is
+  not); the base alone gives visibly other frames."""
+  from PIL import Image
+  workdir, _, _, base, _ = lora_run
+  folder = os.path.join(workdir, "samples", "2")
+  assert {f"sample_{i}.mp4" for i in range(2)} <= set(os.listdir(folder))
+  got = np.asarray(Image.open(os.path.join(folder, "contact_sheet.png")), np.int16)
+
+  def sheet(sampler, name):
+    out = sampler.generate(list(SAMPLE_PROMPTS), seeds=[0, 1],
+                           settings=sampler.settings(num_steps=2))
+    path = str(tmp_path / name)
+    export.write_contact_sheet(path, list(out["video"]), labels=list(SAMPLE_PROMPTS))
+    return np.asarray(Image.open(path), np.int16)
+  want = sheet(Sampler(workdir, lora_merged=False), "lora.png")
+  assert np.abs(got - want).max() <= 1
+  without = sheet(Sampler(base), "base.png")
+  assert np.abs(got - without).mean() > 10 * max(np.abs(got - want).mean(), 0.01)
 
 
 def test_resume_rereads_the_base_and_a_lost_base_is_one_line(lora_run, synthetic_data,

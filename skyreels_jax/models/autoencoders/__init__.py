@@ -10,5 +10,22 @@ models/encoders.py builds the config's autoencoders.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 KINDS_VIDEO = ("identity", "wan")
 KINDS_AUDIO = ("identity", "oobleck")
+# A frozen autoencoder's compute and weight dtype (video_ae.dtype, audio_ae.dtype).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def cast_params(params, dtype):
+  """Floating leaves of a params state (arrays, or ShapeDtypeStructs of a shapes-only build)
+  in `dtype`: a bf16 frozen autoencoder holds bf16 weights (half the memory)."""
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+  return jax.tree.map(cast, params)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from skyreels_jax.models.autoencoders import cast_params
+
 
 @dataclasses.dataclass(frozen=True)
 class OobleckConfig:
@@ -82,8 +84,9 @@ class Conv1d(nnx.Module):
     y = jax.lax.conv_general_dilated(x, self.kernel[...].astype(x.dtype), (self.stride,),
                                      [(self.padding, self.padding)],
                                      rhs_dilation=(self.dilation,),
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
-    return y if self.bias is None else y + self.bias[...].astype(x.dtype)
+                                     dimension_numbers=("NWC", "WIO", "NWC"),
+                                     preferred_element_type=jnp.float32)  # bf16: fp32 sums
+    return (y if self.bias is None else y + self.bias[...]).astype(x.dtype)
 
 
 class ConvTranspose1d(nnx.Module):
@@ -101,8 +104,9 @@ class ConvTranspose1d(nnx.Module):
     edge = self.kernel_size - 1 - self.padding
     y = jax.lax.conv_general_dilated(x, self.kernel[...][::-1].astype(x.dtype), (1,),
                                      [(edge, edge)], lhs_dilation=(self.stride,),
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
-    return y + self.bias[...].astype(x.dtype)
+                                     dimension_numbers=("NWC", "WIO", "NWC"),
+                                     preferred_element_type=jnp.float32)
+    return (y + self.bias[...]).astype(x.dtype)
 
 
 class Snake1d(nnx.Module):
@@ -239,12 +243,15 @@ class OobleckAudioAutoencoder:
 
   Holds the module split into `graphdef` and `params`: `encode`/`decode` merge them inside the
   traced function, so they work under jit; pass `params=` to feed the weights as a jit argument
-  instead of closing over them (closed-over arrays become compile-time constants). Runs in
-  float32; no gradient flows into the autoencoder."""
+  instead of closing over them (closed-over arrays become compile-time constants). Weights
+  and compute in `dtype` (bf16: tests/models/test_oobleck_vae.py states the tolerance);
+  inputs and outputs float32. No gradient flows into the autoencoder."""
 
-  def __init__(self, vae: OobleckVAE):
+  def __init__(self, vae: OobleckVAE, dtype=jnp.float32):
     cfg = vae.config
     self.graphdef, self.params = nnx.split(vae)
+    self.dtype = dtype
+    self.params = cast_params(self.params, dtype)
     self.hop = cfg.hop
     self.channels = cfg.audio_channels
     self.latent_channels = cfg.latent_channels
@@ -267,13 +274,13 @@ class OobleckAudioAutoencoder:
     if audio.ndim != 3 or audio.shape[-1] != self.channels:
       raise ValueError(f"audio of shape {audio.shape}: expected (B, S, {self.channels})")
     pad = self.num_samples(self.latent_length(audio.shape[1])) - audio.shape[1]
-    audio = jnp.pad(audio.astype(jnp.float32), ((0, 0), (0, pad), (0, 0)))
-    return jax.lax.stop_gradient(self.module(params).encode(audio))
+    audio = jnp.pad(audio.astype(self.dtype), ((0, 0), (0, pad), (0, 0)))
+    return jax.lax.stop_gradient(self.module(params).encode(audio).astype(jnp.float32))
 
   def decode(self, latents: jax.Array, params=None) -> jax.Array:
     """(B, Ta, latent_channels) -> (B, Ta * hop, channels), clipped to [-1, 1]."""
     if latents.ndim != 3 or latents.shape[-1] != self.latent_channels:
       raise ValueError(f"latents of shape {latents.shape}: expected (B, Ta, "
                        f"{self.latent_channels})")
-    audio = self.module(params).decode(latents.astype(jnp.float32))
+    audio = self.module(params).decode(latents.astype(self.dtype)).astype(jnp.float32)
     return jax.lax.stop_gradient(jnp.clip(audio, -1.0, 1.0))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skyreels_jax.models.autoencoders import tiling
+from skyreels_jax.models.autoencoders import cast_params, tiling
 
 # diffusers' defaults: the per-channel statistics of Wan 2.1 latents.
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -134,8 +134,9 @@ class CausalConv3d(nnx.Module):
     """The convolution over frames that already include their past (no time padding)."""
     y = jax.lax.conv_general_dilated(x, self.kernel[...].astype(x.dtype),
                                      (self.stride_t, 1, 1), self.padding,
-                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-    return y + self.bias[...].astype(x.dtype)
+                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                     preferred_element_type=jnp.float32)  # bf16: fp32 sums
+    return (y + self.bias[...]).astype(x.dtype)
 
   def __call__(self, x: jax.Array, caches: _Caches) -> jax.Array:
     if self.kt == 1:
@@ -161,8 +162,9 @@ class Conv2d(nnx.Module):
     b, t = x.shape[:2]
     y = jax.lax.conv_general_dilated(x.reshape(b * t, *x.shape[2:]),
                                      self.kernel[...].astype(x.dtype), (self.stride,) * 2,
-                                     self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = y + self.bias[...].astype(x.dtype)
+                                     self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     preferred_element_type=jnp.float32)
+    y = (y + self.bias[...]).astype(x.dtype)
     return y.reshape(b, t, *y.shape[1:])
 
 
@@ -394,10 +396,15 @@ class WanVideoAutoencoder:
   inputs larger than the tile, as in diffusers."""
 
   def __init__(self, vae: WanVAE, encode_chunk: int | None = 1, decode_chunk: int | None = 1,
-               tile_size: tuple[int, int] = (0, 0), tile_stride: tuple[int, int] = (0, 0)):
+               tile_size: tuple[int, int] = (0, 0), tile_stride: tuple[int, int] = (0, 0),
+               dtype=jnp.float32):
     cfg = vae.config
     tiling.check_tiling(tile_size, tile_stride, cfg.spatial_factor)
     self.graphdef, self.params = nnx.split(vae)
+    # dtype: weights and compute (bf16: tests/models/test_wan_vae.py states the tolerance);
+    # inputs and outputs stay float32.
+    self.dtype = dtype
+    self.params = cast_params(self.params, dtype)
     self.encode_chunk, self.decode_chunk = encode_chunk, decode_chunk
     self.tile_size, self.tile_stride = tuple(tile_size), tuple(tile_stride)
     self.latent_channels = cfg.z_dim
@@ -432,8 +439,8 @@ class WanVideoAutoencoder:
   def encode(self, video: jax.Array, params=None) -> jax.Array:
     self.latent_frames(video.shape[1])
     self.latent_hw(*video.shape[2:4])
-    vae, video = self.module(params), video.astype(jnp.float32)
-    encode = lambda x: vae.encode(x, self.encode_chunk)
+    vae, video = self.module(params), video.astype(self.dtype)
+    encode = lambda x: vae.encode(x, self.encode_chunk).astype(jnp.float32)
     if self.uses_tiles(*video.shape[2:4]):
       # blending normalised latents equals normalising blended ones: the blend is convex
       z = tiling.tiled_encode(encode, video, self.tile_size, self.tile_stride,
@@ -443,12 +450,13 @@ class WanVideoAutoencoder:
     return jax.lax.stop_gradient(z)
 
   def decode(self, latents: jax.Array, params=None) -> jax.Array:
-    vae, latents = self.module(params), latents.astype(jnp.float32)
+    vae, latents = self.module(params), latents.astype(self.dtype)
     s = self.spatial_factor
     if self.uses_tiles(latents.shape[2] * s, latents.shape[3] * s):
-      x = tiling.tiled_decode(lambda z: vae.decode_unclipped(z, self.decode_chunk), latents,
-                              self.tile_size, self.tile_stride, s)
+      x = tiling.tiled_decode(
+          lambda z: vae.decode_unclipped(z, self.decode_chunk).astype(jnp.float32), latents,
+          self.tile_size, self.tile_stride, s)
       x = jnp.clip(x, -1.0, 1.0)
     else:
-      x = vae.decode(latents, self.decode_chunk)
+      x = vae.decode(latents, self.decode_chunk).astype(jnp.float32)
     return jax.lax.stop_gradient(x)
