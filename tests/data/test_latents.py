@@ -183,11 +183,14 @@ def test_invalid_fields(overrides, match):
 def test_encoder_identity_of_a_config():
   c = tiny.get_config()
   ident = latents.encoder_identity(c, text_frozen=False)
-  neutral = lambda d: {k: v for k, v in d.items() if k not in ("encode_chunk", "decode_chunk")}
+  neutral = lambda d: {k: v for k, v in d.items()
+                       if k not in ("encode_chunk", "decode_chunk", "dtype")}
   assert ident["video_ae"] == neutral(c.video_ae.to_dict()) and "path" in ident["video_ae"]
-  assert ident["audio_ae"] == dict(c.audio_ae.to_dict(), channels=c.data.audio_channels)
+  assert ident["audio_ae"] == dict(neutral(c.audio_ae.to_dict()),
+                                   channels=c.data.audio_channels)
   chunked = tiny.get_config()
   chunked.video_ae.encode_chunk = 4     # the same numbers: the same identity
+  chunked.video_ae.dtype = chunked.audio_ae.dtype = "bfloat16"   # within the stated tolerance
   assert latents.encoder_identity(chunked, text_frozen=False) == ident
   assert ident["text"] == dict(c.text.to_dict(), frozen=False, shot_captions=False,
                                max_shots=0)
