@@ -568,7 +568,7 @@ def _main(argv):
     print(f"error: no usable input in {f.src!r}: {inputs['total']} file(s), "
           f"{inputs['skipped']} skipped (reasons in {os.path.join(f.out, 'skipped.jsonl')})",
           file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)    # the user's data, not our bug: a usage error
   print(f"{totals['num_records']} records ({totals['video_records']} video, "
         f"{totals['image_records']} image, {totals['audio_records']} audio; "
         f"{totals['without_audio']} videos without audio) in {len(index['buckets'])} buckets "

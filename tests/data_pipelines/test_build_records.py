@@ -218,7 +218,7 @@ def test_restart_redoes_only_missing_chunks(media, tmp_path):
     build_records.build(str(media[0]), str(out), small_data_config(fps=4.0), chunk_size=2)
 
 
-def test_cli_exits_1_when_nothing_is_usable(media, tmp_path):
+def test_cli_exits_2_when_nothing_is_usable(media, tmp_path):
   src = tmp_path / "src"
   src.mkdir()
   (src / "broken.mp4").write_bytes((media[0] / "sub" / "corrupt.mp4").read_bytes())
@@ -226,8 +226,8 @@ def test_cli_exits_1_when_nothing_is_usable(media, tmp_path):
       [sys.executable, "-m", "data_pipelines.build_records", f"--src={src}",
        f"--out={tmp_path / 'out'}", "--config.data.durations=(1.0,)"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 1, result.stderr[-2000:]
-  assert "no usable input" in result.stderr
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "no usable input" in result.stderr and "Traceback" not in result.stderr
   assert [json.loads(line)["path"] for line in
           (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()] == ["broken.mp4"]
 
