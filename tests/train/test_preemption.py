@@ -4,6 +4,7 @@ random moments (grain workers and async saves on) loses nothing; the goodput too
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -91,8 +92,11 @@ def test_sigterm_and_kills_lose_nothing(synthetic_data, long_run, tmp_path):
   # Every step logged exactly once; the parameters of an uninterrupted run.
   assert _logged_steps(workdir) == list(range(1, STEPS + 1)), moments
   # A quiet console: library INFO logs (orbax's checkpointing) in WORKDIR/logs, not here.
+  # Warnings still show (absl's "W..." lines; orbax warns when a save waits on the last
+  # one, which a loaded machine makes happen).
   out = open(log_path).read()
-  assert "checkpoint_manager.py" not in out and "orbax" not in out.lower()
+  library = [l for l in out.splitlines() if "checkpoint_manager.py" in l or "orbax" in l.lower()]
+  assert library == [l for l in library if re.match(r"[WEF]\d{4} ", l)], library
   logs = os.listdir(os.path.join(workdir, "logs"))
   assert any(n.startswith("train.0.") and "INFO" in n for n in logs)
   assert "checkpoint" in "".join(open(os.path.join(workdir, "logs", n)).read()
