@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from skyreels_jax.core import ConfigError, check
+from skyreels_jax.core import DTYPES, ConfigError, check
 from skyreels_jax.models import autoencoders, frozen, text
 from skyreels_jax.models.autoencoders import identity, oobleck_vae, tiling, wan_vae
 from skyreels_jax.models.mappings import qwen as qwen_table
@@ -28,9 +28,9 @@ def _module(cfg: Any, kind: str, weights: bool, published_if_missing: bool):
 def _dtype(cfg: Any, section: str):
   """A frozen autoencoder's `dtype` field (its weights and compute)."""
   name = cfg.get("dtype", "float32")
-  if name not in autoencoders.DTYPES:
-    raise ValueError(f"{section}.dtype: {name!r} is not one of {sorted(autoencoders.DTYPES)}")
-  return autoencoders.DTYPES[name]
+  if name not in DTYPES:
+    raise ValueError(f"{section}.dtype: {name!r} is not one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
 def build_video(cfg: Any, *, weights: bool = True, published_if_missing: bool = False):

@@ -15,8 +15,6 @@ import jax.numpy as jnp
 
 KINDS_VIDEO = ("identity", "wan")
 KINDS_AUDIO = ("identity", "oobleck")
-# A frozen autoencoder's compute and weight dtype (video_ae.dtype, audio_ae.dtype).
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def cast_params(params, dtype):
