@@ -17,6 +17,8 @@ With a procedural reference (its index.json has "num_bounces"; captions are the 
   adherence[_real|_random]        share of frames showing exactly the prompt's colour/shape
                                   set (content_scores), in [0, 1]; with shot tags (multi-
                                   shot prompts and clips), the set of the frame's shot
+  colour_adherence[_real|_random] share of frames showing exactly the prompt's colours,
+                                  whatever their shapes (a coarser model gets these first)
   cleanliness[_real|_random]      share of background pixels within BACKGROUND_TOLERANCE
                                   levels of the frame's background colour, in [0, 1]
   background_mad[_real|_random]   mean absolute deviation of the background from its colour,
@@ -221,10 +223,12 @@ def content_scores(video: np.ndarray, prompt: str, fps: float | None = None) -> 
   want = wanted_objects(prompt, len(video), fps)
   masks = colour_masks(video)
   ring = np.ones((3, 3), np.uint8)
-  hits, clean, mad = [], [], []
+  hits, colour_hits, clean, mad = [], [], [], []
+  colours = lambda objects: frozenset(c for c, _ in objects)
   for t, frame in enumerate(video):
     objects, pixels = frame_objects(masks[:, t])
     hits.append(objects == want[t])
+    colour_hits.append(colours(objects) == colours(want[t]))
     off = ~cv2.dilate(pixels.astype(np.uint8), ring).astype(bool)
     if not off.any():
       continue
@@ -232,7 +236,7 @@ def content_scores(video: np.ndarray, prompt: str, fps: float | None = None) -> 
     dev = np.abs(bg - np.median(bg, axis=0))
     clean.append(float(np.mean(dev.max(axis=1) <= BACKGROUND_TOLERANCE)))
     mad.append(float(dev.mean()))
-  return dict(adherence=float(np.mean(hits)),
+  return dict(adherence=float(np.mean(hits)), colour_adherence=float(np.mean(colour_hits)),
               cleanliness=float(np.mean(clean)) if clean else 0.0,
               background_mad=float(np.mean(mad)) if mad else 255.0)
 
@@ -361,8 +365,8 @@ def _events(clip: dict) -> tuple[np.ndarray, np.ndarray]:
 def _content(pairs) -> dict:
   """Mean content_scores of (video, prompt, fps) triples."""
   rows = [content_scores(v, p, fps) for v, p, fps in pairs]
-  return {k: _mean([r[k] for r in rows]) for k in ("adherence", "cleanliness",
-                                                  "background_mad")}
+  return {k: _mean([r[k] for r in rows]) for k in ("adherence", "colour_adherence",
+                                                  "cleanliness", "background_mad")}
 
 
 def report(samples: list[dict], reference: list[dict] | None = None,

@@ -182,6 +182,26 @@ def test_adherence_real_random_and_wrong_prompts():
   assert metrics.content_scores(dropped, clip["caption"])["adherence"] < 0.05
 
 
+def test_colour_adherence_ignores_shapes_not_colours():
+  clips = [bouncing(s) for s in range(10)]
+  score = lambda video, prompt: metrics.content_scores(video, prompt)["colour_adherence"]
+  real = [score(c["video"], c["caption"]) for c in clips]
+  reshaped = [score(c["video"], _reshaped(c["caption"])) for c in clips]
+  recoloured = [score(c["video"], p) for c in clips
+                if (p := _recoloured(c["caption"])) is not None]
+  assert np.mean(real) > 0.95, real
+  assert np.mean(reshaped) > 0.95, reshaped        # the wrong shape, the right colours
+  assert len(recoloured) >= 3 and max(recoloured) < 0.05, recoloured
+  # Blocks of the right colour (what a coarse model draws) pass; their shape does not.
+  clip = next(c for c in clips if len(metrics.prompt_objects(c["caption"])) == 1)
+  (colour, _), = metrics.prompt_objects(clip["caption"])
+  blocks = np.full_like(clip["video"], 10)
+  blocks[:, 4:20, 8:16, metrics.COLOURS.index(colour)] = 255
+  blocks[:, 12:20, 16:24, metrics.COLOURS.index(colour)] = 255
+  out = metrics.content_scores(blocks, clip["caption"])
+  assert out["colour_adherence"] == 1.0, out
+
+
 def test_cleanliness_real_noisy_and_random():
   clips = [bouncing(s) for s in range(6)]
   rng = np.random.default_rng(1)
@@ -232,7 +252,7 @@ def test_cli_end_to_end(tmp_path):
   assert len(lines) == 1, proc.stdout
   out = json.loads(lines[0])
   keys = {"num_samples", "num_reference", "av_align", "av_align_real", "av_align_shuffled"}
-  for k in ("adherence", "cleanliness", "background_mad"):
+  for k in ("adherence", "colour_adherence", "cleanliness", "background_mad"):
     keys |= {k, k + "_real", k + "_random"}
   keys |= {"sync_score", "sync_score_real", "sync_score_shuffled"}
   assert set(out) == keys, sorted(out)
