@@ -30,7 +30,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from launch.demo import RECIPE  # noqa: E402
+from launch.recipes import DEMO as RECIPE  # noqa: E402
 from skyreels_jax.sample import export  # noqa: E402
 
 RED, BLUE = 0, 2

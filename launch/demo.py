@@ -18,19 +18,15 @@ import sys
 
 from absl import app, flags
 
+from launch import recipes
+
 _OUT = flags.DEFINE_string("out", "demo_out", "Folder for data, run and samples.")
 _STEPS = flags.DEFINE_integer("steps", 500, "Training steps (about 10 min on 2 CPU cores).")
 _CLIPS = flags.DEFINE_integer("num_clips", 512, "Synthetic clips to generate.")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 30, "Solver steps when sampling.")
 
 
-# The demo's recipe over configs/tiny.py, chosen from measurements (README "Demo"): the video
-# stream predicts the clean clip (x-prediction: pixel-space tokens as wide as the model; with
-# the velocity the samples stay speckled), trained at noisier times (logit-normal around
-# sigma = 0.69); the audio keeps the velocity (its data estimate of a random-phase tone is
-# silence).
-RECIPE = ("--config.flow.video_prediction=data", "--config.flow.logit_mean=0.8",
-          "--config.flow.logit_std=0.8")
+RECIPE = recipes.DEMO     # launch/recipes.py
 
 
 def _run(args: list[str]) -> None:

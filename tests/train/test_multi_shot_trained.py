@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from launch.demo import RECIPE
+from launch.recipes import DEMO as RECIPE
 from skyreels_jax.data import shots
 from skyreels_jax.sample.sampler import Sampler
 

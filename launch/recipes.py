@@ -1,0 +1,10 @@
+"""Training recipes as command-line overrides, shared by the demo, the benchmarks and the
+tests (a module without absl flags, so that anything can import it)."""
+
+# The demo's recipe over configs/tiny.py, chosen from measurements (README "Demo"): the video
+# stream predicts the clean clip (x-prediction: pixel-space tokens as wide as the model; with
+# the velocity the samples stay speckled), trained at noisier times (logit-normal around
+# sigma = 0.69); the audio keeps the velocity (its data estimate of a random-phase tone is
+# silence).
+DEMO = ("--config.flow.video_prediction=data", "--config.flow.logit_mean=0.8",
+        "--config.flow.logit_std=0.8")
