@@ -25,13 +25,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from launch.recipes import DEMO as RECIPE  # noqa: E402
+from launch import recipes  # noqa: E402
 from skyreels_jax.sample import export  # noqa: E402
+from skyreels_jax.sample.metrics import shot_order_scores  # noqa: E402
 
 RED, BLUE = 0, 2
 SHOTS_A = [dict(start=0.0, end=1.0, text="a red circle bounces around a dark room",
@@ -44,24 +43,6 @@ SHOTS_B = [dict(SHOTS_A[1], start=0.0, end=1.0), dict(SHOTS_A[0], start=1.0, end
 def _run(args: list[str]) -> None:
   print("\n$ " + " ".join(args), flush=True)
   subprocess.run([sys.executable, "-m", *args], check=True, cwd=REPO)
-
-
-def dominant(frames: np.ndarray) -> int:
-  """The RGB channel with the most lit pixels (> 128) over `frames` (T, H, W, 3)."""
-  return int(np.argmax((frames > 128).sum(axis=(0, 1, 2))))
-
-
-def halves(video: np.ndarray) -> tuple[int, int]:
-  n = len(video) // 2
-  return dominant(video[:n]), dominant(video[n:])
-
-
-def score(samples: list[np.ndarray], asked: tuple[int, int]) -> tuple[float, float]:
-  """(share of halves right under the asked order, under the swapped order)."""
-  got = [halves(v) for v in samples]
-  right = np.mean([[a == asked[0], b == asked[1]] for a, b in got])
-  swapped = np.mean([[a == asked[1], b == asked[0]] for a, b in got])
-  return float(right), float(swapped)
 
 
 def main():
@@ -77,12 +58,11 @@ def main():
   if not os.path.isdir(data):
     _run(["data_pipelines.synthetic", f"--out={data}", f"--num_clips={args.num_clips}",
           "--shots=2"])
-  shot_flags = ["--config.data.shot_captions=True", "--config.text.max_length=64",
-                "--config.data.max_shots_per_clip=2",
-                f"--config.model.shot_attention={not args.no_mask}"]
+  shot_flags = [f for f in recipes.SHOTS if "shot_attention" not in f]
+  shot_flags.append(f"--config.model.shot_attention={not args.no_mask}")
   _run(["skyreels_jax.train", "--config=configs/tiny.py", f"--workdir={work}",
         f"--config.data.path={data}", f"--config.train.steps={args.steps}",
-        "--config.train.checkpoint_every=100", "--config.seed=0", *RECIPE, *shot_flags])
+        "--config.train.checkpoint_every=100", "--config.seed=0", *recipes.DEMO, *shot_flags])
   prompts = os.path.join(args.out, "prompts.jsonl")
   with open(prompts, "w") as f:
     for shots in (SHOTS_A, SHOTS_B):
@@ -94,8 +74,8 @@ def main():
             sorted(glob.glob(os.path.join(samples, "sample_*.mp4")),
                    key=lambda p: int(p.rsplit("_", 1)[1].split(".")[0]))]
   a, b = videos[:args.seeds], videos[args.seeds:]
-  ra, sa = score(a, (RED, BLUE))
-  rb, sb = score(b, (BLUE, RED))
+  ra, sa = shot_order_scores(a, [(RED, BLUE)] * len(a))
+  rb, sb = shot_order_scores(b, [(BLUE, RED)] * len(b))
   report = dict(steps=args.steps, seeds=args.seeds, shot_attention=not args.no_mask,
                 a_right=ra, a_swapped=sa, b_right=rb, b_swapped=sb,
                 margin=round((ra + rb - sa - sb) / 2, 4))

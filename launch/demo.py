@@ -26,8 +26,6 @@ _CLIPS = flags.DEFINE_integer("num_clips", 512, "Synthetic clips to generate.")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 30, "Solver steps when sampling.")
 
 
-RECIPE = recipes.DEMO     # launch/recipes.py
-
 
 def _run(args: list[str]) -> None:
   print("\n$ " + " ".join(args), flush=True)
@@ -75,7 +73,7 @@ def main(argv):
   _run(["data_pipelines.synthetic", f"--out={data}_prompts", "--num_clips=4", "--seed=999"])
   _run(["skyreels_jax.train", "--config=configs/tiny.py", f"--workdir={work}",
         f"--config.data.path={data}", f"--config.train.steps={_STEPS.value}",
-        "--config.train.checkpoint_every=100", "--config.seed=0", *RECIPE])
+        "--config.train.checkpoint_every=100", "--config.seed=0", *recipes.DEMO])
 
   from array_record.python.array_record_module import ArrayRecordReader
 

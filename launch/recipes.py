@@ -8,3 +8,8 @@ tests (a module without absl flags, so that anything can import it)."""
 # silence).
 DEMO = ("--config.flow.video_prediction=data", "--config.flow.logit_mean=0.8",
         "--config.flow.logit_std=0.8")
+
+# Multi-shot training (data/shots.py): shot tags in the caption, the shot-aware
+# cross-attention, two shots per clip, a text length that holds both tags.
+SHOTS = ("--config.data.shot_captions=True", "--config.model.shot_attention=True",
+         "--config.data.max_shots_per_clip=2", "--config.text.max_length=64")

@@ -241,6 +241,24 @@ def content_scores(video: np.ndarray, prompt: str, fps: float | None = None) -> 
               background_mad=float(np.mean(mad)) if mad else 255.0)
 
 
+def dominant_colour(frames: np.ndarray) -> int:
+  """The RGB channel (= COLOURS index) with the most lit pixels (> 128) over `frames`
+  (T, H, W, 3): on the procedural set (a dark room, each shape one saturated primary) the
+  colour a run of frames mostly shows."""
+  return int(np.argmax((np.asarray(frames) > 128).sum(axis=(0, 1, 2))))
+
+
+def shot_order_scores(videos, asked) -> tuple[float, float]:
+  """Two-shot samples against the colours their shots asked for, `asked` one (first,
+  second) COLOURS index pair per video: (share of halves whose dominant colour is the asked
+  one, share that would be right under the swapped order; a model that ignores the shot
+  times scores the two alike)."""
+  got = np.array([[dominant_colour(v[:len(v) // 2]), dominant_colour(v[len(v) // 2:])]
+                  for v in videos])
+  asked = np.asarray(asked)
+  return float(np.mean(got == asked)), float(np.mean(got == asked[:, ::-1]))
+
+
 # -------------------------------------------------------------------------- reading
 
 class InputError(ValueError):

@@ -310,3 +310,14 @@ def test_cli_usage_errors_exit_2_with_one_line(tmp_path):
     assert proc.returncode == 2, (args, proc.stderr[-2000:])
     assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
     assert proc.stdout == ""
+
+
+def test_shot_order_scores_read_each_half():
+  dark = np.full((8, 16, 16, 3), 10, np.uint8)
+  red_blue = dark.copy()
+  red_blue[:4, 4:10, 4:10, 0] = 255
+  red_blue[4:, 6:12, 6:12, 2] = 255
+  assert metrics.dominant_colour(red_blue[:4]) == 0
+  assert metrics.shot_order_scores([red_blue], [(0, 2)]) == (1.0, 0.0)
+  assert metrics.shot_order_scores([red_blue, red_blue], [(0, 2), (2, 0)]) == (0.5, 0.5)
+  assert metrics.shot_order_scores([red_blue[::-1]], [(0, 2)]) == (0.0, 1.0)
