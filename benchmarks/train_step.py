@@ -20,6 +20,7 @@ load average is printed with the result.
 
   python benchmarks/train_step.py            # defaults: < 3 min on 2 CPU cores
   python benchmarks/train_step.py --width 512 --heads 8 --steps 10 --joint
+  python benchmarks/train_step.py --unroll --no_peer     # a variant of our step alone
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--audio_len", type=int, default=64, help="audio tokens (with --joint)")
   p.add_argument("--audio_channels", type=int, default=64, help="audio latent channels")
   p.add_argument("--no_peer", action="store_true", help="skip the PyTorch model")
+  # Variants of our step (README "Where our step's time goes"); the peer is unchanged.
+  p.add_argument("--unroll", action="store_true", help="model.scan_blocks=False")
+  p.add_argument("--attention", default="dot_product", choices=["dot_product", "blockwise"])
+  p.add_argument("--remat", default="none", choices=["none", "save_dots", "full"])
   return p.parse_args(argv)
 
 
@@ -80,6 +85,9 @@ def our_config(args, *, joint: bool):
   c.model.use_audio = joint
   c.model.text_cross_attention = joint
   c.model.dtype = args.dtype
+  c.model.scan_blocks = not args.unroll
+  c.model.remat = args.remat
+  c.attention = args.attention
   c.text.width = args.text_dim
   config_lib.validate(c)
   _, mcfg = config_lib.derive(c)
@@ -217,7 +225,8 @@ def main(argv=None):
         f"single={args.single} mlp_ratio={args.mlp_ratio} latent={args.frames}x{args.height}x"
         f"{args.latent_width}x{args.channels} patch=1x{args.patch}x{args.patch} -> {nv} video "
         f"tokens, text_len={args.text_len} text_dim={args.text_dim} batch={args.batch} "
-        f"dtype={args.dtype} rope_axes={mcfg.rope_axes_dim}")
+        f"dtype={args.dtype} rope_axes={mcfg.rope_axes_dim} ours: attention={args.attention} "
+        f"remat={args.remat} scan_blocks={not args.unroll}")
   print(f"train_step: input channels 2C+1={2 * args.channels + 1} on both sides (out C="
         f"{args.channels}); device={jax.devices()[0].device_kind} cpus={os.cpu_count()}; "
         f"best and median of {args.steps} steps after {args.warmup} warmup; load average "

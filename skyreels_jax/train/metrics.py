@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -21,6 +22,12 @@ def json_float(value) -> float | None:
   """A float for strict JSON: a non-finite value (a skipped step's loss) becomes null."""
   value = float(value)
   return value if math.isfinite(value) else None
+
+
+# Keys whose NaN means "nothing to average" (a timestep quartile that drew no example in the
+# log window), not a diverged value: the console leaves them out rather than print "nan"
+# next to a healthy loss. metrics.jsonl still has the key, as null.
+_NONE_IF_NAN = re.compile(r"loss_t\d+$").match
 
 
 class MetricsWriter:
@@ -72,6 +79,7 @@ class MetricsWriter:
       self._wandb.log({f"{group}/{k}": v for k, v in row.items()
                        if k not in ("step", "time") and v is not None}, step=int(step))
     keys = scalars if shown is None else [k for k in shown if k in scalars]
+    keys = [k for k in keys if not (_NONE_IF_NAN(k) and not math.isfinite(scalars[k]))]
     line = " ".join(f"{k}={float(scalars[k]):.4g}" for k in keys)
     if self.bar is not None and not self.bar.disable:   # a terminal: the bar says it
       self.bar.set_postfix_str(line[:120], refresh=True)

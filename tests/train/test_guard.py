@@ -99,3 +99,15 @@ def test_logs_are_strict_json_with_non_finite_values_as_null(tmp_path):
   assert (row["loss"], row["grad_norm"], row["lr"]) == (None, None, 0.5)
   [event] = [strict(l) for l in open(tmp_path / "events.jsonl")]
   assert event["loss"] is None and event["grad_norm"] == 2.0
+
+
+def test_the_console_leaves_out_empty_quartiles_but_shows_a_nan_loss(tmp_path, capsys):
+  writer = MetricsWriter(str(tmp_path))
+  writer.write(5, {"loss": 0.25, "loss_t0": 0.5, "loss_t3": float("nan")})
+  writer.write(6, {"loss": float("nan"), "loss_t0": 0.5})
+  writer.close()
+  out = capsys.readouterr().out
+  assert "step 5: loss=0.25 loss_t0=0.5\n" in out and "loss_t3" not in out
+  assert "step 6: loss=nan loss_t0=0.5" in out
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert "loss_t3" in rows[0] and rows[0]["loss_t3"] is None
