@@ -2,8 +2,8 @@
 (GPU nodes). The AOT tool (tools/aot.py) gives XLA's own figure for TPU topologies; this model
 is checked against it (README, "Memory").
 
-Assumes the intended FSDP layout: the train state sharded over `fsdp` x `tensor`, the batch
-over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device:
+Assumes the intended FSDP layout: the train state sharded as the rules shard `embed`
+(by default `fsdp` x `sequence`) times `tensor`, the batch over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device:
   state        params + Adam mu, nu + EMA in `model.param_dtype`, and the gradients (a
                LoRA run: of its adapters; `base` then counts its frozen weights)
   layer        one layer's weights gathered in the compute dtype and their gradients before
@@ -76,6 +76,16 @@ def _param_counts(config) -> tuple[int, int]:
   return total, max(layer.values())
 
 
+def _ways(names, config, sizes: dict) -> int:
+  """Into how many shards the config's logical rules split an array with logical axes
+  `names` (None: replicated)."""
+  ways = 1
+  for axes in (logical_to_mesh(names, rules(config)) if names else ()):
+    for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())):
+      ways *= sizes[a]
+  return ways
+
+
 def _frozen_bytes(config, sizes: dict) -> float:
   """Per-device bytes of the frozen weights under the config's logical rules."""
   codecs, _ = make_codecs(config, abstract=True)
@@ -83,11 +93,7 @@ def _frozen_bytes(config, sizes: dict) -> float:
   leaves = jax.tree.leaves(codecs.frozen_params(), is_leaf=lambda x: isinstance(x, nnx.Variable))
   for leaf in leaves:
     names = getattr(leaf, "out_sharding", None) if isinstance(leaf, nnx.Variable) else None
-    ways = 1
-    for axes in (logical_to_mesh(names, rules(config)) if names else ()):
-      for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())):
-        ways *= sizes[a]
-    total += math.prod(leaf.shape) * leaf.dtype.itemsize / ways
+    total += math.prod(leaf.shape) * leaf.dtype.itemsize / _ways(names, config, sizes)
   return total
 
 
@@ -97,7 +103,7 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
   m, d = config.model, config.data
   sizes = mesh_shape(config.mesh, num_devices)
   dp = sizes["data"] * sizes["fsdp"]
-  shard = sizes["fsdp"] * sizes["tensor"]
+  shard = _ways(("embed",), config, sizes) * sizes["tensor"]   # the weights' shards
   seq = sizes["sequence"]
   b = d.batch_size / dp                          # examples per device
   pb = DTYPES[m.param_dtype].dtype.itemsize

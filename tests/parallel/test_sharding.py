@@ -2,6 +2,7 @@
 joint video+audio model with references prepended; the sequence-parallel steps communicate
 the way they should (HLO)."""
 
+import math
 import re
 
 import jax
@@ -131,11 +132,17 @@ def test_state_shardings_follow_the_rules():
   shardings = state_shardings(abstract, mesh, rules(config))
   qkv = shardings["params"]["mmdit"]["dual_layers"]["video"]["attn"]["x_qkv"]["to_q"]["kernel"]
   mlp = shardings["params"]["mmdit"]["dual_layers"]["video"]["ff"]["fc2"]["kernel"]
+  # The width over fsdp x sequence: a sequence-parallel run does not replicate its state
+  # `mesh.sequence` times.
+  seq = ("fsdp", "sequence")
   assert isinstance(qkv, NamedSharding)
-  assert tuple(qkv.spec) == (None, "fsdp", "tensor")        # (layers, embed, heads)
-  assert tuple(mlp.spec) == (None, "tensor", "fsdp")        # (layers, mlp, embed)
+  assert tuple(qkv.spec) == (None, seq, "tensor")           # (layers, embed, heads)
+  assert tuple(mlp.spec) == (None, "tensor", seq)           # (layers, mlp, embed)
   adam_mu = shardings["opt_state"][1][0].mu["mmdit"]["dual_layers"]["video"]["ff"]["fc2"]
-  assert tuple(adam_mu["kernel"].spec) == (None, "tensor", "fsdp")
+  assert tuple(adam_mu["kernel"].spec) == (None, "tensor", seq)
+  kernel = abstract["params"]["mmdit"]["dual_layers"]["video"]["ff"]["fc2"]["kernel"]
+  shard_shape = mlp.shard_shape(kernel.shape)
+  assert math.prod(shard_shape) * 8 == math.prod(kernel.shape)   # 8 devices, 8 shards
 
 
 def test_hybrid_mesh_is_slice_major():

@@ -30,6 +30,18 @@ def test_fsdp_shards_the_state_and_batch_scales_activations():
   assert m128["layer"] == pytest.approx(m64["layer"])       # one gathered layer, unsharded
 
 
+def test_the_sequence_axis_shards_the_state_too():
+  """fsdp 16 x sequence 4 holds the state in 64 shards, as fsdp 64 does (the weights' width
+  is on fsdp x sequence, configs/base.py); the rules without it replicate it 4 times."""
+  c = _small(batch_size=16)
+  c.attention, c.mesh.sequence = "ulysses", 4
+  seq = train_memory_bytes(c, 64)["state"]
+  assert seq == pytest.approx(train_memory_bytes(_small(batch_size=64), 64)["state"])
+  c.logical_axis_rules = tuple(("embed", "fsdp") if k == "embed" else (k, v)
+                               for k, v in c.logical_axis_rules)
+  assert train_memory_bytes(c, 64)["state"] == pytest.approx(4 * seq)
+
+
 def test_remat_and_attention_order():
   c = _small(batch_size=64, height=480, width=832)
   by_policy = {}
