@@ -9,7 +9,8 @@ Assumes the intended FSDP layout: the train state sharded as the rules shard `em
   layer        one layer's weights gathered in the compute dtype and their gradients before
                the reduce-scatter
   saved        what the remat policy keeps for the backward pass, per layer, times the layers
-  working      one layer's recomputed activations in its backward pass (f32 at worst)
+  working      one layer's recomputed activations in its backward pass (f32 at worst), and
+               under Ulysses its all-to-all buffers
   attention    the scores of the largest attention of a layer (logits f32, probabilities,
                their gradients: ATTN_BYTES per score). dot_product materialises all S x S of
                them per head (so does ulysses with `model.sp_kernel=dot_product`, its heads
@@ -43,6 +44,11 @@ SAVED_PER_TOKEN = {"full": 1.0, "offload_named": 1.0, "save_named": 4.0, "save_d
                    "none": 60.0}
 # Activations of one layer being differentiated, in d-wide f32 vectors per token.
 WORKING_PER_TOKEN = 24.0
+# What Ulysses adds to that (mesh.sequence > 1): its all-to-all buffers, where each device
+# holds all S tokens of H / n heads of q, k, v, the output and their gradients. Fitted to the
+# TPU compiler: hv13b, 480x832, 41 s, v5p:4x4x4, sequence 4: 85.3 GB per chip compiled,
+# 71.7 GB modelled without this term.
+ULYSSES_WORKING_PER_TOKEN = 17.0
 # Bytes per attention score live at the peak: f32 logits and their f32 gradients (XLA fuses
 # the probabilities away); fitted to the TPU compiler (7.4 measured).
 ATTN_BYTES = 8
@@ -131,7 +137,9 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
     out["state"] = total_params * pb * 5 / shard     # params, mu, nu, EMA, gradients
   out["layer"] = layer_params * (cb + pb) / sizes["tensor"]
   out["saved"] = b * layers * SAVED_PER_TOKEN[m.remat] * tokens * width * 2 / seq
-  out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq
+  working = WORKING_PER_TOKEN + (ULYSSES_WORKING_PER_TOKEN
+                                 if config.attention == "ulysses" and seq > 1 else 0.0)
+  out["working"] = b * working * tokens * width * 4 / seq
   out["attention"] = b * _attention_scores(config.attention, heads, sizes,
                                            (sv + length, sa + length, sv, sa),
                                            m.get("sp_kernel", "auto")) * ATTN_BYTES

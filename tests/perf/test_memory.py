@@ -77,6 +77,20 @@ def test_matches_the_tpu_compiler(module, measured_gib):
   assert 0.97 < ratio < 1.1, ratio
 
 
+def test_matches_the_tpu_compiler_under_ulysses():
+  """hv13b, 480x832 at 16 fps for 41 s with 44.1 kHz stereo and text 256, Ulysses over a
+  sequence axis of 4 on v5p:4x4x4: XLA's 85.34 GB per chip (tools/aot.py, libtpu 0.0.42.1,
+  2026-12-04; benchmarks/results/max_sequence.jsonl), arguments 9.78 GB."""
+  c = hv13b.get_config()
+  c.data.height, c.data.width, c.data.fps, c.data.num_frames = 480, 832, 16, 657
+  c.data.sample_rate, c.data.audio_channels, c.text.max_length = 44100, 2, 256
+  c.attention, c.mesh.sequence, c.mesh.data, c.mesh.fsdp = "ulysses", 4, 1, -1
+  c.data.batch_size = 16
+  mem = train_memory_bytes(c, 64)
+  assert mem["total"] == pytest.approx(85.34e9, rel=0.03)
+  assert mem["state"] == pytest.approx(9.78e9, rel=0.05)   # the arguments: sharded 64 ways
+
+
 def test_hv13b_state_per_chip():
   # ~32B parameters x (params, mu, nu, EMA, gradients) x 4 bytes over 64 chips: ~10 GB.
   mem = train_memory_bytes(hv13b.get_config(), 64)
