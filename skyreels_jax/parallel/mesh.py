@@ -115,13 +115,30 @@ def logical_to_mesh(spec: tuple, axis_rules) -> P:
   return P(*out)
 
 
+def fit_to_shape(spec: P, shape: tuple[int, ...], sizes) -> P:
+  """`spec` with, in each dimension, its last mesh axes dropped until their product divides
+  the dimension (`sizes`: mesh axis -> size). A weight too narrow for the mesh (the MLLM's
+  1280-wide vision tower over fsdp 512) is then sharded over fewer axes, or replicated along
+  that dimension, rather than rejected; every shape that divides keeps its spec."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = [axes] if isinstance(axes, str) else list(axes or ())
+    while axes and dim % math.prod(sizes[a] for a in axes):
+      axes.pop()
+    out.append(axes[0] if len(axes) == 1 else (tuple(axes) or None))
+  return P(*out)
+
+
 def state_shardings(abstract_tree: Any, mesh: Mesh, axis_rules) -> Any:
   """NamedShardings for a tree whose leaves are nnx Variables (logical `out_sharding`
-  metadata) or arrays (replicated)."""
+  metadata; fitted to their shapes, `fit_to_shape`) or arrays (replicated)."""
   def one(x):
     names = getattr(x, "out_sharding", None) if isinstance(x, nnx.Variable) else None
-    spec = logical_to_mesh(names, axis_rules) if names else P()
-    return NamedSharding(mesh, spec)
+    if not names:
+      return NamedSharding(mesh, P())
+    spec = logical_to_mesh(names, axis_rules)
+    shape = getattr(x.value, "shape", None)
+    return NamedSharding(mesh, spec if shape is None else fit_to_shape(spec, shape, mesh.shape))
   return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 

@@ -32,7 +32,7 @@ from flax import nnx
 from skyreels_jax.config import (DTYPES, abstract_model, derive, mesh_shape,
                                  num_audio_samples)
 from skyreels_jax.models.attention import blockwise
-from skyreels_jax.parallel.mesh import logical_to_mesh, rules
+from skyreels_jax.parallel.mesh import fit_to_shape, logical_to_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.weights import lora
 
@@ -82,11 +82,14 @@ def _param_counts(config) -> tuple[int, int]:
   return total, max(layer.values())
 
 
-def _ways(names, config, sizes: dict) -> int:
+def _ways(names, config, sizes: dict, shape=None) -> int:
   """Into how many shards the config's logical rules split an array with logical axes
-  `names` (None: replicated)."""
+  `names` (None: replicated) and, when given, `shape` (mesh.fit_to_shape)."""
+  if not names:
+    return 1
+  spec = logical_to_mesh(names, rules(config))
   ways = 1
-  for axes in (logical_to_mesh(names, rules(config)) if names else ()):
+  for axes in (spec if shape is None else fit_to_shape(spec, shape, sizes)):
     for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())):
       ways *= sizes[a]
   return ways
@@ -99,7 +102,8 @@ def _frozen_bytes(config, sizes: dict) -> float:
   leaves = jax.tree.leaves(codecs.frozen_params(), is_leaf=lambda x: isinstance(x, nnx.Variable))
   for leaf in leaves:
     names = getattr(leaf, "out_sharding", None) if isinstance(leaf, nnx.Variable) else None
-    total += math.prod(leaf.shape) * leaf.dtype.itemsize / _ways(names, config, sizes)
+    total += (math.prod(leaf.shape) * leaf.dtype.itemsize
+              / _ways(names, config, sizes, leaf.shape))
   return total
 
 

@@ -8,7 +8,8 @@ import re
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import small_run_config
 from skyreels_jax.config import derive
@@ -158,3 +159,35 @@ def test_hybrid_mesh_is_slice_major():
   assert dict(mesh.shape)["fsdp"] == 4
   ids = np.vectorize(lambda d: d.id)(mesh.devices)[:, :, 0, 0]
   assert set(ids[:, :2].ravel()) == {0, 1, 2, 3} and set(ids[:, 2:].ravel()) == {4, 5, 6, 7}
+
+
+def test_a_weight_the_mesh_does_not_divide_is_sharded_over_fewer_axes():
+  """The README's `tools/aot.py --topology=v5p:8x8x8` example put the MLLM's 1280-wide vision
+  weights on fsdp 512 and stopped with jax's IndivisibleError; such a dimension now drops
+  mesh axes from the end until the rest divide it (replicated at worst)."""
+  from skyreels_jax.parallel.mesh import fit_to_shape
+  sizes = {"data": 1, "fsdp": 4, "sequence": 2, "tensor": 1}
+  seq = ("fsdp", "sequence")
+  assert fit_to_shape(P(None, seq), (3, 16), sizes) == P(None, seq)       # 8 divides 16
+  assert fit_to_shape(P(None, seq), (3, 12), sizes) == P(None, "fsdp")    # 4 divides 12
+  assert fit_to_shape(P(seq, "tensor"), (6, 5), sizes) == P(None, "tensor")
+  assert fit_to_shape(P("fsdp"), (4, 7), sizes) == P("fsdp", None)
+  # Through state_shardings, on the 8 simulated devices: a layer narrower than the mesh.
+  mesh = make_mesh(_config((1, 4, 2, 1), "ulysses").mesh)
+  axis_rules = (("embed", seq), ("mlp", "tensor"))
+
+  class Narrow(nnx.Module):
+    def __init__(self):
+      init = nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "mlp"))
+      self.wide = nnx.Param(init(jax.random.key(0), (16, 4)))
+      self.narrow = nnx.Param(init(jax.random.key(0), (12, 4)))
+      self.odd = nnx.Param(init(jax.random.key(0), (5, 4)))
+
+  with nnx.use_eager_sharding(False):
+    state = nnx.state(Narrow())
+  shardings = state_shardings(state, mesh, axis_rules)
+  assert shardings["wide"].spec == P(seq, "tensor")
+  assert shardings["narrow"].spec == P("fsdp", "tensor")
+  assert shardings["odd"].spec == P(None, "tensor")
+  for name, value in state.items():   # each places without IndivisibleError
+    jax.device_put(value.value, shardings[name])
