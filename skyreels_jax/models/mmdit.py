@@ -316,21 +316,21 @@ class MMDiT(nnx.Module):
                         num=cfg.num_single_blocks)
     v, _, a, _ = carry
 
-    v_out = self.video_io.head(constrain(v[:, n_video_end - t * h * w:n_video_end],
-                                         ctx["attention"], True), ctx["v_temb"])
+    # Each head reads its tokens sequence-sharded: with the weights' width on `sequence` too,
+    # XLA would otherwise gather the tokens along the sequence for the weight gradient.
+    head = lambda io, x, temb: io.head(constrain(x, ctx["attention"], True), temb)
+    v_out = head(self.video_io, v[:, n_video_end - t * h * w:n_video_end], ctx["v_temb"])
     v_out = unpatchify(v_out.astype(jnp.float32), (t * pt, h * p, w * p), cfg.video_patch,
                        cfg.video_latent_channels)
     a_out = None
     if with_audio:
       n_a = audio.shape[1] // cfg.audio_patch_size
-      a_out = self.audio_io.head(constrain(a[:, n_a_all - n_a:n_a_all], ctx["attention"], True),
-                                 ctx["a_temb"])
+      a_out = head(self.audio_io, a[:, n_a_all - n_a:n_a_all], ctx["a_temb"])
       a_out = unpatchify(a_out.astype(jnp.float32), (audio.shape[1],),
                          (cfg.audio_patch_size,), cfg.audio_latent_channels)
     if keyframes is None:
       return v_out, a_out
-    k_out = self.video_io.head(constrain(v[:, n_video_end:n_v], ctx["attention"], True),
-                               ctx["v_temb"]).astype(jnp.float32)
+    k_out = head(self.video_io, v[:, n_video_end:n_v], ctx["v_temb"]).astype(jnp.float32)
     k_out = unpatchify(k_out.reshape(b * keyframes.shape[1], -1, k_out.shape[-1]),
                        (1, *keyframes.shape[2:4]), cfg.video_patch, cfg.video_latent_channels)
     return v_out, a_out, k_out.reshape(*keyframes.shape[:-1], cfg.video_latent_channels)

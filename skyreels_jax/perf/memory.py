@@ -2,8 +2,9 @@
 (GPU nodes). The AOT tool (tools/aot.py) gives XLA's own figure for TPU topologies; this model
 is checked against it (README, "Memory").
 
-Assumes the intended FSDP layout: the train state sharded as the rules shard `embed`
-(by default `fsdp` x `sequence`) times `tensor`, the batch over `data` x `fsdp`, one layer's weights gathered at a time. Counts, per device:
+Assumes the intended FSDP layout: the train state sharded as the rules shard `embed` (by
+default `fsdp` x `sequence`) times `tensor`, the batch over `data` x `fsdp`, one layer's
+weights gathered at a time. Counts, per device:
   state        params + Adam mu, nu + EMA in `model.param_dtype`, and the gradients (a
                LoRA run: of its adapters; `base` then counts its frozen weights)
   layer        one layer's weights gathered in the compute dtype and their gradients before

@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 import time
 
@@ -19,15 +18,12 @@ from tqdm import tqdm
 
 
 def json_float(value) -> float | None:
-  """A float for strict JSON: a non-finite value (a skipped step's loss) becomes null."""
+  """A float for strict JSON: a non-finite value (a skipped step's loss) becomes null, and
+  so does None (nothing to report)."""
+  if value is None:
+    return None
   value = float(value)
   return value if math.isfinite(value) else None
-
-
-# Keys whose NaN means "nothing to average" (a timestep quartile that drew no example in the
-# log window), not a diverged value: the console leaves them out rather than print "nan"
-# next to a healthy loss. metrics.jsonl still has the key, as null.
-_NONE_IF_NAN = re.compile(r"loss_t\d+$").match
 
 
 class MetricsWriter:
@@ -64,7 +60,8 @@ class MetricsWriter:
   def write(self, step: int, scalars: dict, *, group: str = "train",
             shown: tuple[str, ...] | None = None) -> None:
     """One metrics.jsonl row; TensorBoard scalars under `group/`; a console line of the
-    `shown` keys (default: all)."""
+    `shown` keys (default: all). A None value is "nothing to report" (a timestep quartile
+    no example drew): null in the row, left out of the console; a NaN still shows."""
     if not self.enabled:
       return
     row = {"step": int(step), **{k: json_float(v) for k, v in scalars.items()},
@@ -79,7 +76,7 @@ class MetricsWriter:
       self._wandb.log({f"{group}/{k}": v for k, v in row.items()
                        if k not in ("step", "time") and v is not None}, step=int(step))
     keys = scalars if shown is None else [k for k in shown if k in scalars]
-    keys = [k for k in keys if not (_NONE_IF_NAN(k) and not math.isfinite(scalars[k]))]
+    keys = [k for k in keys if scalars[k] is not None]
     line = " ".join(f"{k}={float(scalars[k]):.4g}" for k in keys)
     if self.bar is not None and not self.bar.disable:   # a terminal: the bar says it
       self.bar.set_postfix_str(line[:120], refresh=True)

@@ -360,8 +360,8 @@ class _Rate:
       out["mfu"] = per_device / self.peak
     if self.loss_t is not None:
       sums, counts = jax.device_get(self.loss_t)
-      for q in range(4):   # an empty quartile is null in metrics.jsonl
-        out[f"loss_t{q}"] = sums[q] / counts[q] if counts[q] else float("nan")
+      for q in range(4):   # an empty quartile: nothing to report (null in metrics.jsonl)
+        out[f"loss_t{q}"] = sums[q] / counts[q] if counts[q] else None
     return out
 
 
