@@ -137,7 +137,7 @@ def state_shardings(abstract_tree: Any, mesh: Mesh, axis_rules) -> Any:
     if not names:
       return NamedSharding(mesh, P())
     spec = logical_to_mesh(names, axis_rules)
-    shape = getattr(x.value, "shape", None)
+    shape = getattr(x.get_value(), "shape", None)
     return NamedSharding(mesh, spec if shape is None else fit_to_shape(spec, shape, mesh.shape))
   return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

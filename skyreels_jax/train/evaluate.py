@@ -8,7 +8,9 @@ masks; the refiner has no tasks), fixed noise (a key of the batch's position), n
 dropout. The model sees exactly what training would feed it at that time and task.
 
 Metrics (means over the eval batches, every batch weighing the same):
-  eval_loss, eval_loss_video, eval_loss_audio   over every task and time
+  eval_loss, eval_loss_video, eval_loss_audio   over every task and time (eval_loss: the
+                                                 streams weighted as in training)
+  eval_loss_keyframes                            the cascade base's high-res keyframes
   eval_loss_<task>, eval_loss_t<tt>              by task, by time (tt = 100 t, 2 digits)
   eval_loss_<stream>_<task>_t<tt>                the whole grid, per stream
 """
@@ -79,6 +81,8 @@ class Evaluator:
           _, parts = loss_fn(params, batch, rng, frozen, at=EvalPoint(t, task))
           out[grid_key("video", task, t)] = parts["loss_video"]
           out[grid_key("audio", task, t)] = parts["loss_audio"]
+          if "loss_keyframes" in parts:    # the cascade base (keyframes.count > 0)
+            out[grid_key("keyframes", task, t)] = parts["loss_keyframes"]
         return out
 
       shard = {k: batch_sharding(self.mesh, v.ndim, self.axis_rules) for k, v in batch.items()}
@@ -94,8 +98,10 @@ def grid_key(stream: str, task: str, t: float) -> str:
 def summarize(grid: dict[str, float], config) -> dict[str, float]:
   """The grid of per-stream losses -> every eval_* metric (the module docstring)."""
   f = config.flow
-  weights = {"video": f.video_loss_weight, "audio": f.audio_loss_weight}
   tasks, times = eval_tasks(config), tuple(float(t) for t in config.train.eval_timesteps)
+  weights = {"video": f.video_loss_weight, "audio": f.audio_loss_weight}
+  if grid_key("keyframes", tasks[0], times[0]) in grid:
+    weights["keyframes"] = config.keyframes.loss_weight
   total = {(task, t): sum(weights[s] * grid[grid_key(s, task, t)] for s in weights)
            for task in tasks for t in times}
   out = dict(grid)

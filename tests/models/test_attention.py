@@ -150,6 +150,33 @@ def test_splash_takes_lengths_that_are_not_multiples_of_its_block():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
+def test_long_sequences_take_larger_splash_blocks_and_stay_exact(monkeypatch):
+  """Where the 512-blocks' SMEM tables would not fit (v5p: 1 MiB; 480p Ulysses at 49 s needs
+  1.08 MB), splash takes larger blocks, with the key block computed in 512-tiles. Forced here
+  with a tiny table budget: 1500 queries in a 2048-block, 1100 keys in 1024-blocks, the same
+  output and gradients as plain attention (interpret mode on CPU)."""
+  from skyreels_jax.models.attention import splash
+  assert splash.table_bytes(307_000, 307_000, 512, 512) > 1_000_000
+  assert splash.blocks(307_000, 307_000) == (1024, 1024)   # the 49 s point: 270 kB
+  assert splash.blocks(257_000, 257_000) == (512, 512)     # 41 s compiled so: unchanged
+  assert splash.blocks(600, 530) == (512, 512)
+  monkeypatch.setattr(splash, "SMEM_TABLE_BYTES", 4)
+  assert splash.blocks(1500, 1100) == (2048, 1024)
+  rng = np.random.default_rng(2)
+  q = jnp.asarray(rng.normal(size=(1, 1500, 1, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(1, 1100, 1, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.random((1, 1100)) > 0.1)
+  f = lambda impl: lambda q, k, v: attention(q, k, v, mask, spec=impl)
+  program = str(jax.make_jaxpr(f("splash"))(q, k, v))
+  assert "[1,1,2048,8]" in program and "[1,1,1536,8]" not in program   # 2048-, not 512-padded
+  g = lambda impl: jax.value_and_grad(lambda q, k, v: (f(impl)(q, k, v) ** 2).sum(),
+                                      argnums=(0, 1, 2))
+  (got, got_g), (want, want_g) = jax.jit(g("splash"))(q, k, v), g("dot_product")(q, k, v)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  for a, b in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
 def test_padded_keys_do_not_leak(data):
   """Masked keys change nothing, for a sequence-parallel strategy with padding."""
   mesh = jax.make_mesh((2, 1, 4, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)

@@ -24,12 +24,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def base_config(data_path=""):
-  """configs/tiny_base.py at test size: 32x32 clips -> 16x16 video + 2 keyframes at 32x32."""
+  """configs/tiny_base.py at test size: 32x32 clips -> 16x16 video + 2 keyframes at 32x32,
+  validated at step 2 on a held-out set."""
   c = small_run_config(data_path)
   c.data.height = c.data.width = 32
   c.keyframes.count, c.keyframes.scale = 2, 2
   c.model.patch_size_t = 1
   c.train.checkpoint_every = 2
+  c.train.eval_every, c.train.eval_timesteps = 2, (0.5,)
+  c.keyframes.loss_weight = 0.5
   return c
 
 
@@ -47,6 +50,9 @@ def _train(config, root, name):
   data = str(root / f"{name}_data")
   config.data.path = data
   write_dataset(data, num_clips=8, seed=0, **geometry_from_config(config.data))
+  if config.train.eval_every:
+    config.data.eval_path = data + "_eval"
+    write_dataset(config.data.eval_path, num_clips=8, seed=1, **geometry_from_config(config.data))
   return train(config, str(root / name))
 
 
@@ -67,6 +73,19 @@ def test_both_stages_train_with_their_losses(runs):
   _, _, base, refiner = runs
   assert np.isfinite(base["loss_keyframes"]) and base["loss_keyframes"] > 0
   assert np.isfinite(refiner["loss"]) and refiner["loss_audio"] == 0.0   # audio is given
+
+
+def test_the_bases_validation_counts_its_keyframes(runs):
+  """eval_loss is the training loss's sum: video, audio and the high-res keyframes, each
+  with its weight, and the keyframes also have their own figure."""
+  rows = [json.loads(l) for l in open(os.path.join(runs[0], "metrics.jsonl"))]
+  ev = next(r for r in rows if "eval_loss" in r)
+  assert ev["eval_loss_keyframes"] > 0
+  config = base_config()
+  want = (config.flow.video_loss_weight * ev["eval_loss_video"]
+          + config.flow.audio_loss_weight * ev["eval_loss_audio"]
+          + config.keyframes.loss_weight * ev["eval_loss_keyframes"])
+  assert ev["eval_loss"] == pytest.approx(want, rel=1e-5)
 
 
 def test_cascade_output_has_the_refiners_geometry_and_the_bases_audio(cascade):
