@@ -11,7 +11,7 @@ What is compiled: one joint attention layer's forward and backward (jax.grad of 
 squares of its outputs) as Ulysses' local attention runs it: `tokens` video tokens plus 256
 text tokens, hv13b's 24 heads of 128 split over the topology's 4 chips (6 per chip, as with
 sequence 4), bfloat16, batch 1. Each row: the blocks, their table bytes, whether it compiles
-and fits, XLA's bytes per chip, or the compiler's first error line.
+and fits, XLA's bytes per chip, or the compiler's error line.
 
   python benchmarks/splash_blocks.py                       # the 480p Ulysses points, v5p
   python benchmarks/splash_blocks.py --tokens=20000 --quick_budget   # seconds, the same code
@@ -28,46 +28,17 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from benchmarks.vsa_memory import HEAD_DIM, HEADS, TEXT, compile_row  # noqa: E402
+from skyreels_jax.models.attention import splash  # noqa: E402
+from skyreels_jax.tools.aot import topology_devices  # noqa: E402
 
-from skyreels_jax.models.attention import AttentionSpec, attention, splash  # noqa: E402
-from skyreels_jax.tools.aot import hbm_bytes, topology_devices  # noqa: E402
-
-HEADS, HEAD_DIM, TEXT = 24, 128, 256
 # hv13b at 480x832, 16 fps: 30 x 52 tokens per latent frame, 1 + 4 S latent frames for S s.
 LENGTHS = {"41 s": 165 * 1560, "49 s": 197 * 1560, "51 s": 205 * 1560}
 
 
 def compile_layer(tokens: int, devices) -> dict:
-  mesh = jax.sharding.Mesh(np.array(devices).reshape(1, len(devices)), ("data", "tensor"))
-  spec = AttentionSpec("splash", ("data",), None, "tensor")
-  tok = lambda n: jax.ShapeDtypeStruct((1, n, HEADS, HEAD_DIM), jnp.bfloat16,
-                                       sharding=NamedSharding(mesh, P("data", None, "tensor")))
-  mask = lambda n: jax.ShapeDtypeStruct((1, n), bool, sharding=NamedSharding(mesh, P("data")))
-
-  def loss(q, k, v, qc, kc, vc, m, cm):
-    out, out_ctx = attention(q, k, v, m, q_ctx=qc, k_ctx=kc, v_ctx=vc, ctx_mask=cm, spec=spec)
-    return (out.astype(jnp.float32) ** 2).sum() + (out_ctx.astype(jnp.float32) ** 2).sum()
-
-  args = (tok(tokens),) * 3 + (tok(TEXT),) * 3 + (mask(tokens), mask(TEXT))
-  t0 = time.time()
-  try:
-    with jax.set_mesh(mesh):
-      compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
-  except Exception as e:   # noqa: BLE001: the compiler's verdict is the measurement
-    line = next((l for l in str(e).splitlines() if "memory" in l.lower()),
-                str(e).strip().splitlines()[0])
-    return dict(compiles=False, error=line.strip()[:300],
-                compile_seconds=round(time.time() - t0, 1))
-  mem = compiled.memory_analysis()
-  used = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-          - mem.alias_size_in_bytes)
-  hbm = hbm_bytes(devices[0])
-  return dict(compiles=True, fits=hbm is None or used <= hbm, bytes_per_chip=used,
-              compile_seconds=round(time.time() - t0, 1))
+  """vsa_memory's layer (text context, heads over the chips' `tensor` axis) with splash."""
+  return compile_row("splash", "auto", (tokens, 1, 1), 1, devices)
 
 
 def main():
@@ -94,7 +65,7 @@ def main():
                  table_bytes=splash.table_bytes(s, s, bq, bkv), **compile_layer(tokens, devices))
       report["rows"].append(row)
       print(f"{tokens:>8} tokens {rule:14s} blocks={bq}x{bkv} tables={row['table_bytes']:>9,} B "
-            f"compiles={row['compiles']} bytes/chip={row.get('bytes_per_chip')} "
+            f"fits={row['fits']} bytes/chip={row.get('bytes_per_chip')} "
             f"{row.get('error', '')} ({row['compile_seconds']} s)", flush=True)
   if args.out:
     with open(args.out, "w") as f:
