@@ -3,9 +3,9 @@
 Never materialises the S x S scores, so long sequences fit on TPU where `dot_product` does
 not. Key padding is expressed as segment ids (valid keys = segment 1, every query = segment
 1). Lengths are padded to the kernel's block sizes (`blocks`), so any length works. Batch and
-heads are split with shard_map
-over the mesh (the Pallas call itself is per device). On CPU/GPU the kernel runs in Pallas
-interpret mode (slow; it exists so the strategy is testable everywhere).
+heads are split with shard_map over the mesh (the Pallas call itself is per device). On
+CPU/GPU the kernel runs in Pallas interpret mode (slow; it exists so the strategy is testable
+everywhere).
 """
 
 from __future__ import annotations
