@@ -79,10 +79,9 @@ class Evaluator:
         out = {}
         for task, t in points:    # one program: every (task, time) of this batch
           _, parts = loss_fn(params, batch, rng, frozen, at=EvalPoint(t, task))
-          out[grid_key("video", task, t)] = parts["loss_video"]
-          out[grid_key("audio", task, t)] = parts["loss_audio"]
-          if "loss_keyframes" in parts:    # the cascade base (keyframes.count > 0)
-            out[grid_key("keyframes", task, t)] = parts["loss_keyframes"]
+          for stream in ("video", "audio", "keyframes"):   # keyframes: the cascade base's
+            if f"loss_{stream}" in parts:
+              out[grid_key(stream, task, t)] = parts[f"loss_{stream}"]
         return out
 
       shard = {k: batch_sharding(self.mesh, v.ndim, self.axis_rules) for k, v in batch.items()}

@@ -42,15 +42,11 @@ def table_bytes(sq: int, sk: int, bq: int, bkv: int) -> int:
   return nq * nk * (1 + index)
 
 
-def blocks(sq: int, sk: int, smem_bytes: int | None = None) -> tuple[int, int]:
+def blocks(sq: int, sk: int) -> tuple[int, int]:
   """(query block, key block): `block` of each length, or at lengths whose tables would not
-  fit `smem_bytes` (SMEM_TABLE_BYTES) the first of LONG_BLOCKS that fits (else the last)."""
-  smem_bytes = SMEM_TABLE_BYTES if smem_bytes is None else smem_bytes
-  bq, bkv = block(sq), block(sk)
-  if table_bytes(sq, sk, bq, bkv) <= smem_bytes:
-    return bq, bkv
-  for bq, bkv in LONG_BLOCKS:
-    if table_bytes(sq, sk, bq, bkv) <= smem_bytes:
+  fit SMEM_TABLE_BYTES the first of LONG_BLOCKS that fits (else the last)."""
+  for bq, bkv in ((block(sq), block(sk)), *LONG_BLOCKS):
+    if table_bytes(sq, sk, bq, bkv) <= SMEM_TABLE_BYTES:
       break
   return bq, bkv
 
