@@ -17,7 +17,7 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 install: $(VENV)/.runtime
 install-test: $(VENV)/.test
 
-# Synthetic data -> tiny training (~10 min on 2 CPU cores) -> sampling -> sync scores.
+# Synthetic data -> tiny training (~7 min on 2 CPU cores) -> sampling -> sync scores.
 demo: $(VENV)/.runtime
 	$(PY) -m launch.demo --out=demo_out
 

@@ -153,6 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.flow.timestep_sampling = "logit_normal"  # uniform | logit_normal
   c.flow.logit_mean = 0.0
   c.flow.logit_std = 1.0
+  c.flow.uniform_share = 0.0       # share of times drawn uniformly instead (a mixture)
   c.flow.shift = 1.0                # resolution shift (SD3/Wan); 1.0 = none
   # fixed: flow.shift for every bucket; auto: flow.shift * sqrt(video tokens / base tokens)
   # (diffusion/flow_matching.resolution_shift). sample.shift_mode mirrors it at sampling.

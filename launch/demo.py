@@ -6,7 +6,7 @@ Runs the same commands a user would (printed as they run), then prints the paths
 MP4s, the contact sheet and the loss curve, and the audio-video sync score of the samples
 next to the ceiling (real clips) and the floor (random video/audio pairs).
 
-  python -m launch.demo [--out=demo_out] [--steps=500] [--num_clips=512]
+  python -m launch.demo [--out=demo_out] [--steps=2000] [--num_clips=512]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from absl import app, flags
 from launch import recipes
 
 _OUT = flags.DEFINE_string("out", "demo_out", "Folder for data, run and samples.")
-_STEPS = flags.DEFINE_integer("steps", 500, "Training steps (about 10 min on 2 CPU cores).")
+_STEPS = flags.DEFINE_integer("steps", 2000, "Training steps of batch 2 (about 7 min on 2 "
+                              "CPU cores).")
 _CLIPS = flags.DEFINE_integer("num_clips", 512, "Synthetic clips to generate.")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 30, "Solver steps when sampling.")
 
@@ -73,7 +74,8 @@ def main(argv):
   _run(["data_pipelines.synthetic", f"--out={data}_prompts", "--num_clips=4", "--seed=999"])
   _run(["skyreels_jax.train", "--config=configs/tiny.py", f"--workdir={work}",
         f"--config.data.path={data}", f"--config.train.steps={_STEPS.value}",
-        "--config.train.checkpoint_every=100", "--config.seed=0", *recipes.DEMO])
+        "--config.train.checkpoint_every=250", "--config.seed=0", *recipes.DEMO,
+        *recipes.DEMO_BATCH])
 
   from array_record.python.array_record_module import ArrayRecordReader
 

@@ -67,14 +67,22 @@ def video_tokens(grid, patch_size_t: int, patch_size: int) -> int:
 
 
 def sample_t(rng: jax.Array, batch: int, *, sampling: str, shift: float = 1.0,
-             logit_mean: float = 0.0, logit_std: float = 1.0) -> jax.Array:
-  """Training times t (B,) in (0, 1)."""
+             logit_mean: float = 0.0, logit_std: float = 1.0,
+             uniform_share: float = 0.0) -> jax.Array:
+  """Training times t (B,) in (0, 1). uniform_share: each time is drawn uniformly instead
+  with this probability (before the shift), so a logit-normal that rarely reaches the clean
+  end still trains it."""
+  uniform = lambda k: jax.random.uniform(k, (batch,), minval=1e-5, maxval=1.0 - 1e-5)
   if sampling == "uniform":
-    sigma = jax.random.uniform(rng, (batch,), minval=1e-5, maxval=1.0 - 1e-5)
+    sigma = uniform(rng)
   elif sampling == "logit_normal":
     sigma = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,)))
   else:
     raise ValueError(f"flow.timestep_sampling={sampling!r}: choose one of {SAMPLERS}")
+  if uniform_share:
+    k_pick, k_uniform = jax.random.split(jax.random.fold_in(rng, 1))
+    sigma = jnp.where(jax.random.uniform(k_pick, (batch,)) < uniform_share,
+                      uniform(k_uniform), sigma)
   return 1.0 - shift_sigma(sigma, shift)
 
 
@@ -177,6 +185,7 @@ def check_config(config) -> None:
   check(f.timestep_sampling in SAMPLERS, "flow.timestep_sampling",
         f"{f.timestep_sampling!r} is not one of {sorted(SAMPLERS)}")
   check(f.shift > 0, "flow.shift", "must be positive")
+  check(0.0 <= f.uniform_share <= 1.0, "flow.uniform_share", "must be in [0, 1]")
   check(f.shift_mode in SHIFT_MODES, "flow.shift_mode",
         f"{f.shift_mode!r} is not one of {sorted(SHIFT_MODES)}")
   for stream in ("video", "audio"):

@@ -297,6 +297,9 @@ def _main(argv):
     raise usage(f"--batch_size={batch}: must be at least 1")
 
   runtime.setup_compilation_cache()
+  # Library INFO logs (orbax's restore, absl) to OUT/logs/; the console: warnings, the bars.
+  os.makedirs(_OUT.value, exist_ok=True)
+  runtime.route_logs(_OUT.value, "sample")
   mesh = None
   if _MESH.value:
     from skyreels_jax.parallel.mesh import make_mesh

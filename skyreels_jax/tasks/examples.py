@@ -315,7 +315,8 @@ def _time_and_noise(config, z0_v, k_t, k_eps, at: EvalPoint | None = None):
     t = jnp.full((z0_v.shape[0],), at.t, jnp.float32)
   else:
     t = fm.sample_t(k_t, z0_v.shape[0], sampling=f.timestep_sampling,
-                    shift=_shift(config, z0_v), logit_mean=f.logit_mean, logit_std=f.logit_std)
+                    shift=_shift(config, z0_v), logit_mean=f.logit_mean, logit_std=f.logit_std,
+                    uniform_share=f.uniform_share)
   return t, jax.random.normal(k_eps, z0_v.shape, z0_v.dtype)
 
 

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base as base_config
+from skyreels_jax.config import ConfigError
 from skyreels_jax.diffusion import flow_matching as fm
 
 
@@ -160,6 +162,27 @@ def test_sample_t_range_and_shift(sampling):
     assert abs(np.mean(t1 < 0.25) - 0.25) < 0.03
   with pytest.raises(ValueError, match="timestep_sampling"):
     fm.sample_t(rng, 2, sampling="cosine")
+
+
+def test_uniform_share_mixes_uniform_times_into_the_logit_normal():
+  """The demo's logit-normal (0.8, 0.8) almost never draws sigma < 0.1 (the clean end, where
+  edges are drawn); a uniform share of 0.3 draws it in ~3% of the batch, and 0 leaves the
+  draws unchanged."""
+  rng, n = jax.random.key(0), 20_000
+  kw = dict(sampling="logit_normal", logit_mean=0.8, logit_std=0.8)
+  plain = np.asarray(fm.sample_t(rng, n, **kw))
+  np.testing.assert_array_equal(np.asarray(fm.sample_t(rng, n, uniform_share=0.0, **kw)),
+                                plain)
+  mixed = np.asarray(fm.sample_t(rng, n, uniform_share=0.3, **kw))
+  assert np.mean(1 - plain < 0.1) < 1e-3
+  assert abs(np.mean(1 - mixed < 0.1) - 0.03) < 0.006
+  assert abs(np.mean(mixed != plain) - 0.3) < 0.02       # 30% redrawn, the rest kept
+  everything = np.asarray(fm.sample_t(rng, n, uniform_share=1.0, **kw))
+  assert abs(np.mean(everything < 0.25) - 0.25) < 0.02
+  config = base_config.get_config()
+  config.flow.uniform_share = 1.5
+  with pytest.raises(ConfigError, match="flow.uniform_share"):
+    fm.check_config(config)
 
 
 def test_shift_sigma_fixes_endpoints_and_is_monotone():

@@ -181,7 +181,7 @@ def test_cli_prompt_file_in_batches_records_seeds(trained_run, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   names = sorted(os.listdir(out))
-  assert names == sorted(["contact_sheet.png"] + [f"sample_{i}.{e}" for i in range(3)
+  assert names == sorted(["contact_sheet.png", "logs"] + [f"sample_{i}.{e}" for i in range(3)
                                                   for e in ("json", "mp4", "wav")])
   rows = [json.load(open(out / f"sample_{i}.json")) for i in range(3)]
   assert [r["prompt"] for r in rows] == ["a red circle", "a blue square", "a green triangle"]

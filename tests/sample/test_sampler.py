@@ -97,8 +97,11 @@ def test_cli_writes_mp4_wav_json_and_contact_sheet(trained_run, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"solver:   0%|          | 0/{config.sample.num_steps}" in proc.stderr
-  assert sorted(os.listdir(out)) == ["contact_sheet.png", "sample_0.json", "sample_0.mp4",
-                                     "sample_0.wav"]
+  assert sorted(os.listdir(out)) == ["contact_sheet.png", "logs", "sample_0.json",
+                                     "sample_0.mp4", "sample_0.wav"]
+  # Orbax's restore lines go to OUT/logs/, not the console.
+  assert "checkpoint_manager" not in proc.stderr, proc.stderr[-3000:]
+  assert "checkpoint_manager" in (out / "logs" / "sample.0.INFO").read_text()
   settings = json.load(open(out / "sample_0.json"))
   assert settings["seed"] == 3 and settings["task"] == "i2v"
   assert settings["checkpoint_step"] == config.train.steps
