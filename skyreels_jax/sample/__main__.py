@@ -272,6 +272,10 @@ def _main(argv):
   task = task_of(values)     # before JAX starts: a usage error costs nothing
   if _REFINER.value and not os.path.isfile(os.path.join(_REFINER.value, "config.json")):
     raise usage(f"--refiner_workdir={_REFINER.value}: not a training run (no config.json)")
+  try:
+    os.makedirs(_OUT.value, exist_ok=True)
+  except OSError as e:   # a file in the way, no permission
+    raise usage(f"--out={_OUT.value}: cannot be the output folder ({e.strerror})") from None
   multihost.initialize_from_flags(_CLUSTER)  # before any other JAX call
   import dataclasses
 
@@ -298,7 +302,6 @@ def _main(argv):
 
   runtime.setup_compilation_cache()
   # Library INFO logs (orbax's restore, absl) to OUT/logs/; the console: warnings, the bars.
-  os.makedirs(_OUT.value, exist_ok=True)
   runtime.route_logs(_OUT.value, "sample")
   mesh = None
   if _MESH.value:
@@ -328,7 +331,6 @@ def _main(argv):
         audio_guidance=_AG.value, embedded_guidance=_EG.value)
   data = (cascade.refiner if cascade else sampler).config.data
   me, count = jax.process_index(), jax.process_count()
-  os.makedirs(_OUT.value, exist_ok=True)
   written = []
   # A bar over the prompts on a terminal, and one over each batch's solver steps (fed by a
   # host callback inside the program; every process must compile the same program, so

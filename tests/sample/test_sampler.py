@@ -119,6 +119,19 @@ def test_cli_missing_image_is_a_clear_error(trained_run, tmp_path):
   assert proc.returncode != 0 and "--image=/nonexistent.png" in proc.stderr
 
 
+def test_cli_out_in_the_way_is_a_usage_error(trained_run, tmp_path):
+  """--out naming a file: one line and status 2, before anything is loaded."""
+  workdir, _, _ = trained_run
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  proc = subprocess.run(
+      [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={workdir}", "--prompt=x",
+       f"--out={blocker}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"--out={blocker}: cannot be the output folder" in proc.stderr
+  assert "Traceback" not in proc.stderr and blocker.read_text() == "x"
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_on_step_sees_every_solver_step_and_changes_nothing(sampler, solver):
   """The progress callback runs once per solver step (Heun: per step, not per evaluation),
