@@ -175,10 +175,11 @@ def test_two_process_checkpoint_restores_on_another_mesh(long_run, two_process_r
   assert int(b["step"]) == 12
   # Not bit-identical: gloo sums the gradients across processes in another order than one
   # process does. Adam turns such last-bit differences of near-zero gradients into update
-  # differences of up to ~lr * 1e-4 (lr = 1e-3).
+  # differences of ~lr * 1e-4 (lr = 1e-3), and on some CPUs up to ~lr * 2e-3 (measured:
+  # 1.6e-6 on one value of 36,864). A wrong restore or resharding differs by ~lr per step.
   for key in ("params", "ema", "opt_state"):
     for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key])):
-      np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=5e-6)
 
 
 def test_child_env_keeps_xla_flags_and_sets_the_cluster():
