@@ -254,6 +254,23 @@ def main(argv):
     _say_usage(str(e))
 
 
+def check_out(path: str) -> None:
+  """--out must be a folder, or a path whose first existing ancestor is a writable folder
+  (a usage error otherwise); nothing is created yet."""
+  if os.path.isdir(path):
+    ok, why = os.access(path, os.W_OK | os.X_OK), "no permission to write there"
+  elif os.path.lexists(path):
+    ok, why = False, "a file is in the way"
+  else:
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+      parent = os.path.dirname(parent)
+    ok = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
+    why = f"{parent} is not a writable folder"
+  if not ok:
+    raise usage(f"--out={path}: cannot be the output folder ({why})")
+
+
 def read_shots(path: str | None) -> list[dict] | None:
   """--shots=FILE -> [{start, end, text, sfx?}]; a usage error naming the flag otherwise."""
   if not path:
@@ -272,10 +289,7 @@ def _main(argv):
   task = task_of(values)     # before JAX starts: a usage error costs nothing
   if _REFINER.value and not os.path.isfile(os.path.join(_REFINER.value, "config.json")):
     raise usage(f"--refiner_workdir={_REFINER.value}: not a training run (no config.json)")
-  try:
-    os.makedirs(_OUT.value, exist_ok=True)
-  except OSError as e:   # a file in the way, no permission
-    raise usage(f"--out={_OUT.value}: cannot be the output folder ({e.strerror})") from None
+  check_out(_OUT.value)
   multihost.initialize_from_flags(_CLUSTER)  # before any other JAX call
   import dataclasses
 
@@ -296,10 +310,14 @@ def _main(argv):
     raise usage(f"--shots: {e}" if _SHOTS.value else str(e)) from None
   for i, row in enumerate(rows):
     row["seed"] = _SEED.value + i if row["seed"] is None else int(row["seed"])
-  batch = _BATCH.value or int(config.sample.batch_size)
+  batch = int(config.sample.batch_size) if _BATCH.value is None else _BATCH.value
   if batch < 1:
     raise usage(f"--batch_size={batch}: must be at least 1")
 
+  try:   # made only now: a usage error above leaves nothing behind
+    os.makedirs(_OUT.value, exist_ok=True)
+  except OSError as e:
+    raise usage(f"--out={_OUT.value}: cannot be the output folder ({e.strerror})") from None
   runtime.setup_compilation_cache()
   # Library INFO logs (orbax's restore, absl) to OUT/logs/; the console: warnings, the bars.
   runtime.route_logs(_OUT.value, "sample")

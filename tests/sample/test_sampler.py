@@ -120,7 +120,8 @@ def test_cli_missing_image_is_a_clear_error(trained_run, tmp_path):
 
 
 def test_cli_out_in_the_way_is_a_usage_error(trained_run, tmp_path):
-  """--out naming a file: one line and status 2, before anything is loaded."""
+  """--out naming a file, or below one: one line and status 2, before anything is loaded; a
+  later usage error leaves no --out folder behind (it is made once the flags are checked)."""
   workdir, _, _ = trained_run
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
@@ -130,6 +131,15 @@ def test_cli_out_in_the_way_is_a_usage_error(trained_run, tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert f"--out={blocker}: cannot be the output folder" in proc.stderr
   assert "Traceback" not in proc.stderr and blocker.read_text() == "x"
+  for out, extra, said in ((blocker / "sub", [], f"error: --out={blocker / 'sub'}: cannot"),
+                           (tmp_path / "new" / "out", ["--batch_size=0"],
+                            "error: --batch_size=0")):
+    proc = subprocess.run(
+        [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={workdir}", "--prompt=x",
+         *extra, f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(said), proc.stderr[-2000:]
+  assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
