@@ -268,7 +268,11 @@ def check_out(path: str) -> None:
     ok = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
     why = f"{parent} is not a writable folder"
   if not ok:
-    raise usage(f"--out={path}: cannot be the output folder ({why})")
+    raise bad_out(path, why)
+
+
+def bad_out(path: str, why: str):
+  return usage(f"--out={path}: cannot be the output folder ({why})")
 
 
 def read_shots(path: str | None) -> list[dict] | None:
@@ -317,7 +321,7 @@ def _main(argv):
   try:   # made only now: a usage error above leaves nothing behind
     os.makedirs(_OUT.value, exist_ok=True)
   except OSError as e:
-    raise usage(f"--out={_OUT.value}: cannot be the output folder ({e.strerror})") from None
+    raise bad_out(_OUT.value, e.strerror) from None
   runtime.setup_compilation_cache()
   # Library INFO logs (orbax's restore, absl) to OUT/logs/; the console: warnings, the bars.
   runtime.route_logs(_OUT.value, "sample")
