@@ -285,13 +285,14 @@ def make_iterator(data_config, **kwargs) -> grain.DatasetIterator:
 
 
 def iterator_stats(iterator: grain.DatasetIterator) -> dict[str, int]:
-  """Counters of an iterator from `make_iterator` (or a DevicePrefetch of one, whose count
-  includes the batch it holds); they survive get_state/set_state."""
-  if isinstance(iterator, DevicePrefetch):
-    iterator = iterator.parent
-  if not isinstance(iterator, _CountBadRecordsIterator):
+  """Counters of an iterator from `make_iterator`, or of a DevicePrefetch of one (the batches
+  handed out so far: not the one it holds); they survive get_state/set_state."""
+  prefetch = isinstance(iterator, DevicePrefetch)
+  inner = iterator.parent if prefetch else iterator
+  if not isinstance(inner, _CountBadRecordsIterator):
     raise TypeError(f"expected an iterator from make_iterator, got {type(iterator).__name__}")
-  return {"bad_records": iterator.bad_records}
+  # A DevicePrefetch's state is its parent's from before the held batch (data/prefetch.py).
+  return {"bad_records": int(iterator.get_state()[_BAD_KEY]) if prefetch else inner.bad_records}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from configs import tiny
 from data_pipelines import synthetic
 from skyreels_jax.data import loader
 from skyreels_jax.data import records
+from skyreels_jax.data.prefetch import DevicePrefetch
 
 NUM_CLIPS = 40
 GEOMETRY = synthetic.geometry_from_config(tiny.get_config().data)
@@ -169,6 +170,15 @@ def test_bad_records_are_skipped_and_counted(corrupt_dir, clips):
   it = _iterator(corrupt_dir, shuffle=True)
   _take(it, 12)  # 96 good examples: between 2 and 3 epochs of 47 records
   assert 14 <= loader.iterator_stats(it)["bad_records"] <= 21
+  it.close()
+
+
+def test_a_prefetched_batch_counts_its_bad_records_once_handed_out(corrupt_dir):
+  it = DevicePrefetch(_iterator(corrupt_dir, shuffle=False), dict)
+  _take(it, 5)       # 40 good records; the held sixth batch was read past the 7 bad ones
+  assert loader.iterator_stats(it) == {"bad_records": 0}
+  _take(it, 1)
+  assert loader.iterator_stats(it) == {"bad_records": 7}
   it.close()
 
 
