@@ -285,6 +285,15 @@ def read_shots(path: str | None) -> list[dict] | None:
     raise usage(f"--shots={path}: {e}") from None
 
 
+def tag_shots(rows: list[dict], config, shots: list[dict] | None, where: str = "") -> None:
+  """export.with_shots for the run of `config`; its refusal a usage error (`where` names
+  the run when it is not --workdir's)."""
+  try:
+    export.with_shots(rows, config, shots)
+  except ValueError as e:
+    raise usage(where + (f"--shots: {e}" if _SHOTS.value else str(e))) from None
+
+
 def _main(argv):
   del argv
   names = ("prompt", "prompt_file", "shots", "image", "first", "last", "video", "extend",
@@ -308,10 +317,11 @@ def _main(argv):
   cond = build_condition(task, values, config, geometry)   # media read before any compile
   rows = (read_prompts(_PROMPT_FILE.value) if _PROMPT_FILE.value
           else [{"prompt": p, "seed": None} for p in _PROMPT.value or [""]])
-  try:
-    export.with_shots(rows, config, read_shots(_SHOTS.value))
-  except ValueError as e:
-    raise usage(f"--shots: {e}" if _SHOTS.value else str(e)) from None
+  shots, plain = read_shots(_SHOTS.value), [dict(row) for row in rows]
+  tag_shots(rows, config, shots)
+  if _REFINER.value:   # the refiner reads the same captions: its run must know shot tags too
+    tag_shots(plain, load_run_config(_REFINER.value), shots,
+              f"--refiner_workdir={_REFINER.value}: ")
   for i, row in enumerate(rows):
     row["seed"] = _SEED.value + i if row["seed"] is None else int(row["seed"])
   batch = int(config.sample.batch_size) if _BATCH.value is None else _BATCH.value

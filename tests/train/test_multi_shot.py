@@ -81,6 +81,11 @@ def test_cli_shots(shot_run, trained_run, tmp_path):
   proc = run(trained_run[0])
   assert proc.returncode == 2 and "data.shot_captions" in proc.stderr
   assert "Traceback" not in proc.stderr
+  # ... and so is a cascade whose refiner never read one (it is given the same captions)
+  proc = run(workdir, f"--refiner_workdir={trained_run[0]}")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f"--refiner_workdir={trained_run[0]}: " in proc.stderr
+  assert "data.shot_captions" in proc.stderr and "Traceback" not in proc.stderr
   too_long = tmp_path / "long.json"
   too_long.write_text(json.dumps([dict(start=0, end=3.0, text="x")]))
   proc = run(workdir, f"--shots={too_long}")
