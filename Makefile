@@ -24,8 +24,9 @@ demo: $(VENV)/.runtime
 # Full suite on 8 simulated CPU devices (every sharding path without an accelerator), in
 # TEST_WORKERS processes, each running whole test modules (their fixtures are module-wide).
 # One process keeps ~1.2 of 2 cores busy (compiles are single-threaded): 2 workers take the
-# suite from ~38 to ~26 min on 2 cores. Each worker peaks at ~6.5 GB of host memory.
+# suite from ~38 to ~26 min on 2 cores. Each worker peaks at ~6.5 GB of host memory. Modules
+# are handed out in collection order, which puts the `heavy` ones first (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(VENV)/.test
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests -q --durations=15 \
-	    -n $(TEST_WORKERS) --dist loadfile
+	    -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

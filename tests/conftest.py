@@ -17,6 +17,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+  config.addinivalue_line("markers", "heavy: a module that trains for minutes (make test "
+                          "starts these first, so that no worker is left with one at the end)")
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.get_closest_marker("heavy") is None)   # a stable sort
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Frees each module's compiled programs when it ends. XLA:CPU maps every executable's

@@ -13,6 +13,8 @@ from data_pipelines import build_records, encode_latents
 from media_files import write_media
 from skyreels_jax.train.trainer import train
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 
 def _config(path, steps=4, **data):
   c = small_run_config(str(path))

@@ -13,6 +13,8 @@ import pytest
 from data_pipelines.synthetic import write_buckets
 from configs import stages
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Small enough for a CPU test: one block of each kind, a log line per step; an EMA that
 # follows a 12-step run (stages start from the EMA weights).

@@ -21,6 +21,8 @@ from launch import local
 from run_args import small_run_args
 from skyreels_jax.train.events import read_events
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -16,6 +16,8 @@ import pytest
 from configs.sweeps import fixed, grid, product, zipped
 from launch import sweep
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The geometry of conftest.small_run_config (its synthetic_data), one block of each kind.
 TRAIN_ARGS = ["--config.data.num_frames=8", "--config.data.height=16", "--config.data.width=16",

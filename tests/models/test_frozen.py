@@ -25,6 +25,8 @@ from skyreels_jax.tools import convert
 from skyreels_jax.train.state import (abstract_state, make_optimizer, make_train_step,
                                       place_frozen)
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 RATE = 1800   # twice the synthetic tones' 880 Hz and more (Nyquist)
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
             "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")

@@ -14,6 +14,8 @@ from skyreels_jax.sample.cascade import Cascade
 from skyreels_jax.sample.sampler import Sampler
 from skyreels_jax.train.trainer import train
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 RATE = 8000
 
 

@@ -21,6 +21,8 @@ from skyreels_jax.data import records
 from skyreels_jax.sample import conditions as C
 from skyreels_jax.tasks import given
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 STEPS = 400
 MARGIN = 0.3          # share with the instruction - share without
 FLOOR_LEVELS = 3.0    # mean |error| outside, in 8-bit levels, above the codec's

@@ -16,6 +16,8 @@ from skyreels_jax.data import loader, records, split
 from skyreels_jax.data.references import read_sources
 from skyreels_jax.tasks.examples import make_codecs
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 FRACTION = 0.35
 
 

@@ -14,6 +14,8 @@ from conftest import small_run_config, train_on_one_device
 from skyreels_jax.data import records
 from skyreels_jax.sample import conditions as C
 
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
+
 STEPS = 400
 MARGIN = 3.0       # error with the condition zeroed / error with it: at least this (measured:
                    # 4.7x I2V, 6.4x extension, 11x inpainting)

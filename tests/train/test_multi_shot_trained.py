@@ -12,11 +12,14 @@ suite's 8 simulated devices make a tiny step 5x slower)."""
 import os
 import subprocess
 import sys
+import pytest
 
 from launch import recipes
 from skyreels_jax.data import shots
 from skyreels_jax.sample.metrics import shot_order_scores
 from skyreels_jax.sample.sampler import Sampler
+
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RED, BLUE = 0, 2

@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import restore_train_state
 from skyreels_jax.train.events import read_events
@@ -19,6 +20,8 @@ from skyreels_jax.train.preemption import EXIT_PREEMPTED, PreemptionWatch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
 from run_args import small_run_args  # noqa: E402
+
+pytestmark = pytest.mark.heavy   # minutes of training: make test starts it first
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 12                        # the long_run fixture's
