@@ -42,6 +42,7 @@ import ml_dtypes
 import numpy as np
 
 from skyreels_jax.data import records
+from skyreels_jax.data import shots
 from skyreels_jax.data.buckets import Bucket
 from skyreels_jax.data.given import GivenFields
 
@@ -64,7 +65,7 @@ _FLOAT_FIELDS = ("video_latent", "audio_latent", "text_embedding", "source_laten
                  "reference_latents", "edit_text_embedding")
 GIVEN_FIELDS = ("given_keep", "given_audio_keep", "source_latent", "reference_latents",
                 "instruction", "edit_text_ids", "edit_text_embedding", "edit_text_mask")
-SHOT_FIELDS = ("text_shot", "shot_spans")
+SHOT_FIELDS = shots.TOKEN_FIELDS
 _FIELDS = ("kind", "video_latent", "audio_latent", "text_ids", "text_mask", "text_embedding",
            "caption", "source", "encoders") + GIVEN_FIELDS + SHOT_FIELDS
 

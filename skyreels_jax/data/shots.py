@@ -29,6 +29,7 @@ _SHOT = re.compile(r"<shot\s+start=([-+0-9.eE]+)\s+end=([-+0-9.eE]+)\s*>(.*?)</s
 FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")   # a shot's caption, in this order
 _FIELD = re.compile(r"<(%s)>(.*?)</\1>" % "|".join(FIELDS), re.S)
 MIN_SECONDS = 1e-3   # a piece of a shot shorter than this on a clip is dropped
+TOKEN_FIELDS = ("text_shot", "shot_spans")   # what token_shots adds to a tokenizer's output
 
 
 class ShotError(ValueError):

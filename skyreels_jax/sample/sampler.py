@@ -20,6 +20,7 @@ from flax import nnx
 
 from skyreels_jax.config import (DTYPES, abstract_model, derive,  # noqa: F401
                                  load_run_config, validate)
+from skyreels_jax.data.shots import TOKEN_FIELDS
 from skyreels_jax.diffusion import flow_matching as fm
 from skyreels_jax.diffusion.guidance import guide
 from skyreels_jax.diffusion.solvers import solve
@@ -338,7 +339,7 @@ class Sampler:
     with jax.set_mesh(self.mesh):
       cond = (latent_condition if latent_condition is not None
               else self._condition_arrays(condition))
-      shots = {k: jnp.asarray(tokens[k]) for k in ("text_shot", "shot_spans") if k in tokens}
+      shots = {k: jnp.asarray(tokens[k]) for k in TOKEN_FIELDS if k in tokens}
       self._on_step = on_step
       try:
         out = self._fn(static, self.params, self.frozen, jnp.asarray(tokens["text_ids"]),
