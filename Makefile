@@ -24,7 +24,7 @@ demo: $(VENV)/.runtime
 # Full suite on 8 simulated CPU devices (every sharding path without an accelerator), in
 # TEST_WORKERS processes, each running whole test modules (their fixtures are module-wide).
 # One process keeps ~1.2 of 2 cores busy (compiles are single-threaded): 2 workers take the
-# suite from ~38 to ~26 min on 2 cores. Each worker peaks at ~6.5 GB of host memory. Modules
+# suite from ~38 to ~24 min on 2 cores. Each worker peaks at ~6.5 GB of host memory. Modules
 # are handed out in collection order, which puts the `heavy` ones first (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(VENV)/.test
