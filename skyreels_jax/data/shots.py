@@ -29,7 +29,7 @@ _SHOT = re.compile(r"<shot\s+start=([-+0-9.eE]+)\s+end=([-+0-9.eE]+)\s*>(.*?)</s
 FIELDS = ("text", "sfx", "dialogue", "singing", "bgm")   # a shot's caption, in this order
 _FIELD = re.compile(r"<(%s)>(.*?)</\1>" % "|".join(FIELDS), re.S)
 MIN_SECONDS = 1e-3   # a piece of a shot shorter than this on a clip is dropped
-TOKEN_FIELDS = ("text_shot", "shot_spans")   # what token_shots adds to a tokenizer's output
+TOKEN_FIELDS = ("text_shot", "shot_spans")   # token_shots' fields of a tokenizer's output
 
 
 class ShotError(ValueError):
@@ -130,8 +130,8 @@ def prompt_text(prompt: str, shots: list[dict[str, Any]] | None = None,
   return tagged_caption(base or global_caption(shots), shots)
 
 
-def token_shots(text: str, token_starts, max_shots: int):
-  """(text_shot (N,) int32, shot_spans (max_shots, 2) float32) of a tokenised `text`:
+def token_shots(text: str, token_starts, max_shots: int) -> dict[str, np.ndarray]:
+  """{text_shot: (N,) int32, shot_spans: (max_shots, 2) float32} of a tokenised `text`:
   token i (its first character at token_starts[i], -1 for none: padding, BOS) belongs to
   shot k + 1 when it lies inside the k-th <shot ...>...</shot> tag, else 0 (the global
   caption, the template); shot k's (start, end) seconds in row k, (-1, -1) for no shot.
@@ -145,7 +145,7 @@ def token_shots(text: str, token_starts, max_shots: int):
   for k, m in enumerate(tags):
     ids[(starts >= m.start()) & (starts < m.end())] = k + 1
     spans[k] = float(m.group(1)), float(m.group(2))
-  return ids, spans
+  return dict(zip(TOKEN_FIELDS, (ids, spans)))
 
 
 def read_file(path: str) -> list[dict[str, Any]]:

@@ -161,7 +161,7 @@ class QwenPromptTokenizer:
     ids = enc["input_ids"][0].astype(np.int32)
     if self.max_shots:   # the shot of each token, by its first character (data/shots.py)
       starts = np.where(enc["attention_mask"][0] > 0, enc["offset_mapping"][0][:, 0], -1)
-      out["text_shot"], out["shot_spans"] = shots.token_shots(text, starts, self.max_shots)
+      out.update(shots.token_shots(text, starts, self.max_shots))
     for pad, n in expected.items():
       if int((ids == self.tokenizer.convert_tokens_to_ids(pad)).sum()) != n:
         kind = "image" if pad == IMAGE_PAD else "video"

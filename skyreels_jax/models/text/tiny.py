@@ -45,8 +45,7 @@ class HashWordTokenizer:
       starts = np.full((self.max_length,), -1)
       found = [m.start() for m in _WORD.finditer(lower)][: self.max_length - 1]
       starts[1:1 + len(found)] = found        # token 0 is BOS
-      fields["text_shot"], fields["shot_spans"] = shots.token_shots(lower, starts,
-                                                                    self.max_shots)
+      fields.update(shots.token_shots(lower, starts, self.max_shots))
     return fields
 
   def batch(self, texts: list[str]) -> dict[str, np.ndarray]:
