@@ -190,7 +190,8 @@ def build_condition(task: str, v: dict, config, geometry):
   elif task == "start_end":
     cond = C.start_end(g, tf, image("first"), image("last"))
   else:
-    video, audio = read("video", v["video"], C.read_video, **media)
+    source = read("video", v["video"], C.read_video, **media)
+    video, audio = source.frames, source.audio
     if task == "extend":
       k = v["extend"]
       if not 1 <= k < g.video_grid[0]:
@@ -210,13 +211,13 @@ def build_condition(task: str, v: dict, config, geometry):
         keep_samples = given.span_keep(g.num_samples, d.sample_rate,
                                        *audio_span(v["audio_mask"]))
       if task == "inpaint":
-        mask = read("mask", v["mask"], C.read_video_mask, v["video"], fps=d.fps,
-                    height=g.height, width=g.width)
+        mask = read("mask", v["mask"], C.read_video_mask, source, height=g.height,
+                    width=g.width)
         cond = C.inpaint(g, d.audio_channels, video, mask, tf, audio, keep_samples)
       else:
         cond = C.audio_inpaint(g, d.audio_channels, video, audio, keep_samples)
   refs = [read("ref_image", p, C.read_image, g.height, g.width) for p in v["ref_image"] or []]
-  ref_video = read("ref_video", v["ref_video"], C.read_video, **media)[0] if v.get(
+  ref_video = read("ref_video", v["ref_video"], C.read_video, **media).frames if v.get(
       "ref_video") else None
   audio_ref = None
   if v.get("audio_ref"):

@@ -23,7 +23,7 @@ size, as the model needs), and an audio clip; prepended to the tokens as Concat(
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 import jax
@@ -224,25 +224,29 @@ def read_mask(path: str, height: int, width: int) -> np.ndarray:
   return cover(Image.open(path).convert("L"), height, width)
 
 
-def read_video_mask(path: str, video_path: str, *, fps: float, height: int,
+def read_video_mask(path: str, source: SourceVideo, *, height: int,
                     width: int) -> np.ndarray:
   """A --mask for --video: keep mask uint8 (n, H, W) (n = 1 for a PNG), frames picked and
-  fitted exactly as the video's (data/media.aligned_frames: same size and frame count as
-  the video, binarised after resizing)."""
-  with av.open(video_path) as container:
-    stream = container.streams.video[0]
-    frames = FrameSampler(fps, [(height, width)])
-    for frame in container.decode(stream):
-      if frame.time is not None:
-        frames.add(frame, frame.time)
-    frames.finish(stream.average_rate or stream.guessed_rate)
-  gray = aligned_frames(path, frames.picked, height, width, source_size=frames.source_size,
-                        num_source=frames.seen, mode="L")
+  fitted exactly as `source`'s (read_video's; data/media.aligned_frames: same size and frame
+  count as the video, binarised after resizing)."""
+  gray = aligned_frames(path, source.picked, height, width, source_size=source.source_size,
+                        num_source=source.num_source, mode="L")
   return mask_keep(gray)
 
 
+class SourceVideo(NamedTuple):
+  """read_video's result: the frames and sound at the run's geometry, and which source frames
+  were picked (FrameSampler's `picked` / `source_size` / `seen`), so that a mask of the same
+  source is cut alike without decoding the video again."""
+  frames: np.ndarray               # uint8 (n, H, W, 3)
+  audio: np.ndarray | None         # (S, C) float32, None without sound
+  picked: list[int]
+  source_size: tuple[int, int]
+  num_source: int
+
+
 def read_video(path: str, *, fps: float, height: int, width: int, sample_rate: int,
-               channels: int) -> tuple[np.ndarray, np.ndarray | None]:
+               channels: int) -> SourceVideo:
   """Frames uint8 (n, H, W, 3) at `fps` (nearest frame per time, center-cropped, bicubic) and
   its audio (S, C) at `sample_rate` aligned to the first frame, or None without sound. The
   dataset builder's decoders, so conditions look like training clips."""
@@ -270,7 +274,7 @@ def read_video(path: str, *, fps: float, height: int, width: int, sample_rate: i
       first = int(round((frames.t0 - track.start) * sample_rate))
       n = int(round(len(video) / fps * sample_rate))
       audio = padded_audio(wave, first, n)
-  return video, audio
+  return SourceVideo(video, audio, frames.picked, frames.source_size, frames.seen)
 
 
 def read_audio(path: str, *, sample_rate: int, channels: int) -> np.ndarray:

@@ -42,9 +42,9 @@ def source(sampler, tmp_path_factory):
   audio = (0.5 * np.sin(2 * np.pi * 440 * t))[:, None].astype(np.float32)
   path = str(tmp_path_factory.mktemp("src") / "src.mp4")
   export.write_mp4(path, video, d.fps, audio, d.sample_rate)
-  frames, wave = C.read_video(path, fps=d.fps, height=g.height, width=g.width,
-                              sample_rate=d.sample_rate, channels=d.audio_channels)
-  return path, frames, wave
+  read = C.read_video(path, fps=d.fps, height=g.height, width=g.width,
+                      sample_rate=d.sample_rate, channels=d.audio_channels)
+  return path, read.frames, read.audio
 
 
 def _latent(sampler, frames):
@@ -236,9 +236,11 @@ def _source_size(path):
     return c.streams.video[0].height
 
 
-def test_spatio_temporal_masks_and_audio_span(sampler, trained_run, source, tmp_path):
+def test_spatio_temporal_masks_and_audio_span(sampler, trained_run, source, tmp_path,
+                                              monkeypatch):
   """--mask as a PNG folder (one frame per frame of --video) and as an MP4 give the keep
-  mask of the training rule; --audio_mask keeps the video's own sound outside the span."""
+  mask of the training rule; --audio_mask keeps the video's own sound outside the span.
+  --video is decoded once: the mask is cut by the frames its read picked."""
   g, d = sampler.geometry, sampler.config.data
   mp4, frames, wave = source
   white = np.zeros((g.num_frames, g.height, g.width), np.uint8)
@@ -255,7 +257,11 @@ def test_spatio_temporal_masks_and_audio_span(sampler, trained_run, source, tmp_
   values = {"prompt": ["x"], "video": mp4, "mask": str(folder), "ref_image": [],
             "audio_mask": "0.25:0.5"}
   assert cli.task_of(values) == "inpaint"
+  opened, av_open = [], C.av.open
+  monkeypatch.setattr(C.av, "open", lambda p, *a, **k: opened.append(p) or av_open(p, *a, **k))
   cond = cli.build_condition("inpaint", values, sampler.config, g)
+  monkeypatch.undo()
+  assert opened == [mp4]
   np.testing.assert_array_equal(cond.keep_v[0], want)
   # Cell (t, 4 * (t % 4) // 4, 1): the white pixels of frame t, nothing else.
   for t in range(g.num_frames):
