@@ -10,14 +10,14 @@ weights gathered at a time. Counts, per device:
   layer        one layer's weights gathered in the compute dtype and their gradients before
                the reduce-scatter
   saved        what the remat policy keeps for the backward pass, per layer, times the layers
-  working      one layer's recomputed activations in its backward pass (f32 at worst), and
-               under Ulysses its all-to-all buffers
+  working      one layer's recomputed activations in its backward pass (f32 at worst)
   attention    the scores of the largest attention of a layer (logits f32, probabilities,
                their gradients: ATTN_BYTES per score). dot_product materialises all S x S of
                them per head (so does ulysses with `model.sp_kernel=dot_product`, its heads
                split over `sequence`); ring and the other Ulysses kernels hold one block of
                scores per head (blockwise: BLOCK x BLOCK); cudnn / splash count 0
-  inputs       pixels, waveforms and the latents / noise made from them in the step
+  inputs       uint8 pixels and their f32 normalisation, waveforms and the latents / noise
+               made from them in the step
   frozen       the frozen VAEs' and text encoder's weights, sharded by their logical axes
                like the model's (the VAEs have none: replicated); published architectures
                where no converted folder is here (models/frozen.py)
@@ -37,22 +37,25 @@ from skyreels_jax.parallel.mesh import fit_to_shape, logical_to_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.weights import lora
 
+# The constants below are fitted to the TPU compiler (tools/aot.py, libtpu 0.0.42.1, v5p):
+# eleven long-clip compiles of `small` and hv13b with FSDP and with Ulysses (480p and 720p,
+# 4-63 s; benchmarks/results/max_sequence.jsonl), which the model meets from 0.4% to 2.4%
+# over, and three 2 s compiles (tests/perf/test_memory.py; 0-8% over).
+#
 # Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
-# the layer's input (the scan carry, 1) plus what the policy saves. save_dots: fitted to the
-# TPU compiler (28; the weight matmul outputs are ~14 d-wide per token, kept in f32);
-# save_named keeps the three tagged outputs; none (not fitted) everything of the layer.
-SAVED_PER_TOKEN = {"full": 1.0, "offload_named": 1.0, "save_named": 4.0, "save_dots": 29.0,
+# the layer's input: the scan carry and a second copy of it (2, fitted: the long clips grow
+# by two per layer) plus what the policy saves. save_dots: fitted at 2 s (the weight matmul
+# outputs are ~14 d-wide per token, kept in f32); save_named keeps the three tagged outputs;
+# none (not fitted) everything of the layer.
+SAVED_PER_TOKEN = {"full": 2.0, "offload_named": 2.0, "save_named": 5.0, "save_dots": 32.0,
                    "none": 60.0}
-# Activations of one layer being differentiated, in d-wide f32 vectors per token.
-WORKING_PER_TOKEN = 24.0
-# What Ulysses adds to that (mesh.sequence > 1): its all-to-all buffers, where each device
-# holds all S tokens of H / n heads of q, k, v, the output and their gradients. Fitted to the
-# TPU compiler: hv13b, 480x832, 41 s, v5p:4x4x4, sequence 4: 85.3 GB per chip compiled,
-# 71.7 GB modelled without this term.
-ULYSSES_WORKING_PER_TOKEN = 17.0
-# Bytes per attention score live at the peak: f32 logits and their f32 gradients (XLA fuses
-# the probabilities away); fitted to the TPU compiler (7.4 measured).
-ATTN_BYTES = 8
+# Activations of one layer being differentiated, in d-wide f32 vectors per token. Ulysses'
+# all-to-all buffers (all S tokens of H / n heads on each device) are the same bytes as the
+# sequence-sharded q, k, v they replace: no term of their own (its compile agrees).
+WORKING_PER_TOKEN = 23.0
+# Bytes per attention score live at the peak: f32 logits and their f32 gradients, less what
+# XLA fuses away (fitted at 2 s with dot_product attention).
+ATTN_BYTES = 7
 
 
 def _attention_scores(impl: str, heads: int, sizes: dict, lengths,
@@ -142,16 +145,17 @@ def train_memory_bytes(config, num_devices: int) -> dict[str, float]:
     out["state"] = total_params * pb * 5 / shard     # params, mu, nu, EMA, gradients
   out["layer"] = layer_params * (cb + pb) / sizes["tensor"]
   out["saved"] = b * layers * SAVED_PER_TOKEN[m.remat] * tokens * width * 2 / seq
-  working = WORKING_PER_TOKEN + (ULYSSES_WORKING_PER_TOKEN
-                                 if config.attention == "ulysses" and seq > 1 else 0.0)
-  out["working"] = b * working * tokens * width * 4 / seq
+  out["working"] = b * WORKING_PER_TOKEN * tokens * width * 4 / seq
   out["attention"] = b * _attention_scores(config.attention, heads, sizes,
                                            (sv + length, sa + length, sv, sa),
                                            m.get("sp_kernel", "auto")) * ATTN_BYTES
   if m.remat == "none":                           # every layer keeps its probabilities
     out["attention"] *= 1 + layers * cb / ATTN_BYTES
-  pixels = d.num_frames * d.height * d.width * 3 + num_audio_samples(d) * d.audio_channels
-  out["inputs"] = b * pixels * 4 * 4              # input, latent, noise, noisy (f32)
+  # The clip arrives as uint8 and is normalised to f32 on the device (tasks/examples.py); its
+  # latents, noise and noisy latents are ~100x smaller. The waveform: f32 input, latent,
+  # noise, noisy.
+  pixels = d.num_frames * d.height * d.width * 3
+  out["inputs"] = b * (pixels * (1 + 4) + num_audio_samples(d) * d.audio_channels * 4 * 4)
   out["frozen"] = _frozen_bytes(config, sizes)
   out["total"] = sum(out.values())
   return out
