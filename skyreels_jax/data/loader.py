@@ -287,12 +287,11 @@ def make_iterator(data_config, **kwargs) -> grain.DatasetIterator:
 def iterator_stats(iterator: grain.DatasetIterator) -> dict[str, int]:
   """Counters of an iterator from `make_iterator`, or of a DevicePrefetch of one (the batches
   handed out so far: not the one it holds); they survive get_state/set_state."""
-  prefetch = isinstance(iterator, DevicePrefetch)
-  inner = iterator.parent if prefetch else iterator
+  inner = iterator.parent if isinstance(iterator, DevicePrefetch) else iterator
   if not isinstance(inner, _CountBadRecordsIterator):
     raise TypeError(f"expected an iterator from make_iterator, got {type(iterator).__name__}")
-  # A DevicePrefetch's state is its parent's from before the held batch (data/prefetch.py).
-  return {"bad_records": int(iterator.get_state()[_BAD_KEY]) if prefetch else inner.bad_records}
+  # Read from the state: a DevicePrefetch's is its parent's from before the held batch.
+  return {"bad_records": int(iterator.get_state()[_BAD_KEY])}
 
 
 @dataclasses.dataclass(frozen=True)
