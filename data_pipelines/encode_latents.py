@@ -391,7 +391,9 @@ def _write_index(out_dir: str, index: dict) -> None:
 
 def _main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from skyreels_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
   del argv
+  multihost.quiet_absent_tpu()
   f = flags.FLAGS
   encode_dataset(f.data, f.out, f.config, batch_size=f.batch_size, dtype=f.dtype)
 

@@ -158,6 +158,19 @@ def resolve(mode: str | None = None, coordinator_address: str | None = None,
   return ClusterSpec(mode, coordinator, num, pid, ids)
 
 
+def quiet_absent_tpu(env=None) -> None:
+  """With libtpu installed (requirements-test.txt: AOT compiles) but no TPU on the machine,
+  JAX still probes the TPU backend, and libtpu prints five lines of errors about the
+  metadata server before JAX falls back to the CPU or GPU. Telling libtpu it is one host
+  lets that probe fail silently. Only where no TPU is attached, and never over a setting.
+  Entry points call it before JAX's first device call (`initialize` does)."""
+  env = os.environ if env is None else env
+  if env.get("JAX_PLATFORMS") or _on_tpu(env):
+    return
+  env.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  env.setdefault("TPU_HOST_BOUNDS", "1,1,1")
+
+
 def initialize(mode: str | None = None, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
                local_device_ids=None) -> ClusterSpec:
@@ -166,6 +179,7 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   Call before anything else touches JAX devices. A single process needs nothing: with no
   cluster found this only applies SKYREELS_NUM_CPU_DEVICES (when set).
   """
+  quiet_absent_tpu()
   cpu_devices = _int_env(os.environ, ENV_NUM_CPU_DEVICES)
   if cpu_devices:
     jax.config.update("jax_num_cpu_devices", cpu_devices)

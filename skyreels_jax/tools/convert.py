@@ -38,6 +38,7 @@ from safetensors.numpy import save_file
 from skyreels_jax.config import DTYPES, abstract_model, load_run_config
 from skyreels_jax.models import frozen
 from skyreels_jax.models.mappings import hunyuan
+from skyreels_jax.parallel import multihost
 from skyreels_jax.weights import converted, lora, runs
 from skyreels_jax.weights.converted import ConversionError  # noqa: F401 (raised here)
 
@@ -122,6 +123,7 @@ def convert(kind: str, src: str, dst: str) -> dict[str, Any]:
 
 def main(argv):
   del argv
+  multihost.quiet_absent_tpu()
   f = flags.FLAGS
   try:
     meta = convert(f.kind, f.src, f.dst)

@@ -1,6 +1,9 @@
 """Cluster detection (explicit, SLURM, TPU, none) and each process's block of the batch."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,6 +11,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from skyreels_jax.parallel import multihost
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SLURM = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "gpu[007-008]", "SLURM_NTASKS": "16",
          "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8",
@@ -22,6 +27,25 @@ def test_single_process_needs_nothing():
   spec = multihost.initialize(mode="none")
   assert spec.mode == "none" and not jax.distributed.is_initialized()
   assert jax.process_count() == 1
+
+
+def test_a_machine_without_tpu_starts_quietly():
+  """libtpu is installed with the test requirements; on this TPU-less machine JAX's probe of
+  the TPU backend printed five lines of libtpu errors on every command's console."""
+  env = {"SKYREELS_DISTRIBUTED": "none"}
+  multihost.quiet_absent_tpu(env)
+  assert env["TPU_WORKER_HOSTNAMES"] == "localhost"
+  for kept in ({"JAX_PLATFORMS": "cpu"}, {"TPU_WORKER_HOSTNAMES": "t0,t1"}):
+    env = dict(kept)
+    multihost.quiet_absent_tpu(env)   # a setting, or a pod: left as it is
+    assert env == kept
+  code = ("from skyreels_jax.parallel import multihost; multihost.initialize(); "
+          "import jax; print(jax.devices()[0].platform)")
+  clean = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(clean, PYTHONPATH=REPO), check=True, timeout=120)
+  assert out.stdout.strip() == "cpu"
+  assert "TPU" not in out.stderr and "E0000" not in out.stderr, out.stderr
 
 
 def test_explicit_from_flags_and_env():
