@@ -312,6 +312,7 @@ def _main(argv):
   from skyreels_jax import runtime
   from skyreels_jax.config import derive
   from skyreels_jax.sample.sampler import Sampler, load_run_config
+  runtime.quiet_until_routed()   # JAX's start-up INFO lines: not on the console
 
   config = load_run_config(_WORKDIR.value)
   geometry, _ = derive(config)

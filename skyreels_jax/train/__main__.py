@@ -51,6 +51,7 @@ def main(argv):
   multihost.initialize_from_flags(_CLUSTER)  # before any other JAX call
   import jax
   from skyreels_jax import runtime
+  runtime.quiet_until_routed()   # JAX's start-up INFO lines: not on the console
   from skyreels_jax.config import ConfigError
   from skyreels_jax.train import goodput
   from skyreels_jax.train.preemption import EXIT_PREEMPTED

@@ -2,6 +2,7 @@
 durations, the CLI's files."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -94,13 +95,19 @@ def test_cli_writes_mp4_wav_json_and_contact_sheet(trained_run, tmp_path):
       [sys.executable, "-m", "skyreels_jax.sample", f"--workdir={workdir}",
        "--prompt=a red circle", f"--out={out}", f"--image={png}", "--seed=3",
        "--step_bar=on"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      # As a user runs it: JAX probes every backend it has (libtpu is installed here).
+      env={k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"solver:   0%|          | 0/{config.sample.num_steps}" in proc.stderr
   assert sorted(os.listdir(out)) == ["contact_sheet.png", "logs", "sample_0.json",
                                      "sample_0.mp4", "sample_0.wav"]
   # Orbax's restore lines go to OUT/logs/, not the console.
   assert "checkpoint_manager" not in proc.stderr, proc.stderr[-3000:]
+  # No library INFO line at all (jax's "Unable to initialize backend 'tpu'" was one), and
+  # none of libtpu's errors on a machine without a TPU.
+  assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[-3000:]
+  assert "TPU" not in proc.stderr, proc.stderr[-3000:]
   assert "checkpoint_manager" in (out / "logs" / "sample.0.INFO").read_text()
   settings = json.load(open(out / "sample_0.json"))
   assert settings["seed"] == 3 and settings["task"] == "i2v"
