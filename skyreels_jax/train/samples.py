@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from skyreels_jax.config import ConfigError
 from skyreels_jax.sample import export
 from skyreels_jax.sample.sampler import Sampler
 
@@ -30,12 +31,23 @@ def prompts_of(config) -> list[dict]:
   prompts with shots become the text the model reads (export.with_shots)."""
   given = list(config.train.sample_prompts)
   if len(given) == 1 and os.path.isfile(given[0]):
-    rows = export.read_prompts(given[0])
+    try:
+      rows = export.read_prompts(given[0])
+    except (OSError, ValueError) as e:
+      raise ConfigError("train.sample_prompts", f"{given[0]}: {e}") from None
+  elif len(given) == 1 and _names_a_file(given[0]):   # a mistyped path: not a caption
+    raise ConfigError("train.sample_prompts", f"{given[0]!r}: no such prompt file")
   else:
     rows = [{"prompt": p, "seed": None} for p in given]
   for i, row in enumerate(rows):
     row["seed"] = config.seed + i if row["seed"] is None else int(row["seed"])
   return export.with_shots(rows, config)
+
+
+def _names_a_file(text: str) -> bool:
+  """A prompt file's path, not a caption: one word with a folder or a prompt file's suffix."""
+  return (not any(c.isspace() for c in text)
+          and (os.sep in text or text.endswith((".txt", ".jsonl", ".json"))))
 
 
 class TrainingSamples:
