@@ -88,15 +88,17 @@ def _long_clip(module, height, width, seconds, sequence=1):
                    remat="full")
 
 
-def test_matches_the_tpu_compiler_under_ulysses():
-  """hv13b, 480x832 for 41 s, Ulysses over a sequence axis of 4 on v5p:4x4x4: XLA's 85.34 GB
-  per chip (tools/aot.py, libtpu 0.0.42.1, 2026-12-04; benchmarks/results/max_sequence.jsonl),
-  arguments 9.78 GB."""
-  c = _long_clip(hv13b, 480, 832, 41, sequence=4)
-  assert c.data.num_frames == 657 and c.data.batch_size == 16
+@pytest.mark.parametrize("seconds,measured", [(41, 85.34e9), (49, 99.00e9), (51, 102.46e9),
+                                              (52, 104.10e9)])
+def test_matches_the_tpu_compiler_under_ulysses(seconds, measured):
+  """hv13b, 480x832, Ulysses over a sequence axis of 4 on v5p:4x4x4: XLA's bytes per chip
+  (tools/aot.py, libtpu 0.0.42.1, 2026-12-04/05; benchmarks/results/max_sequence.jsonl; 51 s
+  fits the 102.8 GB, 52 s does not), arguments 9.8-10.0 GB."""
+  c = _long_clip(hv13b, 480, 832, seconds, sequence=4)
+  assert c.data.batch_size == 16 and c.data.num_frames == 16 * seconds + 1
   mem = train_memory_bytes(c, 64)
-  assert 1.0 < mem["total"] / 85.34e9 < 1.03
-  assert mem["state"] == pytest.approx(9.78e9, rel=0.05)   # the arguments: sharded 64 ways
+  assert 1.0 < mem["total"] / measured < 1.03
+  assert mem["state"] == pytest.approx(9.9e9, rel=0.05)   # the arguments: sharded 64 ways
 
 
 @pytest.mark.parametrize("module,height,width,seconds,measured,over", [
