@@ -40,8 +40,8 @@ from skyreels_jax.weights import lora
 # The constants below are fitted to the TPU compiler (tools/aot.py, libtpu 0.0.42.1, v5p):
 # eleven long-clip compiles of `small` and hv13b with FSDP and with Ulysses (480p and 720p,
 # 4-63 s; benchmarks/results/max_sequence.jsonl), which the model meets from 0.4% to 2.4%
-# over (and four later hv13b Ulysses compiles at 49-52 s, not fitted, 0.6-0.7% over), and
-# three 2 s compiles (tests/perf/test_memory.py; 0-8% over).
+# over (and seven later hv13b Ulysses compiles, 480p 49-52 s and 720p 21-23 s, not fitted,
+# 0.4-0.7% over), and three 2 s compiles (tests/perf/test_memory.py; 0-8% over).
 #
 # Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
 # the layer's input: 2 for the scan carry and one more vector XLA keeps (fitted: the long
