@@ -23,7 +23,7 @@ def quiet_until_routed() -> None:
   """Until route_logs names the log file, absl writes every INFO line to the console, among
   them the backends' start-up lines (jax's "Unable to initialize backend 'tpu'" on each GPU
   or CPU machine). An entry point calls this first; lines before the file are dropped."""
-  from absl import logging  # late, as in route_logs
+  from absl import logging  # late: as in route_logs (absl's handler, once flags are parsed)
   if not _VERBOSITY:
     _VERBOSITY.append(logging.get_verbosity())
     logging.set_verbosity(logging.WARNING)
