@@ -32,6 +32,7 @@ from skyreels_jax.config import ConfigError, derive, hybrid_mesh_shape, validate
 from skyreels_jax.parallel.mesh import (batch_sharding, data_parallel_size, make_mesh, rules,
                                         state_shardings)
 from skyreels_jax.data import given, references
+from skyreels_jax.parallel import multihost
 from skyreels_jax.tasks.examples import make_codecs, reference_slots
 from skyreels_jax.perf.flops import mmdit_train_flops
 from skyreels_jax.train.init import lora_base_target
@@ -233,6 +234,7 @@ def compile_report(config, topology: str, num_slices: int = 1, *,
 
 def main(argv):
   del argv
+  multihost.quiet_absent_tpu()   # libtpu compiles here; on a TPU-less host, without its noise
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")
   config = flags.FLAGS.config

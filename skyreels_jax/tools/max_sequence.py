@@ -27,6 +27,7 @@ from absl import app, flags
 from skyreels_jax.config import ConfigError, derive, mesh_shape, validate
 from skyreels_jax.models.attention import SEQUENCE_PARALLEL
 from skyreels_jax.tools import aot
+from skyreels_jax.parallel import multihost
 from skyreels_jax.perf.memory import train_memory_bytes
 
 # What the result keeps of each compile's report (tools/aot.py): enough to see where XLA and
@@ -157,6 +158,7 @@ def check_flags(topology: str, analytic_only: bool, num_devices: int, hbm_gib: f
 
 def main(_):
   f = flags.FLAGS
+  multihost.quiet_absent_tpu()   # libtpu compiles here; on a TPU-less host, without its noise
   if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
     jax.config.update("jax_platforms", "cpu")
   compile_at, n, hbm = None, f.num_devices, int(f.hbm_gib * 2**30)
