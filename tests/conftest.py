@@ -70,6 +70,15 @@ def train_on_one_device(module_file: str, config_fn: str, data_path: str, workdi
                  mesh=make_mesh(run_config.mesh, devices=jax.devices()[:1]))
 
 
+def users_env(**extra) -> dict:
+  """The environment a user's shell has: without this session's JAX_PLATFORMS=cpu, so a
+  command run in it probes every backend JAX has (libtpu is installed with the test
+  requirements), as it does for a user."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env.update(extra)
+  return env
+
+
 def small_run_config(data_path: str = "", **overrides):
   """The tiny config at test size: 8 frames of 16x16 at 8 fps, 1 s of 16 kHz mono audio,
   one example per simulated device."""

@@ -44,10 +44,10 @@ from skyreels_jax.weights import lora
 # 0.4-0.7% over), and three 2 s compiles (tests/perf/test_memory.py; 0-8% over).
 #
 # Activations that each remat policy keeps per layer, in d-wide bf16 vectors per token of
-# the layer's input: 2 for the scan carry and one more vector XLA keeps (fitted: the long
-# clips grow by two per layer, 1.93 free) plus what the policy saves. save_dots: fitted at 2 s (the weight matmul
-# outputs are ~14 d-wide per token, kept in f32); save_named keeps the three tagged outputs;
-# none (not fitted) everything of the layer.
+# the layer's input: 2, the scan carry and one more vector XLA keeps (fitted: the long clips
+# grow by two per layer, 1.93 free), plus what the policy saves. save_dots: fitted at 2 s
+# (the weight matmul outputs are ~14 d-wide per token, kept in f32); save_named keeps the
+# three tagged outputs; none (not fitted) everything of the layer.
 SAVED_PER_TOKEN = {"full": 2.0, "offload_named": 2.0, "save_named": 5.0, "save_dots": 32.0,
                    "none": 60.0}
 # Activations of one layer being differentiated, in d-wide f32 vectors per token. Ulysses'

@@ -232,11 +232,18 @@ def compile_report(config, topology: str, num_slices: int = 1, *,
   return report
 
 
+def use_host_backend() -> None:
+  """Set-up of a compile tool (this one, max_sequence): libtpu compiles for the topology, and
+  the host's CPU backend traces; no search for a local TPU, and on a TPU-less host none of
+  libtpu's start-up noise."""
+  multihost.quiet_absent_tpu()
+  if "JAX_PLATFORMS" not in os.environ:
+    jax.config.update("jax_platforms", "cpu")
+
+
 def main(argv):
   del argv
-  multihost.quiet_absent_tpu()   # libtpu compiles here; on a TPU-less host, without its noise
-  if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
-    jax.config.update("jax_platforms", "cpu")
+  use_host_backend()
   config = flags.FLAGS.config
   if flags.FLAGS.batch_size:
     config.data.batch_size = flags.FLAGS.batch_size

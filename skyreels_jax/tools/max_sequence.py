@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import sys
 from typing import Any, Callable
 
@@ -27,7 +26,6 @@ from absl import app, flags
 from skyreels_jax.config import ConfigError, derive, mesh_shape, validate
 from skyreels_jax.models.attention import SEQUENCE_PARALLEL
 from skyreels_jax.tools import aot
-from skyreels_jax.parallel import multihost
 from skyreels_jax.perf.memory import train_memory_bytes
 
 # What the result keeps of each compile's report (tools/aot.py): enough to see where XLA and
@@ -158,9 +156,7 @@ def check_flags(topology: str, analytic_only: bool, num_devices: int, hbm_gib: f
 
 def main(_):
   f = flags.FLAGS
-  multihost.quiet_absent_tpu()   # libtpu compiles here; on a TPU-less host, without its noise
-  if "JAX_PLATFORMS" not in os.environ:   # the host backend: no search for a local TPU
-    jax.config.update("jax_platforms", "cpu")
+  aot.use_host_backend()
   compile_at, n, hbm = None, f.num_devices, int(f.hbm_gib * 2**30)
   where = {"hardware": f"{n} devices x {f.hbm_gib:g} GiB"}
   try:   # ConfigError is a ValueError

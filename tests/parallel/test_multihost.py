@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from conftest import users_env
 from skyreels_jax.parallel import multihost
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,9 +42,8 @@ def test_a_machine_without_tpu_starts_quietly():
     assert env == kept
   code = ("from skyreels_jax.parallel import multihost; multihost.initialize(); "
           "import jax; print(jax.devices()[0].platform)")
-  clean = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=dict(clean, PYTHONPATH=REPO), check=True, timeout=120)
+                       env=users_env(PYTHONPATH=REPO), check=True, timeout=120)
   assert out.stdout.strip() == "cpu"
   assert "TPU" not in out.stderr and "E0000" not in out.stderr, out.stderr
 

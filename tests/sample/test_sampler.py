@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import restore_train_state
+from conftest import restore_train_state, users_env
 
 from skyreels_jax.sample import export
 from skyreels_jax.diffusion import flow_matching as fm
@@ -96,8 +96,7 @@ def test_cli_writes_mp4_wav_json_and_contact_sheet(trained_run, tmp_path):
        "--prompt=a red circle", f"--out={out}", f"--image={png}", "--seed=3",
        "--step_bar=on"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
-      # As a user runs it: JAX probes every backend it has (libtpu is installed here).
-      env={k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})
+      env=users_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"solver:   0%|          | 0/{config.sample.num_steps}" in proc.stderr
   assert sorted(os.listdir(out)) == ["contact_sheet.png", "logs", "sample_0.json",

@@ -16,6 +16,7 @@ import jax
 import pytest
 
 from configs import tiny
+from conftest import users_env
 from skyreels_jax.config import ConfigError, count_params, derive, num_audio_samples
 from skyreels_jax.parallel.mesh import make_mesh, rules
 from skyreels_jax.tasks.examples import make_codecs
@@ -103,10 +104,10 @@ def test_cli_too_wide_for_hbm_exits_nonzero_with_fits_false():
          "--config.model.use_audio=False", "--config.data.num_frames=4",
          "--config.data.height=16", "--config.data.width=16", "--config.mesh.data=1",
          "--config.mesh.fsdp=-1"]
-  # As a user runs it (no JAX_PLATFORMS): libtpu, loaded to compile, stays quiet on this
-  # TPU-less host (it printed five lines of metadata-server errors).
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+  # As a user runs it: libtpu, loaded to compile, stays quiet on this TPU-less host (it
+  # printed five lines of metadata-server errors).
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=users_env())
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "TPU_WORKER_HOSTNAMES" not in proc.stderr and "E0000" not in proc.stderr, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
